@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Sets up everything musicgen-interp needs on a fresh machine, idempotently:
+#   - .venv: the exporter's Python environment (torch, transformers, onnx) and the onnxruntime
+#     library the Rust runtime loads (from the PyPI onnxruntime wheel; onnxruntime-gpu with --gpu);
+#   - the Rust build (release);
+#   - models/tiny: a test-sized random-weight bundle (models/small too with --small: ~2 GB).
+# Usage: bash scripts/setup.sh [--gpu] [--small]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+gpu=0; small=0
+for arg in "$@"; do
+  case "$arg" in
+    --gpu) gpu=1 ;;
+    --small) small=1 ;;
+    *) echo "setup.sh: unknown option $arg (use --gpu, --small)" >&2; exit 2 ;;
+  esac
+done
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  "$python" -m venv .venv
+fi
+want=$(cat onnx/requirements.txt scripts/setup.sh | sha256sum | cut -c1-16)-$gpu
+if [ "$(cat .venv/.musicgen-interp-stamp 2>/dev/null)" != "$want" ]; then
+  echo "== installing the Python environment (torch from PyPI is large: a few minutes the first time)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r onnx/requirements.txt
+  if [ "$gpu" = 1 ]; then
+    # The GPU wheel provides the same `onnxruntime` package with the CUDA provider; CUDA and cuDNN
+    # come as PyPI wheels too (see README "GPU hosts").
+    ort_version=$(grep -E '^onnxruntime==' onnx/requirements.txt | cut -d= -f3)
+    .venv/bin/python -m pip uninstall -q -y onnxruntime
+    .venv/bin/python -m pip install -q "onnxruntime-gpu[cuda,cudnn]==$ort_version"
+  fi
+  echo "$want" > .venv/.musicgen-interp-stamp
+fi
+
+echo "== building (release)"
+cargo build --release --quiet
+
+export_bundle() { # NAME
+  if [ ! -f "models/$1/manifest.json" ]; then
+    echo "== exporting the random-weight '$1' bundle to models/$1"
+    .venv/bin/python onnx/export.py --preset "$1" --random-weights --seed 0 --out "models/$1"
+  fi
+}
+mkdir -p models
+export_bundle tiny
+if [ "$small" = 1 ]; then export_bundle small; fi
+echo "== ready: ./target/release/musicgen-interp info --model models/tiny"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test: the exporter's own checks (pytest) and the Rust tests, which compare the ONNX path
+# against transformers reference outputs written by onnx/reference.py into tests/data/.
+# The fixtures (two tiny random-weight bundles with their references) are regenerated whenever the
+# exporter, the reference script or the presets change.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+stamp=$(cat onnx/*.py onnx/presets/*.json onnx/requirements.txt | sha256sum | cut -c1-16)
+if [ "$(cat tests/data/.stamp 2>/dev/null)" != "$stamp" ]; then
+  echo "== exporting test fixtures into tests/data"
+  rm -rf tests/data
+  mkdir -p tests/data
+  for preset in tiny tiny2; do
+    .venv/bin/python onnx/export.py --preset "$preset" --random-weights --seed 0 --out "tests/data/$preset"
+    .venv/bin/python onnx/reference.py --bundle "tests/data/$preset"
+  done
+  echo "$stamp" > tests/data/.stamp
+fi
+
+echo "== exporter checks (pytest)"
+.venv/bin/python -m pytest -q onnx/tests
+
+echo "== Rust tests"
+cargo test --workspace

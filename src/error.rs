@@ -1,0 +1,76 @@
+//! One error type for the library. Every message says what is wrong and, where there is one, how to fix it.
+
+use std::path::PathBuf;
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("onnxruntime library not found ({searched}); run `bash scripts/setup.sh` or set MUSICGEN_INTERP_ORT_LIB to a libonnxruntime.so")]
+    RuntimeLibraryMissing { searched: String },
+
+    #[error("could not load onnxruntime from {path}: {reason}; run `bash scripts/setup.sh` or point MUSICGEN_INTERP_ORT_LIB at a working libonnxruntime.so")]
+    RuntimeLibraryLoad { path: PathBuf, reason: String },
+
+    /// A runtime failure already described (kept as text so it can be reported again).
+    #[error("{0}")]
+    Runtime(String),
+
+    #[error("the CUDA execution provider could not be used: {reason}; install the onnxruntime-gpu runtime (`bash scripts/setup.sh --gpu`) or use --device cpu")]
+    CudaUnavailable { reason: String },
+
+    #[error("{} is not a model bundle (no manifest.json); export one with `.venv/bin/python onnx/export.py --preset tiny --random-weights --out DIR` or `--model facebook/musicgen-small --out DIR`", path.display())]
+    NotABundle { path: PathBuf },
+
+    #[error("{path}: {reason}; re-export the bundle with onnx/export.py", path = path.display())]
+    BadManifest { path: PathBuf, reason: String },
+
+    #[error("bundle {bundle}: {reason}", bundle = bundle.display())]
+    BundleMismatch { bundle: PathBuf, reason: String },
+
+    #[error("bundle file {} is missing (listed in manifest.json); re-export the bundle with onnx/export.py", path.display())]
+    MissingFile { path: PathBuf },
+
+    #[error("bundle file {} is corrupt: sha256 {actual} but manifest.json says {expected}; re-export the bundle or restore the file", path.display())]
+    Checksum { path: PathBuf, expected: String, actual: String },
+
+    #[error("{context}: {source}")]
+    Ort { context: String, source: ort::Error },
+
+    #[error("tokenizer {}: {reason}", path.display())]
+    Tokenizer { path: PathBuf, reason: String },
+
+    #[error("invalid input: {0}")]
+    Input(String),
+
+    #[error("hook {hook} failed: {reason}")]
+    Hook { hook: String, reason: String },
+
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl Error {
+    pub(crate) fn ort(context: impl Into<String>) -> impl FnOnce(ort::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Ort { context, source }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}
+
+impl From<ort::Error> for Error {
+    fn from(source: ort::Error) -> Self {
+        Error::Ort { context: "onnxruntime".into(), source }
+    }
+}
+
+impl From<ort::Error<ort::session::builder::SessionBuilder>> for Error {
+    fn from(e: ort::Error<ort::session::builder::SessionBuilder>) -> Self {
+        Error::from(ort::Error::<()>::from(e))
+    }
+}

@@ -1,0 +1,13 @@
+//! musicgen-interp: Meta's MusicGen as ONNX graphs on onnxruntime, with every decoder layer's
+//! residual stream and component outputs open to host code (see ARCHITECTURE.md).
+
+pub mod error;
+pub mod hooks;
+pub mod model;
+pub mod runtime;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use hooks::{Component, ForwardContext, HookPoint, Hooks, LayerEdits, NoHooks, Recorder};
+pub use model::{MusicGen, Verify};
+pub use runtime::{Device, Runtime, RuntimeOptions};

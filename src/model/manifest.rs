@@ -1,0 +1,156 @@
+//! `manifest.json`: the bundle's sizes, special ids, graphs and checksums (docs/BUNDLE.md).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const FORMAT: &str = "musicgen-interp-bundle";
+/// The bundle format this runtime reads; a different one is refused.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub exporter_version: String,
+    pub source: Source,
+    pub text_encoder: TextEncoderConfig,
+    pub decoder: DecoderConfig,
+    pub audio: AudioConfig,
+    pub generation: GenerationDefaults,
+    pub graphs: Graphs,
+    pub tokenizer: String,
+    pub hook_points: Vec<String>,
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Source {
+    pub kind: String,
+    pub model_id: String,
+    #[serde(default)]
+    pub revision: Option<String>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TextEncoderConfig {
+    pub num_layers: usize,
+    pub d_model: usize,
+    pub num_heads: usize,
+    pub vocab_size: usize,
+    pub pad_token_id: i64,
+    pub eos_token_id: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DecoderConfig {
+    pub num_layers: usize,
+    pub d_model: usize,
+    pub num_heads: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    pub num_codebooks: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub pad_token_id: i64,
+    pub bos_token_id: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AudioConfig {
+    pub sample_rate: u32,
+    pub frame_rate: f64,
+    pub channels: usize,
+    pub num_codebooks: usize,
+    pub codebook_size: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenerationDefaults {
+    pub guidance_scale: f32,
+    pub top_k: usize,
+    pub temperature: f32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Graphs {
+    pub text_encoder: String,
+    pub cross_kv: String,
+    pub decoder_embed: String,
+    pub decoder_layers: Vec<String>,
+    pub decoder_head: String,
+    pub encodec_encode: String,
+    pub encodec_decode: String,
+}
+
+impl Graphs {
+    /// Every graph file, in a fixed order.
+    pub fn all(&self) -> Vec<&str> {
+        let mut v = vec![self.text_encoder.as_str(), self.cross_kv.as_str(), self.decoder_embed.as_str()];
+        v.extend(self.decoder_layers.iter().map(String::as_str));
+        v.extend([self.decoder_head.as_str(), self.encodec_encode.as_str(), self.encodec_decode.as_str()]);
+        v
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+impl Manifest {
+    /// Reads and checks `manifest.json` (format, version, internal consistency). Files are checked by
+    /// [`crate::model::Bundle::open`].
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let bad = |reason: String| Error::BadManifest { path: path.to_path_buf(), reason };
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
+        // Check the format before the schema, so an old or foreign manifest gets the useful message.
+        let format = value.get("format").and_then(|v| v.as_str()).unwrap_or("");
+        if format != FORMAT {
+            return Err(bad(format!("format is {format:?}, expected {FORMAT:?}")));
+        }
+        let version = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0);
+        if version != u64::from(FORMAT_VERSION) {
+            let exporter = value.get("exporter_version").and_then(|v| v.as_str()).unwrap_or("unknown");
+            return Err(bad(format!(
+                "bundle format {version} (exporter {exporter}), but this musicgen-interp reads format {FORMAT_VERSION}"
+            )));
+        }
+        let manifest: Manifest = serde_json::from_value(value).map_err(|e| bad(format!("does not match the bundle schema ({e})")))?;
+        manifest.check().map_err(bad)?;
+        Ok(manifest)
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let d = &self.decoder;
+        if d.num_layers == 0 || d.d_model == 0 || d.num_heads == 0 || d.num_codebooks == 0 || d.vocab_size == 0 {
+            return Err("decoder sizes must be positive".into());
+        }
+        if d.num_heads * d.head_dim != d.d_model {
+            return Err(format!("decoder num_heads {} x head_dim {} != d_model {}", d.num_heads, d.head_dim, d.d_model));
+        }
+        if self.graphs.decoder_layers.len() != d.num_layers {
+            return Err(format!(
+                "decoder.num_layers is {} but graphs.decoder_layers lists {} graphs",
+                d.num_layers,
+                self.graphs.decoder_layers.len()
+            ));
+        }
+        if self.audio.num_codebooks != d.num_codebooks {
+            return Err(format!("audio.num_codebooks {} != decoder.num_codebooks {}", self.audio.num_codebooks, d.num_codebooks));
+        }
+        for file in self.graphs.all().into_iter().chain([self.tokenizer.as_str()]) {
+            if !self.files.contains_key(file) {
+                return Err(format!("{file} has no checksum entry in files"));
+            }
+        }
+        Ok(())
+    }
+}

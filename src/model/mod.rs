@@ -1,0 +1,54 @@
+//! The model bundle and its graphs: text encoder, decoder (with hook points), head, EnCodec.
+
+pub mod bundle;
+pub mod decoder;
+pub mod encodec;
+pub mod graph;
+pub mod manifest;
+pub mod text;
+
+use std::path::Path;
+
+pub use bundle::{Bundle, Verify};
+pub use decoder::{Decoder, DecoderState, ForwardOutput};
+pub use encodec::Encodec;
+pub use manifest::Manifest;
+pub use text::{TextEncoder, TextEncoding};
+
+use crate::error::Result;
+use crate::runtime::Runtime;
+use graph::Graph;
+
+/// A loaded MusicGen: every graph of a bundle as a session on one runtime. Load once, reuse across
+/// calls.
+pub struct MusicGen {
+    pub bundle: Bundle,
+    pub text: TextEncoder,
+    pub decoder: Decoder,
+    pub encodec: Encodec,
+}
+
+impl MusicGen {
+    /// Opens and checks the bundle at `dir`, then loads its graphs.
+    pub fn load(runtime: &Runtime, dir: impl AsRef<Path>, verify: Verify) -> Result<MusicGen> {
+        let bundle = Bundle::open(dir, verify)?;
+        let m = &bundle.manifest;
+        let dir = bundle.dir.clone();
+        let load = |file: &str| Graph::load(runtime, &dir, file);
+        let text = TextEncoder::new(m.text_encoder.clone(), &bundle.path(&m.tokenizer), load(&m.graphs.text_encoder)?)?;
+        let layers = m.graphs.decoder_layers.iter().map(|f| load(f)).collect::<Result<Vec<_>>>()?;
+        let decoder = Decoder::new(
+            m.decoder.clone(),
+            load(&m.graphs.cross_kv)?,
+            load(&m.graphs.decoder_embed)?,
+            layers,
+            load(&m.graphs.decoder_head)?,
+        )?;
+        let encodec = Encodec::new(m.audio.clone(), load(&m.graphs.encodec_encode)?, load(&m.graphs.encodec_decode)?)?;
+        Ok(MusicGen { bundle, text, decoder, encodec })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.bundle.manifest
+    }
+}

@@ -1,0 +1,255 @@
+//! The ONNX Runtime environment: the library loaded at run time (`load-dynamic`), one global thread
+//! pool shared by every session (so the per-layer sessions do not fight over the cores), and the
+//! execution provider, with the one that really runs reported (ORT falls back to CPU silently).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use ort::environment::{Environment, GlobalThreadPoolOptions};
+use ort::ep::{self, ExecutionProvider};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+
+use crate::error::{Error, Result};
+
+/// Environment variables that name the onnxruntime shared library, most specific first.
+pub const LIBRARY_ENV_VARS: [&str; 2] = ["MUSICGEN_INTERP_ORT_LIB", "ORT_DYLIB_PATH"];
+
+/// Where the graphs run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Cuda,
+    /// CUDA when the library has it and a GPU answers, else CPU (and say so).
+    #[default]
+    Auto,
+}
+
+impl FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            "auto" => Ok(Device::Auto),
+            other => Err(Error::Input(format!("unknown device {other:?}: use cpu, cuda or auto"))),
+        }
+    }
+}
+
+/// The provider the sessions really run on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Provider {
+    Cpu,
+    Cuda { device_id: i32 },
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Provider::Cpu => write!(f, "CPUExecutionProvider"),
+            Provider::Cuda { device_id } => write!(f, "CUDAExecutionProvider (device {device_id})"),
+        }
+    }
+}
+
+/// How to start the runtime.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    pub device: Device,
+    /// Intra-op threads of the global pool; 0 = one per core.
+    pub threads: usize,
+    /// The onnxruntime library; `None` = [`find_library`].
+    pub library: Option<PathBuf>,
+    /// CUDA device ordinal.
+    pub cuda_device: i32,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions { device: Device::Auto, threads: 0, library: None, cuda_device: 0 }
+    }
+}
+
+/// The process-wide runtime. ONNX Runtime allows one environment per process, so the first
+/// [`Runtime::init`] decides the library and thread pool; the device is chosen per [`Runtime`].
+#[derive(Clone)]
+pub struct Runtime {
+    env: Environment,
+    provider: Provider,
+    /// Why `auto` chose CPU, when it did.
+    fallback_reason: Option<String>,
+    library: PathBuf,
+}
+
+struct Global {
+    env: Environment,
+    library: PathBuf,
+}
+
+static GLOBAL: OnceLock<std::result::Result<Global, String>> = OnceLock::new();
+
+impl Runtime {
+    /// Loads onnxruntime (once per process), sets up the global thread pool and picks the provider.
+    pub fn init(options: &RuntimeOptions) -> Result<Runtime> {
+        let global = GLOBAL.get_or_init(|| init_global(options).map_err(|e| e.to_string()));
+        let global = match global {
+            Ok(g) => g,
+            Err(message) => return Err(Error::Runtime(message.clone())),
+        };
+        let (provider, fallback_reason) = choose_provider(options)?;
+        Ok(Runtime { env: global.env.clone(), provider, fallback_reason, library: global.library.clone() })
+    }
+
+    /// The provider every session of this runtime uses.
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    /// One line for logs: which provider runs, and why CPU if CUDA was hoped for.
+    pub fn describe(&self) -> String {
+        match &self.fallback_reason {
+            Some(why) => format!("{} (CUDA not used: {why})", self.provider),
+            None => format!("{}", self.provider),
+        }
+    }
+
+    /// The onnxruntime library in use.
+    pub fn library(&self) -> &Path {
+        &self.library
+    }
+
+    /// Creates a session for one graph file on this runtime's provider.
+    pub fn session(&self, path: &Path) -> Result<Session> {
+        let context = format!("loading {}", path.display());
+        let mut builder = Session::builder(&self.env)
+            .map_err(Error::ort(context.clone()))?
+            .with_optimization_level(GraphOptimizationLevel::Level3)?
+            .with_memory_pattern(true)?;
+        if let Provider::Cuda { device_id } = self.provider {
+            builder = builder.with_execution_providers([cuda_ep(device_id).error_on_failure()]).map_err(|e| {
+                Error::CudaUnavailable { reason: ort::Error::<()>::from(e).to_string() }
+            })?;
+        }
+        builder.commit_from_file(path).map_err(Error::ort(context))
+    }
+}
+
+fn cuda_ep(device_id: i32) -> ort::ep::ExecutionProviderDispatch {
+    // TF32 off: parity with PyTorch fp32 is the contract.
+    ep::CUDA::default().with_device_id(device_id).with_tf32(false).build()
+}
+
+fn init_global(options: &RuntimeOptions) -> Result<Global> {
+    let library = match &options.library {
+        Some(p) => p.clone(),
+        None => find_library()?,
+    };
+    if !library.is_file() {
+        return Err(Error::RuntimeLibraryMissing { searched: library.display().to_string() });
+    }
+    let builder = ort::init_from(&library)
+        .map_err(|e| Error::RuntimeLibraryLoad { path: library.clone(), reason: e.to_string() })?;
+    // Spinning off: 26+ sessions share two cores, and a spinning pool steals them from the host.
+    let mut pool = GlobalThreadPoolOptions::default().with_spin_control(false)?.with_inter_threads(1)?;
+    if options.threads > 0 {
+        pool = pool.with_intra_threads(options.threads)?;
+    }
+    let env = builder
+        .with_name("musicgen-interp")
+        .with_telemetry(false)
+        .with_global_thread_pool(pool)
+        .build()
+        .map_err(|e| Error::RuntimeLibraryLoad { path: library.clone(), reason: e.to_string() })?;
+    Ok(Global { env, library })
+}
+
+fn choose_provider(options: &RuntimeOptions) -> Result<(Provider, Option<String>)> {
+    let cuda = Provider::Cuda { device_id: options.cuda_device };
+    match options.device {
+        Device::Cpu => Ok((Provider::Cpu, None)),
+        Device::Cuda => match cuda_problem() {
+            None => Ok((cuda, None)),
+            Some(reason) => Err(Error::CudaUnavailable { reason }),
+        },
+        Device::Auto => match cuda_problem() {
+            None => Ok((cuda, None)),
+            Some(reason) => Ok((Provider::Cpu, Some(reason))),
+        },
+    }
+}
+
+/// `None` when the CUDA provider is compiled into the loaded library and can be registered.
+fn cuda_problem() -> Option<String> {
+    match ep::CUDA::is_available() {
+        Ok(true) => {}
+        Ok(false) => return Some("the loaded onnxruntime library was built without CUDA".into()),
+        Err(e) => return Some(e.to_string()),
+    }
+    // Registering on a throwaway builder loads the provider library and its CUDA/cuDNN dependencies.
+    let env = GLOBAL.get()?.as_ref().ok()?.env.clone();
+    let attempt = Session::builder(&env)
+        .map_err(ort::Error::<()>::from)
+        .and_then(|b| b.with_execution_providers([cuda_ep(0).error_on_failure()]).map_err(ort::Error::<()>::from));
+    attempt.err().map(|e| e.to_string())
+}
+
+/// Finds the onnxruntime shared library: the environment variables in [`LIBRARY_ENV_VARS`], then the
+/// project's virtual environment (`.venv`, written by `scripts/setup.sh`) beside the working
+/// directory, beside the executable's ancestors, and in the source tree this crate was built from.
+pub fn find_library() -> Result<PathBuf> {
+    for var in LIBRARY_ENV_VARS {
+        if let Some(value) = std::env::var_os(var) {
+            let path = PathBuf::from(value);
+            if path.is_file() {
+                return Ok(path);
+            }
+            // A variable the user set names the library they want: do not silently use another.
+            return Err(Error::RuntimeLibraryMissing { searched: format!("{var}={} is not a file", path.display()) });
+        }
+    }
+    let mut searched = Vec::new();
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    for root in roots {
+        let venv = root.join(".venv");
+        if !venv.is_dir() {
+            continue;
+        }
+        searched.push(venv.display().to_string());
+        if let Some(lib) = library_in_venv(&venv) {
+            return Ok(lib);
+        }
+    }
+    Err(Error::RuntimeLibraryMissing {
+        searched: if searched.is_empty() { "no .venv found and no library variable set".into() } else { format!("looked in {}", searched.join(", ")) },
+    })
+}
+
+/// `VENV/lib/python*/site-packages/onnxruntime/capi/libonnxruntime.so*` (the PyPI wheels' layout;
+/// `onnxruntime-gpu` installs into the same package folder).
+fn library_in_venv(venv: &Path) -> Option<PathBuf> {
+    let lib = venv.join("lib");
+    let mut candidates = Vec::new();
+    for python in std::fs::read_dir(&lib).ok()?.flatten() {
+        let capi = python.path().join("site-packages/onnxruntime/capi");
+        for entry in std::fs::read_dir(&capi).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("libonnxruntime.so") {
+                candidates.push(entry.path());
+            }
+        }
+    }
+    // Prefer the versioned file (the wheel ships `libonnxruntime.so.X.Y.Z`).
+    candidates.sort();
+    candidates.pop()
+}

@@ -1,0 +1,161 @@
+//! Bad bundles and a missing runtime: each gives a one-line error that names the problem and the fix,
+//! never a panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{fixture, runtime};
+use musicgen_interp::model::{MusicGen, Verify};
+use musicgen_interp::Error;
+
+/// A private copy of the tiny bundle (without the reference) to break.
+fn copy_bundle() -> tempfile::TempDir {
+    let src = fixture("tiny");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap().flatten() {
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    dir
+}
+
+fn load_err(dir: &Path) -> Error {
+    match MusicGen::load(&runtime(), dir, Verify::Cached) {
+        Ok(_) => panic!("loading {} should fail", dir.display()),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(!msg.contains('\n'), "error is not one line: {msg}");
+            e
+        }
+    }
+}
+
+fn edit_manifest(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn the_intact_copy_loads() {
+    let dir = copy_bundle();
+    MusicGen::load(&runtime(), dir.path(), Verify::Full).expect("an unchanged copy must load");
+}
+
+#[test]
+fn missing_graph_is_named() {
+    let dir = copy_bundle();
+    std::fs::remove_file(dir.path().join("decoder_layer_1.onnx")).unwrap();
+    let e = load_err(dir.path());
+    assert!(matches!(e, Error::MissingFile { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("decoder_layer_1.onnx") && msg.contains("re-export"), "{msg}");
+}
+
+#[test]
+fn corrupt_file_fails_its_checksum() {
+    let dir = copy_bundle();
+    // Load once so the checksums are cached, then corrupt a byte without changing the size.
+    MusicGen::load(&runtime(), dir.path(), Verify::Cached).unwrap();
+    let path = dir.path().join("decoder_layer_0.onnx");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&path, &bytes).unwrap();
+    let e = load_err(dir.path());
+    assert!(matches!(e, Error::Checksum { .. }), "{e}");
+    assert!(e.to_string().contains("decoder_layer_0.onnx is corrupt"), "{e}");
+}
+
+#[test]
+fn truncated_file_is_caught_by_size() {
+    let dir = copy_bundle();
+    let path = dir.path().join("decoder_head.onnx");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_err(dir.path());
+    assert!(matches!(e, Error::Checksum { .. }), "{e}");
+}
+
+#[test]
+fn manifest_from_another_format_version_is_refused() {
+    let dir = copy_bundle();
+    edit_manifest(dir.path(), |v| {
+        v["format_version"] = 2.into();
+        v["exporter_version"] = "9.9.9".into();
+    });
+    let e = load_err(dir.path());
+    let msg = e.to_string();
+    assert!(matches!(e, Error::BadManifest { .. }), "{msg}");
+    assert!(msg.contains("format 2") && msg.contains("9.9.9") && msg.contains("reads format 1"), "{msg}");
+}
+
+#[test]
+fn graphs_of_another_model_size_are_refused() {
+    let dir = copy_bundle();
+    // The manifest claims a wider model than the graphs were exported for.
+    edit_manifest(dir.path(), |v| {
+        let d = v["decoder"]["d_model"].as_u64().unwrap();
+        let hd = v["decoder"]["head_dim"].as_u64().unwrap();
+        v["decoder"]["d_model"] = (2 * d).into();
+        v["decoder"]["head_dim"] = (2 * hd).into();
+    });
+    let e = load_err(dir.path());
+    let msg = e.to_string();
+    assert!(matches!(e, Error::BundleMismatch { .. }), "{msg}");
+    assert!(msg.contains("different model sizes"), "{msg}");
+}
+
+#[test]
+fn layer_count_disagreeing_with_graph_list_is_refused() {
+    let dir = copy_bundle();
+    edit_manifest(dir.path(), |v| {
+        let l = v["decoder"]["num_layers"].as_u64().unwrap();
+        v["decoder"]["num_layers"] = (l + 1).into();
+    });
+    let e = load_err(dir.path());
+    assert!(e.to_string().contains("graphs.decoder_layers lists"), "{e}");
+}
+
+#[test]
+fn not_a_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = load_err(dir.path());
+    assert!(matches!(e, Error::NotABundle { .. }), "{e}");
+    assert!(e.to_string().contains("onnx/export.py"), "{e}");
+}
+
+#[test]
+fn missing_runtime_library_is_a_one_line_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"))
+        .args(["info", "--model"])
+        .arg(fixture("tiny"))
+        .env("MUSICGEN_INTERP_ORT_LIB", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("onnxruntime library not found") && stderr.contains("scripts/setup.sh"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn cli_info_reports_sizes_and_provider() {
+    let out = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"))
+        .args(["--device", "cpu", "info", "--model"])
+        .arg(fixture("tiny2"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("tiny2").join("manifest.json")).unwrap()).unwrap();
+    let layers = manifest["decoder"]["num_layers"].as_u64().unwrap();
+    assert!(stdout.contains(&format!("decoder      {layers} layers")), "{stdout}");
+    assert!(stdout.contains("provider     CPUExecutionProvider"), "{stdout}");
+}

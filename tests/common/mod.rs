@@ -1,0 +1,67 @@
+//! Shared test helpers: the runtime, the fixture bundles, reading reference arrays.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayBase, ArrayD, Data, Dimension};
+use ndarray_npy::ReadableElement;
+
+use musicgen_interp::model::{MusicGen, Verify};
+use musicgen_interp::runtime::{Device, Runtime, RuntimeOptions};
+
+/// The test fixtures exported by scripts/test.sh (presets `tiny` and `tiny2`).
+pub const PRESETS: [&str; 2] = ["tiny", "tiny2"];
+
+pub fn fixture(preset: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(preset);
+    assert!(
+        dir.join("manifest.json").is_file() && dir.join("reference/cases.json").is_file(),
+        "test fixture {} is missing: run `bash scripts/test.sh` (it exports the tiny bundles and their transformers references)",
+        dir.display()
+    );
+    dir
+}
+
+/// The device the tests run on: `MUSICGEN_INTERP_TEST_DEVICE` (cpu by default; cuda on a GPU host).
+pub fn runtime() -> Runtime {
+    let device: Device = std::env::var("MUSICGEN_INTERP_TEST_DEVICE").unwrap_or_else(|_| "cpu".into()).parse().unwrap();
+    let rt = Runtime::init(&RuntimeOptions { device, threads: 2, ..Default::default() }).expect("onnxruntime");
+    eprintln!("provider: {}", rt.describe());
+    rt
+}
+
+pub fn load(preset: &str) -> MusicGen {
+    MusicGen::load(&runtime(), fixture(preset), Verify::Cached).expect("loading the fixture bundle")
+}
+
+pub fn npy<T: ReadableElement>(path: impl AsRef<Path>) -> ArrayD<T> {
+    let path = path.as_ref();
+    ndarray_npy::read_npy(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Largest absolute difference; panics on a shape mismatch.
+pub fn max_abs_diff<S1, S2, D1, D2>(a: &ArrayBase<S1, D1>, b: &ArrayBase<S2, D2>) -> f32
+where
+    S1: Data<Elem = f32>,
+    S2: Data<Elem = f32>,
+    D1: Dimension,
+    D2: Dimension,
+{
+    assert_eq!(a.shape(), b.shape(), "shape mismatch");
+    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Asserts `max |a - b| <= tol`, naming what was compared.
+pub fn assert_close<S1, S2, D1, D2>(what: &str, a: &ArrayBase<S1, D1>, b: &ArrayBase<S2, D2>, tol: f32)
+where
+    S1: Data<Elem = f32>,
+    S2: Data<Elem = f32>,
+    D1: Dimension,
+    D2: Dimension,
+{
+    assert_eq!(a.shape(), b.shape(), "{what}: shape mismatch");
+    let d = max_abs_diff(a, b);
+    let scale = b.iter().map(|x| x.abs()).fold(0.0, f32::max);
+    assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e} (reference max |x| {scale:e})");
+}

@@ -1,0 +1,172 @@
+//! Parity with transformers: every number the Rust path computes on the tiny bundles is compared with
+//! what transformers' MusicGen computes in PyTorch (with forward hooks), as written by
+//! `onnx/reference.py` (layout in onnx/README.md). Tolerance: max abs diff <= 1e-4; codes equal.
+//! Each test runs on two configs with different layer counts, widths and head counts.
+
+mod common;
+
+use std::path::PathBuf;
+
+use ndarray::{s, Array1, Array2, Array3, ArrayViewMut3, Axis, Ix1, Ix2, Ix3, Ix4};
+
+use common::{assert_close, fixture, load, npy};
+use musicgen_interp::hooks::{Component, FnHooks, ForwardContext, HookPoint, Hooks, LayerEdits, Recorder};
+use musicgen_interp::Result;
+
+const TOL: f32 = 1e-4;
+
+fn reference(preset: &str) -> PathBuf {
+    fixture(preset).join("reference")
+}
+
+fn cases_json(preset: &str) -> serde_json::Value {
+    let path = reference(preset).join("cases.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+fn text_encoder(preset: &str) {
+    let mut m = load(preset);
+    let r = reference(preset);
+    let cases = cases_json(preset);
+    let ids: Array2<i64> = npy(r.join("text/input_ids.npy")).into_dimensionality::<Ix2>().unwrap();
+    let mask: Array2<i64> = npy(r.join("text/attention_mask.npy")).into_dimensionality::<Ix2>().unwrap();
+    // The Rust tokenizer gives transformers' ids for the reference prompts.
+    let prompts: Vec<String> = serde_json::from_value(cases["prompts"].clone()).expect("cases.json: prompts");
+    let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let (rust_ids, rust_mask) = m.text.tokenize(&prompts).unwrap();
+    assert_eq!(rust_ids, ids, "{preset}: token ids");
+    assert_eq!(rust_mask, mask, "{preset}: attention mask");
+    let enc = m.text.encode_ids(ids, mask).unwrap();
+    let hidden = npy::<f32>(r.join("text/hidden_states.npy")).into_dimensionality::<Ix4>().unwrap();
+    assert_eq!(hidden.shape()[0], m.manifest().text_encoder.num_layers + 1);
+    assert_close(&format!("{preset}: text hidden_states"), &enc.hidden_states, &hidden, TOL);
+    let last = npy::<f32>(r.join("text/last_hidden_state.npy")).into_dimensionality::<Ix3>().unwrap();
+    assert_close(&format!("{preset}: text last_hidden_state"), &enc.last_hidden_state, &last, TOL);
+    // The normed entries: the last one is exactly what MusicGen conditions on.
+    let n = enc.normed_hidden_states.shape()[0];
+    assert_close(&format!("{preset}: normed last entry"), &enc.normed_hidden_states.index_axis(Axis(0), n - 1), &last, TOL);
+}
+
+/// The intervention each reference case applies, rebuilt with the Rust hook API.
+fn case_hooks(preset: &str, case: &str, layers: usize) -> Box<dyn Hooks> {
+    let r = reference(preset).join("decoder");
+    let vec1 = |name: &str| npy::<f32>(r.join(name)).into_dimensionality::<Ix1>().unwrap();
+    let none = |_: &ForwardContext, _: HookPoint, _: ArrayViewMut3<'_, f32>| -> Result<()> { Ok(()) };
+    let no_edit = |_: &ForwardContext, _: usize, _: &mut LayerEdits| -> Result<()> { Ok(()) };
+    let last = layers - 1;
+    match case {
+        "plain" => Box::new(FnHooks { edit: no_edit, residual: none }),
+        "add" => {
+            let (attn, cross): (Array1<f32>, Array1<f32>) = (vec1("add_attn.npy"), vec1("add_cross.npy"));
+            Box::new(FnHooks {
+                edit: move |ctx: &ForwardContext, layer: usize, edits: &mut LayerEdits| -> Result<()> {
+                    let rows = ctx.conditional_rows.clone();
+                    if layer == 0 {
+                        let mut a = edits.add(Component::Attn);
+                        a.slice_mut(s![rows.clone(), .., ..]).zip_mut_with(&attn, |x, v| *x += v);
+                    }
+                    if layer == last {
+                        let mut a = edits.add(Component::CrossAttn);
+                        a.slice_mut(s![rows, .., ..]).zip_mut_with(&cross, |x, v| *x += v);
+                    }
+                    Ok(())
+                },
+                residual: none,
+            })
+        }
+        "replace" => {
+            let value = vec1("replace_mlp.npy");
+            Box::new(FnHooks {
+                edit: move |ctx: &ForwardContext, layer: usize, edits: &mut LayerEdits| -> Result<()> {
+                    if layer == last {
+                        for row in ctx.conditional_rows.clone() {
+                            for pos in 0..ctx.new_len {
+                                if (ctx.past_len + pos) % 2 == 0 {
+                                    edits.replace_at(Component::Mlp, row, pos, value.as_slice().unwrap())?;
+                                }
+                            }
+                        }
+                    }
+                    Ok(())
+                },
+                residual: none,
+            })
+        }
+        "resid" => Box::new(FnHooks {
+            edit: no_edit,
+            residual: |ctx: &ForwardContext, point: HookPoint, mut h: ArrayViewMut3<'_, f32>| -> Result<()> {
+                if point == HookPoint::ResidPost(0) {
+                    h.slice_mut(s![ctx.conditional_rows.clone(), .., ..]).mapv_inplace(|x| 0.5 * x + 0.1);
+                }
+                Ok(())
+            },
+        }),
+        other => panic!("unknown reference case {other}"),
+    }
+}
+
+/// Runs the reference's decoder calls (prefill, then cached steps) under `case` and compares every
+/// hook point and the logits of every call.
+fn decoder_case(preset: &str, case: &str) {
+    let mut m = load(preset);
+    let r = reference(preset);
+    let cases = cases_json(preset);
+    let ids: Array2<i64> = npy(r.join("text/input_ids.npy")).into_dimensionality::<Ix2>().unwrap();
+    let mask: Array2<i64> = npy(r.join("text/attention_mask.npy")).into_dimensionality::<Ix2>().unwrap();
+    let enc = m.text.encode_ids(ids, mask).unwrap();
+    let mut state = m.decoder.start_guided(enc.last_hidden_state.view(), enc.attention_mask.view()).unwrap();
+    assert_eq!(state.rows(), 4);
+    let tokens: Array3<i64> = npy(r.join("decoder/input_ids.npy")).into_dimensionality::<Ix3>().unwrap();
+    let calls: Vec<(usize, usize)> = serde_json::from_value(cases["calls"].clone()).expect("cases.json: calls");
+    let layers = m.decoder.num_layers();
+    let mut intervention = case_hooks(preset, case, layers);
+    let mut compared = 0;
+    for (call, &(start, len)) in calls.iter().enumerate() {
+        assert_eq!(state.past_len(), start);
+        let mut rec = Recorder::all();
+        let out = {
+            let mut hooks: Vec<&mut dyn Hooks> = vec![&mut *intervention, &mut rec];
+            m.decoder.forward(&mut state, tokens.slice(s![.., .., start..start + len]), &mut hooks).unwrap()
+        };
+        let dir = r.join(format!("decoder/{case}/call{call}"));
+        for point in HookPoint::all(layers) {
+            let want = npy::<f32>(dir.join(format!("{point}.npy"))).into_dimensionality::<Ix3>().unwrap();
+            let got = rec.get(point, call).unwrap_or_else(|| panic!("{point} not recorded"));
+            assert_close(&format!("{preset} {case} call {call} {point}"), got, &want, TOL);
+            compared += 1;
+        }
+        let logits = npy::<f32>(dir.join("logits.npy")).into_dimensionality::<Ix4>().unwrap();
+        assert_close(&format!("{preset} {case} call {call} logits"), &out.logits, &logits, TOL);
+    }
+    assert_eq!(compared, calls.len() * (2 + 5 * layers));
+}
+
+fn encodec(preset: &str) {
+    let mut m = load(preset);
+    let r = reference(preset).join("encodec");
+    let audio = npy::<f32>(r.join("audio.npy")).into_dimensionality::<Ix3>().unwrap();
+    let codes = npy::<i64>(r.join("codes.npy")).into_dimensionality::<Ix3>().unwrap();
+    let got = m.encodec.encode(audio.view()).unwrap();
+    assert_eq!(got.shape(), codes.shape(), "{preset}: code shape");
+    let differ = got.iter().zip(codes.iter()).filter(|(a, b)| a != b).count();
+    assert_eq!(differ, 0, "{preset}: {differ} of {} codes differ from transformers", codes.len());
+    let decoded = npy::<f32>(r.join("decoded.npy")).into_dimensionality::<Ix3>().unwrap();
+    let wave = m.encodec.decode(codes.view()).unwrap();
+    assert_close(&format!("{preset}: EnCodec decode"), &wave, &decoded, TOL);
+}
+
+macro_rules! per_preset {
+    ($($name:ident => $body:expr;)*) => {
+        mod tiny { use super::*; $(#[test] fn $name() { $body("tiny") })* }
+        mod tiny2 { use super::*; $(#[test] fn $name() { $body("tiny2") })* }
+    };
+}
+
+per_preset! {
+    text_encoder_matches_transformers => text_encoder;
+    decoder_plain_matches_transformers => |p| decoder_case(p, "plain");
+    decoder_additive_intervention_matches_forward_hooks => |p| decoder_case(p, "add");
+    decoder_masked_replace_matches_forward_hooks => |p| decoder_case(p, "replace");
+    decoder_residual_edit_matches_forward_hooks => |p| decoder_case(p, "resid");
+    encodec_matches_transformers => encodec;
+}
