@@ -1,7 +1,9 @@
 //! musicgen-interp: Meta's MusicGen as ONNX graphs on onnxruntime, with every decoder layer's
 //! residual stream and component outputs open to host code (see ARCHITECTURE.md).
 
+pub mod audio;
 pub mod error;
+pub mod generate;
 pub mod hooks;
 pub mod model;
 pub mod runtime;

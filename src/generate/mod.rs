@@ -1,0 +1,116 @@
+//! The generation loop: delay pattern, classifier-free guidance, seeded sampling, audio-prompt
+//! continuation, with hooks active on every forward. Matches transformers' `generate` token for token
+//! under greedy decoding.
+
+pub mod delay;
+pub mod sampling;
+
+use std::time::{Duration, Instant};
+
+use ndarray::{concatenate, s, Array3, Axis};
+
+pub use delay::DelayPattern;
+pub use sampling::{Sampler, SamplingConfig};
+
+use crate::error::{Error, Result};
+use crate::hooks::Hooks;
+use crate::model::MusicGen;
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerationRequest {
+    /// One text prompt per batch row.
+    pub prompts: Vec<String>,
+    /// Audio-prompt codes `[batch, codebooks, frames]` to continue (from EnCodec), if any.
+    pub audio_codes: Option<Array3<i64>>,
+    /// Decoder steps after the prompt (`N` steps give `N - codebooks + 1` new frames).
+    pub max_new_tokens: usize,
+    pub sampling: SamplingConfig,
+}
+
+/// What came out.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// `[batch, codebooks, frames]` with the delay pattern undone (audio prompt frames included).
+    pub codes: Array3<i64>,
+    /// The delayed sequence `[batch, codebooks, length]` the decoder saw.
+    pub sequence: Array3<i64>,
+    /// Decoder forwards run.
+    pub steps: usize,
+    pub decode_time: Duration,
+}
+
+/// Runs a generation with `hooks` on every forward; `progress(step, total)` after each step.
+pub fn generate(
+    model: &mut MusicGen,
+    request: &GenerationRequest,
+    hooks: &mut dyn Hooks,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Generation> {
+    let b = request.prompts.len();
+    if b == 0 {
+        return Err(Error::Input("no prompt given".into()));
+    }
+    if request.max_new_tokens == 0 {
+        return Err(Error::Input("nothing to generate: max_new_tokens is 0".into()));
+    }
+    let sampling = &request.sampling;
+    let mut sampler = Sampler::new(sampling.clone())?;
+    let cfg = model.decoder.config.clone();
+    let k = cfg.num_codebooks;
+
+    // Undelayed decoder prompt: the start token, then any audio-prompt frames.
+    let start = Array3::from_elem((b, k, 1), cfg.bos_token_id);
+    let prompt = match &request.audio_codes {
+        None => start,
+        Some(codes) => {
+            if codes.shape()[0] != b || codes.shape()[1] != k {
+                return Err(Error::Input(format!("audio codes {:?} do not fit {b} prompts x {k} codebooks", codes.shape())));
+            }
+            concatenate(Axis(2), &[start.view(), codes.view()]).expect("same batch and codebooks")
+        }
+    };
+    let max_length = prompt.shape()[2] + request.max_new_tokens;
+    if max_length > cfg.max_position_embeddings {
+        return Err(Error::Input(format!(
+            "{max_length} decoder positions (prompt {} + {} steps) exceed the model's position table of {}; ask for a shorter clip",
+            prompt.shape()[2],
+            request.max_new_tokens,
+            cfg.max_position_embeddings
+        )));
+    }
+    let pattern = DelayPattern::new(prompt.view(), cfg.pad_token_id, max_length)?;
+
+    let prompts: Vec<&str> = request.prompts.iter().map(String::as_str).collect();
+    let text = model.text.encode(&prompts)?;
+    let mut state = if sampling.guided() {
+        model.decoder.start_guided(text.last_hidden_state.view(), text.attention_mask.view())?
+    } else {
+        model.decoder.start(text.last_hidden_state.view(), text.attention_mask.view(), 0..b)?
+    };
+    let copies = state.rows() / b;
+
+    let mut seq = Array3::<i64>::from_elem((b, k, max_length), cfg.pad_token_id);
+    let first = pattern.first_predicted();
+    seq.slice_mut(s![.., .., ..first]).assign(&pattern.prompt_ids());
+    let total = max_length - first;
+    let started = Instant::now();
+    let mut pos = first;
+    let mut steps = 0;
+    while pos < max_length {
+        let from = state.past_len();
+        let input = seq.slice(s![.., .., from..pos]);
+        let rows = if copies == 1 { input.to_owned() } else { concatenate(Axis(0), &vec![input; copies]).expect("rows") };
+        let out = model.decoder.forward(&mut state, rows.view(), hooks)?;
+        let last = out.logits.index_axis(Axis(2), out.logits.shape()[2] - 1);
+        let logits = if sampling.guided() { sampling::guide(last, sampling.guidance_scale) } else { last.to_owned() };
+        let next = sampler.sample(logits.view());
+        seq.slice_mut(s![.., .., pos]).assign(&next);
+        pattern.apply_at(&mut seq, pos);
+        pos += 1;
+        steps += 1;
+        progress(steps, total);
+    }
+    let codes = pattern.revert(&seq)?;
+    Ok(Generation { codes, sequence: seq, steps, decode_time: started.elapsed() })
+}
