@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use ndarray::{s, Array3, Axis};
 
-use musicgen_interp::hooks::{HookPoint, Recorder};
+use musicgen_interp::generate::{GenerationRequest, SamplingConfig};
+use musicgen_interp::hooks::{HookPoint, Hooks, NoHooks, Recorder, Reduction, ResidualCapture};
 use musicgen_interp::model::{MusicGen, Verify};
 use musicgen_interp::runtime::{Device, Runtime, RuntimeOptions};
 use musicgen_interp::store::write_npy;
@@ -45,6 +46,8 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
     },
+    /// Generate music from text (and optionally an audio prompt to continue), seeded.
+    Generate(GenerateArgs),
     /// Encode a prompt, run the decoder's prefill on the start token with classifier-free guidance,
     /// and print the residual stream's norm at every layer (conditional and unconditional rows);
     /// `--save DIR` writes every hook point's activation as .npy.
@@ -56,6 +59,53 @@ enum Command {
         #[arg(long)]
         save: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Bundle folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Text prompt; repeat for a batch (one clip per prompt).
+    #[arg(long, required = true)]
+    text: Vec<String>,
+    /// An audio file (WAV, MP3, FLAC, Ogg; any rate, mono or stereo) to continue.
+    #[arg(long)]
+    audio: Option<PathBuf>,
+    /// Start of the audio-prompt window, seconds.
+    #[arg(long, default_value_t = 0.0)]
+    audio_start: f64,
+    /// Length of the audio-prompt window, seconds (default: to the end).
+    #[arg(long)]
+    audio_duration: Option<f64>,
+    /// Seconds of new audio (default 8; converted to decoder steps).
+    #[arg(long, conflicts_with = "steps")]
+    duration: Option<f64>,
+    /// Decoder steps (N steps give N - codebooks + 1 new frames).
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Top-k sampling (1 = greedy).
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Classifier-free guidance scale (1 = off).
+    #[arg(long)]
+    guidance_scale: Option<f32>,
+    /// The WAV to write (with several prompts: NAME_0.wav, NAME_1.wav, ...).
+    #[arg(long)]
+    output: PathBuf,
+    /// Write the generated codes [batch, codebooks, frames] as int64 .npy.
+    #[arg(long)]
+    save_codes: Option<PathBuf>,
+    /// Write every layer's residual stream (conditional and unconditional rows apart) into this folder.
+    #[arg(long)]
+    save_residuals: Option<PathBuf>,
+    /// Reduction of the saved residuals over decoder positions: last, mean or all.
+    #[arg(long, default_value = "last")]
+    residual_reduction: Reduction,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { model } => info(&runtime, model, verify),
         Command::Inspect { model, text, save } => inspect(&runtime, model, verify, &text, save),
+        Command::Generate(args) => generate(&runtime, verify, args),
     }
 }
 
@@ -134,4 +185,124 @@ fn inspect(runtime: &Runtime, model: PathBuf, verify: Verify, text: &str, save: 
         println!("wrote {} arrays to {}", rec.records.len() + 1, dir.display());
     }
     Ok(())
+}
+
+fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs) -> Result<()> {
+    // Check every output location before the long work, so no run ends without its files.
+    for path in [Some(&args.output), args.save_codes.as_ref()].into_iter().flatten() {
+        check_parent(path)?;
+    }
+    let mut m = load(runtime, args.model.clone(), verify)?;
+    let man = m.manifest().clone();
+    let k = man.decoder.num_codebooks;
+    let defaults = &man.generation;
+    let sampling = SamplingConfig {
+        guidance_scale: args.guidance_scale.unwrap_or(defaults.guidance_scale),
+        top_k: args.top_k.unwrap_or(defaults.top_k),
+        temperature: args.temperature.unwrap_or(defaults.temperature),
+        seed: args.seed,
+    };
+    let steps = match (args.steps, args.duration) {
+        (Some(n), _) => n,
+        (None, d) => {
+            let d = d.unwrap_or(8.0);
+            if !(d > 0.0) {
+                return Err(Error::Input(format!("duration must be positive, got {d}")));
+            }
+            (d * man.audio.frame_rate).round() as usize + k - 1
+        }
+    };
+    let b = args.text.len();
+    if args.text.iter().any(|t| t.trim().is_empty()) {
+        return Err(Error::Input("empty text prompt: describe the music to generate".into()));
+    }
+    let audio_codes = match &args.audio {
+        None => None,
+        Some(path) => {
+            let rate = man.audio.sample_rate;
+            let wave = musicgen_interp::audio::load_mono(path, rate, args.audio_start, args.audio_duration)?;
+            let wave = ndarray::Array3::from_shape_vec((1, 1, wave.len()), wave).expect("shape");
+            let codes = m.encodec.encode(wave.view())?;
+            eprintln!("audio prompt: {} frames from {}", codes.shape()[2], path.display());
+            let views: Vec<_> = (0..b).map(|_| codes.view()).collect();
+            Some(ndarray::concatenate(Axis(0), &views).expect("rows"))
+        }
+    };
+    let request = GenerationRequest { prompts: args.text.clone(), audio_codes, max_new_tokens: steps, sampling };
+    let mut capture = args.save_residuals.as_ref().map(|_| ResidualCapture::new(m.decoder.num_layers(), args.residual_reduction));
+    let bar = indicatif::ProgressBar::new(steps as u64).with_style(
+        indicatif::ProgressStyle::with_template("{spinner} decoding {pos}/{len} steps [{elapsed_precise}] {per_sec} eta {eta}")
+            .expect("template"),
+    );
+    let hooks: &mut dyn Hooks = match capture.as_mut() {
+        Some(c) => c,
+        None => &mut NoHooks,
+    };
+    let out = musicgen_interp::generate::generate(&mut m, &request, hooks, |_, _| bar.inc(1))?;
+    bar.finish_and_clear();
+    let decode_start = std::time::Instant::now();
+    let wave = m.encodec.decode(out.codes.view())?;
+    let codec_s = decode_start.elapsed().as_secs_f64();
+    let rate = man.audio.sample_rate;
+    for i in 0..b {
+        let path = if b == 1 { args.output.clone() } else { numbered(&args.output, i) };
+        let samples: Vec<f32> = wave.slice(s![i, 0, ..]).to_vec();
+        musicgen_interp::audio::write_wav(&path, &samples, rate)?;
+        eprintln!("wrote {} ({:.2} s)", path.display(), samples.len() as f64 / rate as f64);
+    }
+    if let Some(path) = &args.save_codes {
+        write_npy(path, &out.codes)?;
+    }
+    if let (Some(dir), Some(capture)) = (&args.save_residuals, &capture) {
+        save_residuals(dir, capture, b, request.sampling.guided())?;
+    }
+    let secs = out.decode_time.as_secs_f64();
+    let audio_s = wave.shape()[2] as f64 / rate as f64;
+    println!(
+        "{} steps in {:.2} s ({:.2} steps/s), EnCodec decode {:.2} s; {:.2} s of audio per clip, real-time factor {:.2} ({})",
+        out.steps,
+        secs,
+        out.steps as f64 / secs,
+        codec_s,
+        audio_s,
+        audio_s * b as f64 / (secs + codec_s),
+        runtime.provider()
+    );
+    Ok(())
+}
+
+fn check_parent(path: &std::path::Path) -> Result<()> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !parent.is_dir() {
+        return Err(Error::Input(format!("the folder of {} does not exist: create it first", path.display())));
+    }
+    Ok(())
+}
+
+fn numbered(path: &std::path::Path, i: usize) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "wav".into());
+    path.with_file_name(format!("{stem}_{i}.{ext}"))
+}
+
+/// `residuals_cond.npy` and (with guidance) `residuals_uncond.npy`, `[points, batch, (positions,) d_model]`,
+/// and `residuals.json` naming the points and shapes.
+fn save_residuals(dir: &std::path::Path, capture: &ResidualCapture, batch: usize, guided: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
+    let all = capture.result()?;
+    let mut files = serde_json::Map::new();
+    let halves: &[(&str, std::ops::Range<usize>)] =
+        if guided { &[("cond", 0..batch), ("uncond", batch..2 * batch)] } else { &[("cond", 0..batch)] };
+    for (name, rows) in halves {
+        let part = all.slice_axis(Axis(1), ndarray::Slice::from(rows.clone())).to_owned();
+        let file = format!("residuals_{name}.npy");
+        write_npy(&dir.join(&file), &part)?;
+        files.insert((*name).into(), serde_json::json!({"file": file, "shape": part.shape()}));
+    }
+    let sidecar = serde_json::json!({
+        "points": capture.points().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "axes": if all.ndim() == 4 { "[point, batch, position, d_model]" } else { "[point, batch, d_model]" },
+        "arrays": files,
+    });
+    musicgen_interp::store::write_atomic(&dir.join("residuals.json"), serde_json::to_string_pretty(&sidecar).expect("json").as_bytes())
 }

@@ -13,10 +13,14 @@
 //! Tensors are `[rows, positions, d_model]`; rows follow the batch layout of the forward (with
 //! classifier-free guidance: the conditional rows first, then the unconditional ones).
 
+pub mod capture;
+
 use std::fmt;
 use std::str::FromStr;
 
 use ndarray::{Array3, ArrayView3, ArrayViewMut3};
+
+pub use capture::{Reduction, ResidualCapture};
 
 use crate::error::{Error, Result};
 
