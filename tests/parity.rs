@@ -31,7 +31,7 @@ fn text_encoder(preset: &str) {
     let ids: Array2<i64> = npy(r.join("text/input_ids.npy")).into_dimensionality::<Ix2>().unwrap();
     let mask: Array2<i64> = npy(r.join("text/attention_mask.npy")).into_dimensionality::<Ix2>().unwrap();
     // The Rust tokenizer gives transformers' ids for the reference prompts.
-    let prompts: Vec<String> = serde_json::from_value(cases["prompts"].clone()).expect("cases.json: prompts");
+    let prompts: Vec<String> = serde_json::from_value(cases["text"]["prompts"].clone()).expect("cases.json: text.prompts");
     let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let (rust_ids, rust_mask) = m.text.tokenize(&prompts).unwrap();
     assert_eq!(rust_ids, ids, "{preset}: token ids");
@@ -117,7 +117,7 @@ fn decoder_case(preset: &str, case: &str) {
     let mut state = m.decoder.start_guided(enc.last_hidden_state.view(), enc.attention_mask.view()).unwrap();
     assert_eq!(state.rows(), 4);
     let tokens: Array3<i64> = npy(r.join("decoder/input_ids.npy")).into_dimensionality::<Ix3>().unwrap();
-    let calls: Vec<(usize, usize)> = serde_json::from_value(cases["calls"].clone()).expect("cases.json: calls");
+    let calls: Vec<(usize, usize)> = serde_json::from_value(cases["decoder"]["calls"].clone()).expect("cases.json: decoder.calls");
     let layers = m.decoder.num_layers();
     let mut intervention = case_hooks(preset, case, layers);
     let mut compared = 0;
@@ -125,7 +125,9 @@ fn decoder_case(preset: &str, case: &str) {
         assert_eq!(state.past_len(), start);
         let mut rec = Recorder::all();
         let out = {
-            let mut hooks: Vec<&mut dyn Hooks> = vec![&mut *intervention, &mut rec];
+            // The recorder first: it sees each residual point as the model computed it, before the case edits it
+            // (the reference records the same), and `hook_resid_pre` of the next layer after the edit.
+            let mut hooks: Vec<&mut dyn Hooks> = vec![&mut rec, &mut *intervention];
             m.decoder.forward(&mut state, tokens.slice(s![.., .., start..start + len]), &mut hooks).unwrap()
         };
         let dir = r.join(format!("decoder/{case}/call{call}"));

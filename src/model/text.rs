@@ -32,8 +32,11 @@ pub struct TextEncoding {
 
 impl TextEncoder {
     pub(crate) fn new(config: TextEncoderConfig, tokenizer_path: &Path, graph: Graph) -> Result<TextEncoder> {
-        let tokenizer = tokenizers::Tokenizer::from_file(tokenizer_path)
+        let mut tokenizer = tokenizers::Tokenizer::from_file(tokenizer_path)
             .map_err(|e| Error::Tokenizer { path: tokenizer_path.to_path_buf(), reason: e.to_string() })?;
+        // Padding is done here (right, to the longest, as transformers pads); a padding rule saved in
+        // tokenizer.json would otherwise count pad tokens as text.
+        tokenizer.with_padding(None);
         graph.expect_inputs(&["input_ids", "attention_mask"])?;
         graph.expect_outputs(&["last_hidden_state", "hidden_states", "normed_hidden_states"])?;
         graph.expect_dim("last_hidden_state", 2, config.d_model, "width")?;

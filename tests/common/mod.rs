@@ -63,5 +63,6 @@ where
     assert_eq!(a.shape(), b.shape(), "{what}: shape mismatch");
     let d = max_abs_diff(a, b);
     let scale = b.iter().map(|x| x.abs()).fold(0.0, f32::max);
+    eprintln!("{what}: max abs diff {d:.2e} (reference max |x| {scale:.2e})");
     assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e} (reference max |x| {scale:e})");
 }
