@@ -15,6 +15,7 @@ if [ "$(cat tests/data/.stamp 2>/dev/null)" != "$stamp" ]; then
   for preset in tiny tiny2; do
     .venv/bin/python onnx/export.py --preset "$preset" --random-weights --seed 0 --out "tests/data/$preset"
     .venv/bin/python onnx/reference.py --bundle "tests/data/$preset"
+    .venv/bin/python onnx/reference_generate.py --bundle "tests/data/$preset"
   done
   echo "$stamp" > tests/data/.stamp
 fi

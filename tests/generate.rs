@@ -1,0 +1,188 @@
+//! Generation against transformers' `generate()` (greedy, guidance 3; written by
+//! onnx/reference_generate.py), seeded reproducibility, and the CLI's handling of bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ndarray::Ix3;
+
+use common::{assert_close, fixture, load, npy};
+use musicgen_interp::generate::{generate, GenerationRequest, SamplingConfig};
+use musicgen_interp::hooks::NoHooks;
+
+fn reference(preset: &str) -> PathBuf {
+    fixture(preset).join("reference/generate")
+}
+
+fn greedy_case(preset: &str, case: &str) {
+    let r = reference(preset);
+    let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(r.join("cases.json")).unwrap()).unwrap();
+    let prompts: Vec<String> = serde_json::from_value(cases["prompts"].clone()).unwrap();
+    let steps = cases["max_new_tokens"].as_u64().unwrap() as usize;
+    assert!(steps >= 50);
+    let mut m = load(preset);
+    let audio_codes = (case == "audio").then(|| {
+        let prompt = npy::<f32>(r.join("audio/prompt.npy")).into_dimensionality::<Ix3>().unwrap();
+        m.encodec.encode(prompt.view()).unwrap()
+    });
+    let request = GenerationRequest {
+        prompts,
+        audio_codes,
+        max_new_tokens: steps,
+        sampling: SamplingConfig { guidance_scale: 3.0, top_k: 1, temperature: 1.0, seed: 0 },
+    };
+    let out = generate(&mut m, &request, &mut NoHooks, |_, _| {}).unwrap();
+    assert_eq!(out.steps, steps);
+    let want = npy::<i64>(r.join(format!("{case}/codes.npy"))).into_dimensionality::<Ix3>().unwrap();
+    assert_eq!(out.codes.shape(), want.shape(), "{preset} {case}: code shape");
+    let differ = out.codes.iter().zip(want.iter()).filter(|(a, b)| a != b).count();
+    assert_eq!(differ, 0, "{preset} {case}: {differ} of {} codes differ from transformers generate()", want.len());
+    let wave = m.encodec.decode(out.codes.view()).unwrap();
+    let want_wave = npy::<f32>(r.join(format!("{case}/waveform.npy"))).into_dimensionality::<Ix3>().unwrap();
+    assert_close(&format!("{preset} {case}: waveform"), &wave, &want_wave, 1e-4);
+}
+
+#[test]
+fn greedy_text_prompt_matches_transformers_generate() {
+    for preset in common::PRESETS {
+        greedy_case(preset, "text");
+    }
+}
+
+#[test]
+fn greedy_audio_prompt_matches_transformers_generate() {
+    for preset in common::PRESETS {
+        greedy_case(preset, "audio");
+    }
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_musicgen-interp")).args(["--device", "cpu"]).args(args).output().unwrap()
+}
+
+fn cli_ok(args: &[&str]) -> String {
+    let out = cli(args);
+    assert!(out.status.success(), "{:?} failed: {}", args, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cli_err(args: &[&str]) -> String {
+    let out = cli(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn model() -> String {
+    fixture("tiny").display().to_string()
+}
+
+#[test]
+fn same_seed_gives_same_wav_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    let m = model();
+    let run = |seed: &str, out: &str| {
+        cli_ok(&["generate", "--model", &m, "--text", "slow jazz", "--steps", "40", "--seed", seed, "--output", out])
+    };
+    let summary = run("5", &path("a.wav"));
+    assert!(summary.contains("steps/s") && summary.contains("real-time factor"), "{summary}");
+    run("5", &path("b.wav"));
+    run("6", &path("c.wav"));
+    let a = std::fs::read(path("a.wav")).unwrap();
+    assert_eq!(a, std::fs::read(path("b.wav")).unwrap(), "same seed, different WAV");
+    assert_ne!(a, std::fs::read(path("c.wav")).unwrap(), "different seeds gave the same WAV");
+    // 40 steps = 37 frames at 50 frames/s, 640 samples each, 32-bit float + 44-byte header... read it back.
+    let reader = hound::WavReader::open(path("a.wav")).unwrap();
+    assert_eq!((reader.spec().sample_rate, reader.spec().channels), (32000, 1));
+    assert_eq!(reader.duration(), 37 * 640);
+}
+
+#[test]
+fn codes_and_residuals_are_saved_as_npy() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let m = model();
+    cli_ok(&[
+        "generate", "--model", &m, "--text", "a", "--text", "b", "--steps", "12", "--top-k", "1", "--output", &p("x.wav"),
+        "--save-codes", &p("codes.npy"), "--save-residuals", &p("res"), "--residual-reduction", "all",
+    ]);
+    assert!(dir.path().join("x_0.wav").is_file() && dir.path().join("x_1.wav").is_file());
+    let codes = npy::<i64>(dir.path().join("codes.npy"));
+    assert_eq!(codes.shape(), &[2, 4, 9]);
+    let cond = npy::<f32>(dir.path().join("res/residuals_cond.npy"));
+    let uncond = npy::<f32>(dir.path().join("res/residuals_uncond.npy"));
+    let layers = load("tiny").decoder.num_layers();
+    let d = load("tiny").decoder.config.d_model;
+    // [points = embed + layers, batch, positions = 12 (1 prefill + 11 cached), d_model]
+    assert_eq!(cond.shape(), &[layers + 1, 2, 12, d]);
+    assert_eq!(uncond.shape(), cond.shape());
+    assert_ne!(cond, uncond);
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("res/residuals.json")).unwrap()).unwrap();
+    assert_eq!(meta["points"][1], "blocks.0.hook_resid_post");
+}
+
+fn write_wav(path: &Path, rate: u32, channels: u16, seconds: f32) {
+    let spec = hound::WavSpec { channels, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..(rate as f32 * seconds) as usize {
+        let v = ((i as f32 * 440.0 * 6.283 / rate as f32).sin() * 8000.0) as i16;
+        for _ in 0..channels {
+            w.write_sample(v).unwrap();
+        }
+    }
+    w.finalize().unwrap();
+}
+
+#[test]
+fn audio_prompts_at_any_rate_and_layout_are_continued() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model();
+    for (rate, channels) in [(8000, 1), (96000, 1), (44100, 2)] {
+        let input = dir.path().join(format!("in_{rate}_{channels}.wav"));
+        write_wav(&input, rate, channels, 1.0);
+        let out = dir.path().join(format!("out_{rate}.wav"));
+        let codes = dir.path().join(format!("codes_{rate}.npy"));
+        cli_ok(&[
+            "generate", "--model", &m, "--text", "continue this", "--audio", input.to_str().unwrap(), "--audio-start", "0.2",
+            "--audio-duration", "0.5", "--steps", "10", "--output", out.to_str().unwrap(), "--save-codes", codes.to_str().unwrap(),
+        ]);
+        // 0.5 s of prompt = 25 frames, plus 10 - 3 new frames.
+        assert_eq!(npy::<i64>(&codes).shape(), &[1, 4, 25 + 7], "{rate} Hz x {channels}");
+    }
+}
+
+#[test]
+fn bad_input_is_refused_without_leaving_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model();
+    let out = dir.path().join("out.wav");
+    let o = out.to_str().unwrap();
+    let junk = dir.path().join("junk.mp3");
+    std::fs::write(&junk, b"ID3 this is not an mp3").unwrap();
+    let e = cli_err(&["generate", "--model", &m, "--text", "x", "--audio", junk.to_str().unwrap(), "--steps", "5", "--output", o]);
+    assert!(e.contains("cannot read audio file"), "{e}");
+    let truncated = dir.path().join("trunc.wav");
+    write_wav(&truncated, 32000, 1, 0.5);
+    let bytes = std::fs::read(&truncated).unwrap();
+    std::fs::write(&truncated, &bytes[..40]).unwrap();
+    let e = cli_err(&["generate", "--model", &m, "--text", "x", "--audio", truncated.to_str().unwrap(), "--steps", "5", "--output", o]);
+    assert!(e.contains("cannot read audio file"), "{e}");
+    let e = cli_err(&["generate", "--model", &m, "--text", "  ", "--steps", "5", "--output", o]);
+    assert!(e.contains("empty text prompt"), "{e}");
+    let e = cli_err(&["generate", "--model", &m, "--text", "x", "--duration", "60", "--output", o]);
+    assert!(e.contains("exceed the model's position table"), "{e}");
+    let missing = dir.path().join("no/such/folder/out.wav");
+    let e = cli_err(&["generate", "--model", &m, "--text", "x", "--steps", "5", "--output", missing.to_str().unwrap()]);
+    assert!(e.contains("does not exist"), "{e}");
+    let short = dir.path().join("short.wav");
+    write_wav(&short, 32000, 1, 0.5);
+    let e = cli_err(&["generate", "--model", &m, "--text", "x", "--audio", short.to_str().unwrap(), "--audio-start", "2", "--steps", "5", "--output", o]);
+    assert!(e.contains("shorter than the requested start"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!out.exists(), "a failed run left {}: {left:?}", out.display());
+    assert!(left.iter().all(|n| !n.to_string_lossy().contains(".tmp")), "temporary files left: {left:?}");
+}
