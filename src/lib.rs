@@ -2,6 +2,7 @@
 //! residual stream and component outputs open to host code (see ARCHITECTURE.md).
 
 pub mod audio;
+pub mod bench;
 pub mod error;
 pub mod generate;
 pub mod hooks;

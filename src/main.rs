@@ -48,6 +48,22 @@ enum Command {
     },
     /// Generate music from text (and optionally an audio prompt to continue), seeded.
     Generate(GenerateArgs),
+    /// Benchmark: decoder steps/s against transformers in PyTorch on the same weights (same run),
+    /// step time against the bytes-moved floor, peak RSS, EnCodec decode speed.
+    Bench {
+        /// A random-weight bundle (its hf/ folder is what PyTorch runs), e.g. models/small.
+        #[arg(long)]
+        model: PathBuf,
+        /// Clip lengths, seconds.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,30")]
+        durations: Vec<f64>,
+        /// Cached positions for the single-step timing.
+        #[arg(long, value_delimiter = ',', default_value = "50,500,1500")]
+        positions: Vec<usize>,
+        /// Skip the PyTorch comparison.
+        #[arg(long)]
+        no_torch: bool,
+    },
     /// Encode a prompt, run the decoder's prefill on the start token with classifier-free guidance,
     /// and print the residual stream's norm at every layer (conditional and unconditional rows);
     /// `--save DIR` writes every hook point's activation as .npy.
@@ -127,6 +143,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info { model } => info(&runtime, model, verify),
         Command::Inspect { model, text, save } => inspect(&runtime, model, verify, &text, save),
         Command::Generate(args) => generate(&runtime, verify, args),
+        Command::Bench { model, durations, positions, no_torch } => {
+            let mut m = load(&runtime, model.clone(), verify)?;
+            let threads = if cli.runtime.threads > 0 { cli.runtime.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
+            let options = musicgen_interp::bench::BenchOptions { durations, positions, torch: !no_torch, threads };
+            eprintln!("provider {}, {} threads", runtime.describe(), threads);
+            musicgen_interp::bench::run(&mut m, &model, &options).map(|_| ())
+        }
     }
 }
 

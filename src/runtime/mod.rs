@@ -212,19 +212,7 @@ pub fn find_library() -> Result<PathBuf> {
         }
     }
     let mut searched = Vec::new();
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
-    }
-    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    for root in roots {
-        let venv = root.join(".venv");
-        if !venv.is_dir() {
-            continue;
-        }
+    for venv in venv_dirs() {
         searched.push(venv.display().to_string());
         if let Some(lib) = library_in_venv(&venv) {
             return Ok(lib);
@@ -233,6 +221,32 @@ pub fn find_library() -> Result<PathBuf> {
     Err(Error::RuntimeLibraryMissing {
         searched: if searched.is_empty() { "no .venv found and no library variable set".into() } else { format!("looked in {}", searched.join(", ")) },
     })
+}
+
+/// The project's virtual environments (`.venv`, written by `scripts/setup.sh`): beside the working
+/// directory or its ancestors, beside the executable's ancestors, and in the source tree this crate
+/// was built from, in that order.
+pub fn venv_dirs() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let mut out: Vec<PathBuf> = Vec::new();
+    for venv in roots.into_iter().map(|r| r.join(".venv")) {
+        if venv.is_dir() && !out.contains(&venv) {
+            out.push(venv);
+        }
+    }
+    out
+}
+
+/// The Python of the first project virtual environment.
+pub fn find_venv_python() -> Option<PathBuf> {
+    venv_dirs().into_iter().map(|v| v.join("bin/python")).find(|p| p.is_file())
 }
 
 /// `VENV/lib/python*/site-packages/onnxruntime/capi/libonnxruntime.so*` (the PyPI wheels' layout;

@@ -1,0 +1,177 @@
+//! `musicgen-interp bench`: decoder speed against transformers in PyTorch on the same weights, in the
+//! same run, plus the per-step time against the bytes-moved floor, peak memory and EnCodec speed.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use ndarray::{Array3, Axis};
+
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenerationRequest, SamplingConfig};
+use crate::hooks::NoHooks;
+use crate::model::MusicGen;
+
+pub const PROMPT: &str = "80s pop track with bassy drums and synth";
+
+/// Options of a benchmark run.
+pub struct BenchOptions {
+    /// Clip lengths in seconds.
+    pub durations: Vec<f64>,
+    /// Cached positions at which the single-step time is measured.
+    pub positions: Vec<usize>,
+    /// Run transformers in PyTorch too (needs the bundle's `hf/` and the project's .venv).
+    pub torch: bool,
+    pub threads: usize,
+}
+
+/// Bandwidth of a large memory copy on this machine now, bytes per second (best of several).
+pub fn copy_bandwidth() -> f64 {
+    let n = 64 << 20; // 256 MB of f32: far beyond any cache
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&dst);
+    }
+    // A copy reads and writes every byte.
+    2.0 * (n * 4) as f64 / best
+}
+
+/// Peak resident memory of this process (VmHWM), bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs the benchmark and prints a report; returns the report as text too.
+pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Result<String> {
+    let mut report = String::new();
+    let mut say = |line: String| {
+        println!("{line}");
+        report.push_str(&line);
+        report.push('\n');
+    };
+    let man = model.manifest().clone();
+    let d = &man.decoder;
+    let k = d.num_codebooks;
+    let frame_rate = man.audio.frame_rate;
+    let steps_for = |secs: f64| (secs * frame_rate).round() as usize + k - 1;
+    let decoder_bytes: u64 = man
+        .files
+        .iter()
+        .filter(|(name, _)| name.starts_with("decoder_layer_") || name.starts_with("decoder_head"))
+        .map(|(_, f)| f.bytes)
+        .sum();
+    let weight_bytes: u64 = man.files.values().map(|f| f.bytes).sum();
+    let bandwidth = copy_bandwidth();
+    // The copy's buffers are freed; reset the peak-RSS mark so it reports the model's work alone.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    say(format!(
+        "model {} ({} layers, d_model {}), decoder weights {:.2} GB, all graphs {:.2} GB; memory copy bandwidth {:.1} GB/s",
+        man.source.model_id,
+        d.num_layers,
+        d.d_model,
+        decoder_bytes as f64 / 1e9,
+        weight_bytes as f64 / 1e9,
+        bandwidth / 1e9
+    ));
+
+    // PyTorch first, so both sides see the same machine state; its numbers come back as JSON.
+    let torch: Option<serde_json::Value> = if options.torch {
+        let steps: Vec<String> = options.durations.iter().map(|&s| steps_for(s).to_string()).collect();
+        let python = crate::runtime::find_venv_python().ok_or_else(|| Error::Input("no .venv with Python found: run scripts/setup.sh".into()))?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("onnx/bench_torch.py");
+        let out = Command::new(python)
+            .arg(script)
+            .args(["--bundle", &bundle.display().to_string(), "--steps", &steps.join(","), "--threads", &options.threads.to_string()])
+            .output()
+            .map_err(|e| Error::Input(format!("running the PyTorch benchmark: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::Input(format!("the PyTorch benchmark failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        Some(serde_json::from_str(text.lines().last().unwrap_or("")).map_err(|e| Error::Input(format!("PyTorch benchmark output: {e}")))?)
+    } else {
+        None
+    };
+
+    say(format!("{:<10} {:>8} {:>12} {:>12} {:>8}", "clip", "steps", "rust st/s", "torch st/s", "ratio"));
+    for (i, &secs) in options.durations.iter().enumerate() {
+        let steps = steps_for(secs);
+        let request = GenerationRequest {
+            prompts: vec![PROMPT.into()],
+            audio_codes: None,
+            max_new_tokens: steps,
+            sampling: SamplingConfig { seed: 0, ..SamplingConfig::default() },
+        };
+        let out = generate(model, &request, &mut NoHooks, |_, _| {})?;
+        let rust = steps as f64 / out.decode_time.as_secs_f64();
+        let torch_rate = torch.as_ref().and_then(|t| t["generate"][i]["steps_per_s"].as_f64());
+        say(format!(
+            "{:<10} {:>8} {:>12.2} {:>12} {:>8}",
+            format!("{secs} s"),
+            steps,
+            rust,
+            torch_rate.map_or("-".into(), |r| format!("{r:.2}")),
+            torch_rate.map_or("-".into(), |r| format!("{:.2}x", rust / r))
+        ));
+    }
+
+    say(format!("{:<10} {:>12} {:>12} {:>12}", "positions", "step ms", "floor ms", "step/floor"));
+    for &p in &options.positions {
+        let text = model.text.encode(&[PROMPT])?;
+        let mut state = model.decoder.start_guided(text.last_hidden_state.view(), text.attention_mask.view())?;
+        let rows = state.rows();
+        // Fill the cache with p positions in chunks, then time single steps.
+        let mut filled = 0;
+        while filled < p {
+            let n = (p - filled).min(256);
+            let ids = Array3::from_shape_fn((rows, k, n), |(r, c, t)| ((r * 31 + c * 7 + t * 13 + filled) % d.vocab_size) as i64);
+            model.decoder.forward(&mut state, ids.view(), &mut NoHooks)?;
+            filled += n;
+        }
+        let step = Array3::from_elem((rows, k, 1), 5i64);
+        let mut times = Vec::new();
+        for _ in 0..10 {
+            let t = Instant::now();
+            model.decoder.forward(&mut state, step.view(), &mut NoHooks)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let cache_bytes = 2 * d.num_layers * rows * (p + 5) * d.d_model * 4;
+        let floor = (decoder_bytes as f64 + cache_bytes as f64) / bandwidth;
+        let ms = median(times) * 1e3;
+        say(format!("{:<10} {:>12.1} {:>12.1} {:>12.2}", p, ms, floor * 1e3, ms / (floor * 1e3)));
+    }
+
+    let frames = (5.0 * frame_rate) as usize;
+    let codes = Array3::from_shape_fn((1, k, frames), |(_, c, t)| ((c * 131 + t * 17) % man.audio.codebook_size) as i64);
+    let t = Instant::now();
+    let wave = model.encodec.decode(codes.view())?;
+    let per_s = t.elapsed().as_secs_f64() / (wave.len_of(Axis(2)) as f64 / man.audio.sample_rate as f64);
+    let torch_codec = torch.as_ref().and_then(|t| t["encodec_decode_s_per_audio_s"].as_f64());
+    say(format!(
+        "EnCodec decode: {:.3} s per second of audio (torch {})",
+        per_s,
+        torch_codec.map_or("-".into(), |v| format!("{v:.3}"))
+    ));
+    if let Some(rss) = peak_rss() {
+        say(format!(
+            "peak RSS {:.2} GB = {:.2}x the bundle's weight bytes ({:.2} GB)",
+            rss as f64 / 1e9,
+            rss as f64 / weight_bytes as f64,
+            weight_bytes as f64 / 1e9
+        ));
+    }
+    Ok(report)
+}
