@@ -1,0 +1,672 @@
+#!/usr/bin/env python3
+"""Export MusicGen (a checkpoint, or a config with random weights) to a musicgen-interp bundle.
+
+The bundle layout, graph names, inputs and outputs are the contract in docs/BUNDLE.md.
+
+    python onnx/export.py --preset tiny --random-weights --seed 0 --out tests/data/tiny
+    python onnx/export.py --config my_config.json --random-weights --seed 3 --out models/mine
+    python onnx/export.py --model facebook/musicgen-small --out models/musicgen-small
+    python onnx/export.py --model path/to/checkpoint_folder --out models/local
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+EXPORTER_VERSION = "0.1.0"
+FORMAT = "musicgen-interp-bundle"
+FORMAT_VERSION = 1
+OPSET = 17
+MAX_IR_VERSION = 10  # onnxruntime 1.31 rejects newer IR versions
+EXTERNAL_DATA_BYTES = 100 * 1024 * 1024  # graphs larger than this keep their weights in NAME.onnx.data
+PRESETS = HERE / "presets"
+DEFAULT_GENERATION = {"guidance_scale": 3.0, "top_k": 250, "temperature": 1.0}
+
+
+class ExportError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def log(msg=""):
+    print(msg, flush=True)
+
+
+def one_line(exc, limit=300):
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------ args
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Export MusicGen to an ONNX bundle (docs/BUNDLE.md).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="hub id (e.g. facebook/musicgen-small) or a local checkpoint folder")
+    src.add_argument("--config", help="a MusicgenConfig JSON (like a hub config.json); needs --random-weights")
+    src.add_argument("--preset", help="shorthand for --config onnx/presets/NAME.json: " + ", ".join(presets()))
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) for --model")
+    p.add_argument("--random-weights", action="store_true", help="initialise the --config/--preset model randomly")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default 0)")
+    p.add_argument("--out", required=True, help="bundle folder to write (must not exist or be empty, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--no-verify", action="store_true", help="skip running each graph once with onnxruntime")
+    args = p.parse_args(argv)
+    if (args.config or args.preset) and not args.random_weights:
+        p.error("--config/--preset build a model from a config: add --random-weights (or use --model for weights)")
+    if args.model and args.random_weights:
+        p.error("--random-weights goes with --config or --preset, not with --model")
+    if args.revision and not args.model:
+        p.error("--revision only applies to --model")
+    return args
+
+
+def presets():
+    return sorted(f.stem for f in PRESETS.glob("*.json"))
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+def read_config_dict(path: Path, flag: str):
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ExportError(f"cannot read {flag} {path.name}: {e.strerror}; give the path of a MusicGen config JSON")
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ExportError(
+            f"{flag} {path.name} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix the file"
+        )
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{flag} {path.name} must hold a JSON object (a MusicgenConfig dict)")
+    missing = [k for k in ("text_encoder", "audio_encoder", "decoder") if not isinstance(cfg.get(k), dict)]
+    if missing:
+        raise ExportError(
+            f"{flag} {path.name} is not a MusicGen config: missing object(s) {', '.join(missing)}; "
+            "start from onnx/presets/tiny.json"
+        )
+    if cfg.get("model_type", "musicgen") != "musicgen":
+        raise ExportError(f"{flag} {path.name} has model_type {cfg.get('model_type')!r}; only 'musicgen' is supported")
+    return cfg
+
+
+def check_supported(model):
+    """Refuse what bundle format 1 cannot express, before spending time on the export."""
+    from mg_wrappers import musicgen_num_quantizers
+
+    dec = model.config.decoder
+    enc = model.config.audio_encoder
+    if dec.audio_channels != 1:
+        raise ExportError("stereo MusicGen (audio_channels 2) is not supported by bundle format 1; use a mono model")
+    if enc.chunk_length_s is not None:
+        raise ExportError("EnCodec with chunk_length_s set is not supported (MusicGen needs one frame); set it to null")
+    if enc.normalize:
+        raise ExportError("EnCodec with normalize=true is not supported (MusicGen models use false); set it to false")
+    if enc.audio_channels != 1:
+        raise ExportError("EnCodec must be mono (audio_channels 1)")
+    nq = musicgen_num_quantizers(model.audio_encoder)
+    if nq != dec.num_codebooks:
+        raise ExportError(
+            f"EnCodec encodes {nq} codebooks at target_bandwidths[0] but the decoder has num_codebooks "
+            f"{dec.num_codebooks}; make them agree"
+        )
+    if enc.codebook_size != dec.vocab_size:
+        raise ExportError(
+            f"EnCodec codebook_size {enc.codebook_size} differs from the decoder vocab_size {dec.vocab_size}"
+        )
+    if dec.hidden_size % dec.num_attention_heads:
+        raise ExportError(f"decoder hidden_size {dec.hidden_size} is not divisible by {dec.num_attention_heads} heads")
+    if enc.pad_mode not in ("reflect", "constant"):
+        raise ExportError(f"EnCodec pad_mode {enc.pad_mode!r} is not supported; use 'reflect' (MusicGen's) or 'constant'")
+    # scale_embedding: transformers 5.23 computes embed_scale but never applies it; the graph follows it
+
+
+def randomize_codebooks(model, seed):
+    """Random EnCodec codebooks (randomly initialised ones are all zero: every code would be 0)."""
+    import torch
+
+    ae = model.audio_encoder
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        # Centre and scale each codebook on the (residual) embeddings of a probe signal with a changing
+        # envelope, so that codes vary from frame to frame as they do for a trained model.
+        n = ae.config.sampling_rate  # one second
+        envelope = torch.linspace(0, 12.0, n).sin().abs()[None, None] + 0.05
+        probe = torch.randn(1, 1, n, generator=gen) * 0.3 * envelope
+        residual = ae.encoder(probe)  # [1, dim, frames]
+        for layer in ae.quantizer.layers:
+            cb = layer.codebook
+            mean = residual.mean(dim=(0, 2))
+            std = residual.std(dim=(0, 2)).clamp(min=1e-3)
+            embed = mean + torch.randn(cb.embed.shape, generator=gen) * std
+            cb.embed.copy_(embed)
+            cb.embed_avg.copy_(embed)
+            cb.cluster_size.fill_(1.0)
+            residual = residual - layer.decode(layer.encode(residual))
+
+
+def build_random(config_dict, seed):
+    import torch
+    from transformers import GenerationConfig, MusicgenConfig, MusicgenForConditionalGeneration
+
+    try:
+        config = MusicgenConfig.from_dict(config_dict)
+        torch.manual_seed(seed)
+        model = MusicgenForConditionalGeneration(config)
+    except Exception as e:  # transformers' validation raises several types
+        raise ExportError(f"not a valid MusicGen config: {one_line(e)}")
+    model.eval()
+    randomize_codebooks(model, seed)
+    # the generation settings of facebook/musicgen-* checkpoints
+    pad = config.decoder.pad_token_id
+    model.generation_config = GenerationConfig(
+        do_sample=True,
+        guidance_scale=DEFAULT_GENERATION["guidance_scale"],
+        top_k=DEFAULT_GENERATION["top_k"],
+        temperature=DEFAULT_GENERATION["temperature"],
+        max_length=1500,
+        pad_token_id=pad,
+        bos_token_id=config.decoder.bos_token_id,
+        decoder_start_token_id=pad,
+    )
+    return model
+
+
+def load_pretrained(name, revision):
+    import torch
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+    kw = {"revision": revision} if revision else {}
+    local = Path(name).is_dir()
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+    if not local and (looks_like_path or Path(name).exists()):
+        raise ExportError(f"--model {name}: no such checkpoint folder; give a folder with config.json or a hub id")
+    hint = (
+        "check the folder holds config.json, the weights and the tokenizer files"
+        if local
+        else "check the id and --revision, or that it is in the Hugging Face cache (no network: HF_HUB_OFFLINE=1)"
+    )
+    label = Path(name).name if local else name
+
+    def reason(e):
+        text = one_line(e, 160)
+        if "couldn't connect" in text or "cached files" in text or "offline" in text.lower():
+            return "not in the local Hugging Face cache and the hub cannot be reached"
+        return text
+
+    try:
+        model = MusicgenForConditionalGeneration.from_pretrained(name, dtype=torch.float32, **kw)
+    except Exception as e:
+        raise ExportError(f"cannot load MusicGen from {label}: {reason(e)}; {hint}")
+    if not isinstance(model, MusicgenForConditionalGeneration):
+        raise ExportError(f"{label} is not a MusicgenForConditionalGeneration checkpoint")
+    try:
+        tok = AutoTokenizer.from_pretrained(name, **kw)
+    except Exception as e:
+        raise ExportError(f"cannot load the tokenizer of {label}: {reason(e)}; {hint}")
+    model.eval()
+    revision_out = None if local else hub_commit(name, revision)
+    source = {
+        "kind": "local" if local else "hub",
+        "model_id": Path(name).resolve().name if local else name,
+        "revision": revision_out,
+        "seed": None,
+    }
+    return model, tok, source
+
+
+def hub_commit(name, revision):
+    """The commit a hub load came from: the snapshot folder of its cached config.json (else the revision asked)."""
+    try:
+        from transformers.utils.hub import cached_file
+
+        snapshot = Path(cached_file(name, "config.json", revision=revision)).parent.name
+        if re.fullmatch(r"[0-9a-f]{40}", snapshot):
+            return snapshot
+    except Exception:
+        pass
+    return revision
+
+
+def bundle_tokenizer(model, hf_tok):
+    """The tokenizers-library tokenizer the bundle ships (no padding/truncation rule: the host pads)."""
+    from tokenizers import Tokenizer
+
+    from mg_tokenizer import build_tokenizer, without_padding
+
+    tcfg = model.config.text_encoder
+    if hf_tok is None:
+        try:
+            return build_tokenizer(tcfg.vocab_size, tcfg.pad_token_id, tcfg.eos_token_id, 2)
+        except ValueError as e:
+            raise ExportError(str(e))
+    backend = getattr(hf_tok, "backend_tokenizer", None)
+    if backend is None:
+        raise ExportError("the checkpoint's tokenizer has no tokenizers backend (tokenizer.json); cannot export it")
+    return without_padding(Tokenizer.from_str(backend.to_str()))
+
+
+# ----------------------------------------------------------------------------------------- graphs
+
+
+def sha256(path: Path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def mb(n):
+    return f"{n / 1e6:.1f} MB"
+
+
+def graph_specs(model):
+    """(file stem, wrapper, example inputs, input names, output names, dynamic axes) of every graph."""
+    import torch
+
+    import mg_wrappers as W
+
+    dcfg = model.config.decoder
+    tcfg = model.config.text_encoder
+    L, D, H = dcfg.num_hidden_layers, dcfg.hidden_size, dcfg.num_attention_heads
+    hd, K, V = D // H, dcfg.num_codebooks, dcfg.vocab_size
+    B, S, T, C, P = 2, 5, 3, 7, 4
+    g = torch.Generator().manual_seed(1234)
+    ids = torch.randint(3, tcfg.vocab_size, (B, S), generator=g)
+    mask = torch.ones(B, S, dtype=torch.int64)
+    mask[1, 3:] = 0
+    ehs = torch.randn(B, S, tcfg.d_model, generator=g)
+    codes_in = torch.randint(0, V + 1, (B, K, T), generator=g)
+    hidden = torch.randn(B, T, D, generator=g)
+    f32 = lambda *shape: torch.randn(*shape, generator=g) * 0.1  # noqa: E731
+    zeros = torch.zeros(B, T, D)
+    hop = model.audio_encoder.config.hop_length
+    audio = torch.randn(B, 1, 3 * hop + hop // 3, generator=g) * 0.3
+    codes = torch.randint(0, V, (B, K, 4), generator=g)
+
+    bt = {0: "B", 1: "T"}
+    specs = [
+        (
+            "text_encoder",
+            W.TextEncoder(model.text_encoder),
+            (ids, mask),
+            ["input_ids", "attention_mask"],
+            ["last_hidden_state", "hidden_states", "normed_hidden_states"],
+            {
+                "input_ids": {0: "B", 1: "S"},
+                "attention_mask": {0: "B", 1: "S"},
+                "last_hidden_state": {0: "B", 1: "S"},
+                "hidden_states": {1: "B", 2: "S"},
+                "normed_hidden_states": {1: "B", 2: "S"},
+            },
+        ),
+        (
+            "cross_kv",
+            W.CrossKV(model),
+            (ehs, mask),
+            ["encoder_hidden_states", "encoder_attention_mask"],
+            ["cross_key", "cross_value"],
+            {
+                "encoder_hidden_states": {0: "B", 1: "S"},
+                "encoder_attention_mask": {0: "B", 1: "S"},
+                "cross_key": {1: "B", 3: "S"},
+                "cross_value": {1: "B", 3: "S"},
+            },
+        ),
+        (
+            "decoder_embed",
+            W.DecoderEmbed(model),
+            (codes_in, torch.tensor(P, dtype=torch.int64)),
+            ["input_ids", "past_len"],
+            ["hidden"],
+            {"input_ids": {0: "B", 2: "T"}, "hidden": bt},
+        ),
+    ]
+    layer_inputs = ["hidden", "past_key", "past_value", "past_len", "cross_key", "cross_value", "encoder_attention_mask"]
+    for comp in ("attn", "cross_attn", "mlp"):
+        layer_inputs += [f"{comp}_add", f"{comp}_replace", f"{comp}_mask"]
+    layer_outputs = ["resid_post", "attn_out", "cross_attn_out", "mlp_out", "new_key", "new_value"]
+    layer_axes = {
+        "hidden": bt,
+        "past_key": {0: "B", 2: "C"},
+        "past_value": {0: "B", 2: "C"},
+        "cross_key": {0: "B", 2: "S"},
+        "cross_value": {0: "B", 2: "S"},
+        "encoder_attention_mask": {0: "B", 1: "S"},
+        "new_key": {0: "B", 2: "T"},
+        "new_value": {0: "B", 2: "T"},
+    }
+    for name in layer_inputs[7:] + layer_outputs[:4]:
+        layer_axes[name] = bt
+    dec_layers = W.decoder_stack(model).layers
+    for l in range(L):
+        comp_mask = torch.zeros(B, T, D)
+        comp_mask[0, 1] = 1.0
+        example = (
+            hidden,
+            f32(B, H, C, hd),
+            f32(B, H, C, hd),
+            torch.tensor(P, dtype=torch.int64),
+            f32(B, H, S, hd),
+            f32(B, H, S, hd),
+            mask,
+            f32(B, T, D),
+            f32(B, T, D),
+            comp_mask,
+            zeros,
+            zeros,
+            zeros,
+            zeros,
+            zeros,
+            zeros,
+        )
+        specs.append(
+            (f"decoder_layer_{l}", W.DecoderLayer(dec_layers[l], H), example, layer_inputs, layer_outputs, layer_axes)
+        )
+    specs += [
+        (
+            "decoder_head",
+            W.DecoderHead(model),
+            (hidden,),
+            ["hidden"],
+            ["normed", "logits"],
+            {"hidden": bt, "normed": bt, "logits": {0: "B", 2: "T"}},
+        ),
+        (
+            "encodec_encode",
+            W.EncodecEncode(model.audio_encoder),
+            (audio,),
+            ["audio"],
+            ["codes"],
+            {"audio": {0: "B", 2: "N"}, "codes": {0: "B", 2: "F"}},
+        ),
+        (
+            "encodec_decode",
+            W.EncodecDecode(model.audio_encoder),
+            (codes,),
+            ["codes"],
+            ["audio"],
+            {"codes": {0: "B", 2: "F"}, "audio": {0: "B", 2: "N"}},
+        ),
+    ]
+    return specs
+
+
+def export_one(folder: Path, stem, module, example, in_names, out_names, axes, verify):
+    import numpy as np
+    import onnx
+    import torch
+
+    path = folder / f"{stem}.onnx"
+    t0 = time.time()
+    module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            input_names=in_names,
+            output_names=out_names,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    proto = onnx.load(str(path))
+    got_in = [i.name for i in proto.graph.input]
+    got_out = [o.name for o in proto.graph.output]
+    if got_in != list(in_names) or got_out != list(out_names):
+        raise ExportError(f"{stem}: exported names {got_in} -> {got_out} differ from the contract (exporter bug)")
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    data_file = f"{stem}.onnx.data"
+    if proto.ByteSize() > EXTERNAL_DATA_BYTES:
+        path.unlink()
+        onnx.save_model(
+            proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_file,
+            size_threshold=1024,
+        )
+        files = [path.name, data_file]
+    else:
+        onnx.save_model(proto, str(path))
+        files = [path.name]
+    onnx.checker.check_model(str(path))
+    del proto
+    size = sum((folder / f).stat().st_size for f in files)
+    msg = f"  {path.name:<24} {mb(size):>10}  {time.time() - t0:5.1f} s"
+    if verify:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feeds = {n: t.numpy() for n, t in zip(in_names, example)}
+        got = sess.run(None, feeds)
+        with torch.no_grad():
+            want = module(*example)
+        want = want if isinstance(want, (tuple, list)) else (want,)
+        diff = 0.0
+        for g_, w_ in zip(got, want):
+            w_ = w_.numpy()
+            if g_.shape != w_.shape:
+                raise ExportError(f"{stem}: onnxruntime gives shape {g_.shape}, torch {w_.shape} (exporter bug)")
+            if g_.dtype.kind == "i":
+                diff = max(diff, float((g_ != w_).sum()))
+            else:
+                diff = max(diff, float(np.abs(g_ - w_).max()) if g_.size else 0.0)
+        msg += f"  check {diff:.1e}"
+        del sess
+    log(msg)
+    return files
+
+
+def manifest(model, source, graph_files, tokenizer_file, folder: Path):
+    import mg_wrappers as W
+
+    dcfg = model.config.decoder
+    tcfg = model.config.text_encoder
+    acfg = model.config.audio_encoder
+    L = dcfg.num_hidden_layers
+    gen = model.generation_config
+    generation = {
+        k: (getattr(gen, k, None) if getattr(gen, k, None) is not None else v) for k, v in DEFAULT_GENERATION.items()
+    }
+    hooks = ["embed.hook_out"]
+    for l in range(L):
+        hooks += [
+            f"blocks.{l}.hook_resid_pre",
+            f"blocks.{l}.attn.hook_out",
+            f"blocks.{l}.cross_attn.hook_out",
+            f"blocks.{l}.mlp.hook_out",
+            f"blocks.{l}.hook_resid_post",
+        ]
+    hooks.append("ln_final.hook_normalized")
+    files = {}
+    for name in [f for fs in graph_files.values() for f in fs] + [tokenizer_file]:
+        p = folder / name
+        files[name] = {"sha256": sha256(p), "bytes": p.stat().st_size}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "exporter_version": EXPORTER_VERSION,
+        "source": source,
+        "text_encoder": {
+            "num_layers": tcfg.num_layers,
+            "d_model": tcfg.d_model,
+            "num_heads": tcfg.num_heads,
+            "vocab_size": tcfg.vocab_size,
+            "pad_token_id": tcfg.pad_token_id,
+            "eos_token_id": tcfg.eos_token_id,
+        },
+        "decoder": {
+            "num_layers": L,
+            "d_model": dcfg.hidden_size,
+            "num_heads": dcfg.num_attention_heads,
+            "head_dim": dcfg.hidden_size // dcfg.num_attention_heads,
+            "ffn_dim": dcfg.ffn_dim,
+            "num_codebooks": dcfg.num_codebooks,
+            "vocab_size": dcfg.vocab_size,
+            "max_position_embeddings": dcfg.max_position_embeddings,
+            "pad_token_id": dcfg.pad_token_id,
+            "bos_token_id": dcfg.bos_token_id,
+        },
+        "audio": {
+            "sample_rate": acfg.sampling_rate,
+            "frame_rate": acfg.frame_rate,
+            "channels": dcfg.audio_channels,
+            "num_codebooks": W.musicgen_num_quantizers(model.audio_encoder),
+            "codebook_size": acfg.codebook_size,
+        },
+        "generation": generation,
+        "graphs": {
+            "text_encoder": "text_encoder.onnx",
+            "cross_kv": "cross_kv.onnx",
+            "decoder_embed": "decoder_embed.onnx",
+            "decoder_layers": [f"decoder_layer_{l}.onnx" for l in range(L)],
+            "decoder_head": "decoder_head.onnx",
+            "encodec_encode": "encodec_encode.onnx",
+            "encodec_decode": "encodec_decode.onnx",
+        },
+        "tokenizer": tokenizer_file,
+        "hook_points": hooks,
+        "files": files,
+    }
+
+
+def write_bundle(model, tok, source, folder: Path, verify: bool):
+    """Everything goes into `folder` (a fresh temporary folder)."""
+    specs = graph_specs(model)
+    graph_files = {}
+    for stem, module, example, ins, outs, axes in specs:
+        graph_files[stem] = export_one(folder, stem, module, example, ins, outs, axes, verify)
+    tok.save(str(folder / "tokenizer.json"))
+    log("  tokenizer.json")
+    if source["kind"] == "random":
+        from transformers import PreTrainedTokenizerFast
+
+        hf = folder / "hf"
+        model.save_pretrained(str(hf))
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+        fast.save_pretrained(str(hf))
+        log("  hf/ (transformers checkpoint of the same weights, with the tokenizer)")
+    man = manifest(model, source, graph_files, "tokenizer.json", folder)
+    (folder / "manifest.json").write_text(json.dumps(man, indent=2) + "\n")
+    return man
+
+
+def make_readable(folder: Path):
+    """mkdtemp creates 0700 and some writers 0600: give the bundle ordinary permissions (umask applies)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [folder, *folder.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def folder_size(path: Path, skip=()):
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not any(s in f.parts for s in skip))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {args.out} exists and is not a folder; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise ExportError(f"--out {args.out} exists and is not empty; pass --force to replace it")
+
+    cfg_dict = None
+    if args.preset:
+        path = PRESETS / f"{args.preset}.json"
+        if not path.is_file():
+            raise ExportError(f"unknown --preset {args.preset!r}; choose one of: {', '.join(presets())}")
+        cfg_dict = read_config_dict(path, "--preset")
+    elif args.config:
+        cfg_dict = read_config_dict(Path(args.config), "--config")
+
+    t_start = time.time()
+    log("loading transformers ...")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch  # noqa: F401
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+
+    if cfg_dict is not None:
+        model = build_random(cfg_dict, args.seed)
+        hf_tok = None
+        source = {
+            "kind": "random",
+            "model_id": args.preset if args.preset else Path(args.config).name,
+            "revision": None,
+            "seed": args.seed,
+        }
+    else:
+        model, hf_tok, source = load_pretrained(args.model, args.revision)
+    check_supported(model)
+    tok = bundle_tokenizer(model, hf_tok)
+    dcfg = model.config.decoder
+    log(
+        f"model: {source['kind']} {source['model_id']}  decoder {dcfg.num_hidden_layers} layers x "
+        f"{dcfg.hidden_size}, {dcfg.num_attention_heads} heads, {dcfg.num_codebooks} codebooks"
+    )
+
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    try:
+        with torch.no_grad():
+            write_bundle(model, tok, source, tmp, verify=not args.no_verify)
+        make_readable(tmp)
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
+            out.rename(trash / "old")
+            tmp.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    runtime = folder_size(out, skip=("hf",))
+    log(f"wrote {args.out}: {mb(runtime)} read by the runtime, {mb(folder_size(out))} in all, {time.time() - t_start:.1f} s")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ExportError as e:
+        print(f"export.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("export.py: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # an exporter bug or an unforeseen model: one line, traceback on request
+        if os.environ.get("EXPORT_TRACEBACK"):
+            raise
+        print(
+            f"export.py: error: export failed ({type(e).__name__}: {one_line(e, 200)}); nothing was written; "
+            "set EXPORT_TRACEBACK=1 for the traceback",
+            file=sys.stderr,
+        )
+        sys.exit(1)
