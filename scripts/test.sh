@@ -24,4 +24,5 @@ echo "== exporter checks (pytest)"
 .venv/bin/python -m pytest -q onnx/tests
 
 echo "== Rust tests"
-cargo test --workspace
+# --release shares the build with scripts/setup.sh (one compile instead of two on CI's two cores)
+cargo test --workspace --release
