@@ -25,6 +25,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from mg_fs import swap_in  # noqa: E402
+
 EXPORTER_VERSION = "0.1.0"
 FORMAT = "musicgen-interp-bundle"
 FORMAT_VERSION = 1
@@ -638,13 +640,7 @@ def main(argv=None):
         with torch.no_grad():
             write_bundle(model, tok, source, tmp, verify=not args.no_verify)
         make_readable(tmp)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            out.rename(trash / "old")
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,6 +20,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from mg_fs import swap_in  # noqa: E402
+
 PROMPTS = ["80s pop track with bassy drums and synth", "90s rock song with loud guitars and heavy drums"]
 CALLS = [[0, 6], [6, 1], [7, 1], [8, 1]]
 NUM_POSITIONS = 9
@@ -350,12 +352,7 @@ def main(argv=None):
             for entry in out.iterdir():
                 if entry.name not in OWN_ENTRIES:
                     entry.rename(tmp / entry.name)
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            out.rename(trash / "old")
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
