@@ -63,16 +63,6 @@ impl DelayPattern {
         self.pattern.slice(s![.., .., ..self.first_predicted]).to_owned()
     }
 
-    /// Overwrites forced entries of `ids` (positions `0 .. ids.len`) with the pattern's tokens.
-    pub fn apply(&self, ids: &mut Array3<i64>) {
-        let len = ids.shape()[2];
-        ndarray::Zip::from(ids).and(self.pattern.slice(s![.., .., ..len])).for_each(|id, &p| {
-            if p != PREDICT {
-                *id = p;
-            }
-        });
-    }
-
     /// Overwrites the forced entries of position `pos` of a full-length sequence.
     pub fn apply_at(&self, ids: &mut Array3<i64>, pos: usize) {
         ndarray::Zip::from(ids.slice_mut(s![.., .., pos])).and(self.pattern.slice(s![.., .., pos])).for_each(|id, &p| {
@@ -143,7 +133,9 @@ mod tests {
         let start = Array3::from_elem((1, 4, 1), 9);
         let p = DelayPattern::new(start.view(), 9, 8).unwrap();
         let mut ids = Array3::from_shape_fn((1, 4, 8), |(_, cb, t)| (cb * 100 + t) as i64);
-        p.apply(&mut ids);
+        for pos in 0..8 {
+            p.apply_at(&mut ids, pos);
+        }
         let codes = p.revert(&ids).unwrap();
         assert_eq!(codes.shape(), &[1, 4, 4]);
         assert_eq!(codes.slice(s![0, 0, ..]).to_vec(), vec![1, 2, 3, 4]);
