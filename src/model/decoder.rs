@@ -306,13 +306,13 @@ fn ensure_capacity(state: &mut DecoderState, c: &DecoderConfig, needed: usize) {
         return;
     }
     let capacity = needed.div_ceil(CACHE_CHUNK) * CACHE_CHUNK;
-    let grow = |old: &Array4<f32>| {
-        let mut new = Array4::<f32>::zeros((state.rows, c.num_heads, capacity, c.head_dim));
-        new.slice_mut(s![.., .., ..state.past_len, ..]).assign(&old.slice(s![.., .., ..state.past_len, ..]));
-        new
-    };
-    state.keys = state.keys.iter().map(grow).collect();
-    state.values = state.values.iter().map(grow).collect();
+    let (rows, past) = (state.rows, state.past_len);
+    // One buffer at a time, so growing holds one extra layer's cache, not a second whole cache.
+    for buffer in state.keys.iter_mut().chain(state.values.iter_mut()) {
+        let mut new = Array4::<f32>::zeros((rows, c.num_heads, capacity, c.head_dim));
+        new.slice_mut(s![.., .., ..past, ..]).assign(&buffer.slice(s![.., .., ..past, ..]));
+        *buffer = new;
+    }
     state.capacity = capacity;
 }
 
