@@ -42,7 +42,7 @@ struct RuntimeArgs {
 enum Command {
     /// Check a bundle and print its sizes, graphs, hook points and the execution provider.
     Info {
-        /// Bundle folder (written by onnx/export.py).
+        /// Bundle folder, transformers checkpoint folder, or hub id (exported once into ./models).
         #[arg(long)]
         model: PathBuf,
     },
@@ -79,7 +79,7 @@ enum Command {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// Bundle folder.
+    /// Bundle folder, transformers checkpoint folder, or hub id (exported once into ./models).
     #[arg(long)]
     model: PathBuf,
     /// Text prompt; repeat for a batch (one clip per prompt).
@@ -144,16 +144,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { model, text, save } => inspect(&runtime, model, verify, &text, save),
         Command::Generate(args) => generate(&runtime, verify, args),
         Command::Bench { model, durations, positions, no_torch } => {
-            let mut m = load(&runtime, model.clone(), verify)?;
+            let mut m = load(&runtime, model, verify)?;
             let threads = if cli.runtime.threads > 0 { cli.runtime.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
             let options = musicgen_interp::bench::BenchOptions { durations, positions, torch: !no_torch, threads };
             eprintln!("provider {}, {} threads", runtime.describe(), threads);
-            musicgen_interp::bench::run(&mut m, &model, &options).map(|_| ())
+            let dir = m.bundle.dir.clone();
+            musicgen_interp::bench::run(&mut m, &dir, &options).map(|_| ())
         }
     }
 }
 
+/// Loads `--model`: a bundle folder, or a checkpoint folder or hub id exported once into the models folder.
 fn load(runtime: &Runtime, model: PathBuf, verify: Verify) -> Result<MusicGen> {
+    let model = musicgen_interp::model::hub::resolve(&model.to_string_lossy(), &musicgen_interp::model::hub::models_dir())?;
     let start = std::time::Instant::now();
     let m = MusicGen::load(runtime, &model, verify)?;
     eprintln!("loaded {} in {:.2} s on {}", model.display(), start.elapsed().as_secs_f64(), runtime.describe());

@@ -4,6 +4,7 @@ pub mod bundle;
 pub mod decoder;
 pub mod encodec;
 pub mod graph;
+pub mod hub;
 pub mod manifest;
 pub mod text;
 
