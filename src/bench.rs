@@ -175,3 +175,68 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
     }
     Ok(report)
 }
+
+/// How closely one bundle (say, a reduced-precision copy) follows another on the same input.
+#[derive(Clone, Debug)]
+pub struct Fidelity {
+    /// Per `blocks.{l}.hook_resid_post`: mean cosine similarity over rows (conditional and
+    /// unconditional) and positions.
+    pub residual_cosine: Vec<f64>,
+    /// Share of positions and codebooks where the argmax of the guided next-token logits agrees.
+    pub token_agreement: f64,
+    pub positions: usize,
+}
+
+/// Teacher-forced comparison: `reference` generates `steps` greedy steps for `prompt` (guidance 3);
+/// both models then run that same sequence in one forward, and their residuals and next-token
+/// choices are compared.
+pub fn fidelity(candidate: &mut MusicGen, reference: &mut MusicGen, prompt: &str, steps: usize) -> Result<Fidelity> {
+    let (a, b) = (&candidate.manifest().decoder, &reference.manifest().decoder);
+    if (a.num_layers, a.d_model, a.num_codebooks) != (b.num_layers, b.d_model, b.num_codebooks) {
+        return Err(Error::Input("the two bundles are different model sizes".into()));
+    }
+    let sampling = SamplingConfig { guidance_scale: 3.0, top_k: 1, temperature: 1.0, seed: 0 };
+    let request = GenerationRequest { prompts: vec![prompt.into()], audio_codes: None, max_new_tokens: steps, sampling };
+    let generated = generate(reference, &request, &mut NoHooks, |_, _| {})?;
+    let len = generated.sequence.shape()[2] - 1;
+    let input = generated.sequence.slice(ndarray::s![.., .., ..len]).to_owned();
+    let input = ndarray::concatenate(Axis(0), &[input.view(), input.view()]).expect("rows");
+    let layers = a.num_layers;
+    let run = |m: &mut MusicGen| -> Result<(crate::hooks::Recorder, ndarray::Array2<i64>)> {
+        let text = m.text.encode(&[prompt])?;
+        let mut state = m.decoder.start_guided(text.last_hidden_state.view(), text.attention_mask.view())?;
+        let mut rec = crate::hooks::Recorder::points((0..layers).map(crate::hooks::HookPoint::ResidPost));
+        let out = m.decoder.forward(&mut state, input.view(), &mut rec)?;
+        // [2, K, T, V] -> guided [1, K, T, V] -> argmax per codebook and position
+        let t = out.logits.shape()[2];
+        let k = out.logits.shape()[1];
+        let mut choice = ndarray::Array2::<i64>::zeros((k, t));
+        for pos in 0..t {
+            let g = crate::generate::sampling::guide(out.logits.index_axis(Axis(2), pos), 3.0);
+            for cb in 0..k {
+                choice[[cb, pos]] = crate::generate::sampling::argmax(g.slice(ndarray::s![0, cb, ..])) as i64;
+            }
+        }
+        Ok((rec, choice))
+    };
+    let (rec_c, choice_c) = run(candidate)?;
+    let (rec_r, choice_r) = run(reference)?;
+    let residual_cosine = (0..layers)
+        .map(|l| {
+            let p = crate::hooks::HookPoint::ResidPost(l);
+            let (x, y) = (rec_c.get(p, 0).expect("recorded"), rec_r.get(p, 0).expect("recorded"));
+            let mut total = 0.0;
+            let mut n = 0;
+            for (u, v) in x.rows().into_iter().zip(y.rows()) {
+                let dot: f64 = u.iter().zip(v.iter()).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let nu: f64 = u.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+                let nv: f64 = v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+                total += dot / (nu * nv).max(1e-30);
+                n += 1;
+            }
+            total / n as f64
+        })
+        .collect();
+    let agree = choice_c.iter().zip(choice_r.iter()).filter(|(a, b)| a == b).count();
+    Ok(Fidelity { residual_cosine, token_agreement: agree as f64 / choice_c.len() as f64, positions: len })
+}

@@ -64,6 +64,21 @@ enum Command {
         #[arg(long)]
         no_torch: bool,
     },
+    /// Fidelity of one bundle against another (say int8 against fp32): the reference generates
+    /// greedily, both run that sequence, and per-layer residual cosine similarity and next-token
+    /// agreement are printed.
+    Compare {
+        /// The bundle to judge (e.g. models/small-int8).
+        #[arg(long)]
+        model: PathBuf,
+        /// The reference bundle (e.g. models/small).
+        #[arg(long)]
+        reference: PathBuf,
+        #[arg(long, default_value = "80s pop track with bassy drums and synth")]
+        text: String,
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+    },
     /// Encode a prompt, run the decoder's prefill on the start token with classifier-free guidance,
     /// and print the residual stream's norm at every layer (conditional and unconditional rows);
     /// `--save DIR` writes every hook point's activation as .npy.
@@ -143,6 +158,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info { model } => info(&runtime, model, verify),
         Command::Inspect { model, text, save } => inspect(&runtime, model, verify, &text, save),
         Command::Generate(args) => generate(&runtime, verify, args),
+        Command::Compare { model, reference, text, steps } => {
+            let mut candidate = load(&runtime, model, verify)?;
+            let mut reference = load(&runtime, reference, verify)?;
+            let f = musicgen_interp::bench::fidelity(&mut candidate, &mut reference, &text, steps)?;
+            println!("{:<28} {:>10}", "hook point", "cosine");
+            for (l, c) in f.residual_cosine.iter().enumerate() {
+                println!("{:<28} {:>10.6}", HookPoint::ResidPost(l).to_string(), c);
+            }
+            let min = f.residual_cosine.iter().copied().fold(f64::INFINITY, f64::min);
+            println!(
+                "over {} positions: residual cosine min {:.6}, next-token agreement {:.2}%",
+                f.positions,
+                min,
+                100.0 * f.token_agreement
+            );
+            Ok(())
+        }
         Command::Bench { model, durations, positions, no_torch } => {
             let mut m = load(&runtime, model, verify)?;
             let threads = if cli.runtime.threads > 0 { cli.runtime.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
@@ -171,6 +203,8 @@ fn info(runtime: &Runtime, model: PathBuf, verify: Verify) -> Result<()> {
     println!("model        {} ({}, exporter {})", man.source.model_id, man.source.kind, man.exporter_version);
     println!("decoder      {} layers, d_model {}, {} heads x {}, ffn {}, {} codebooks x {}", d.num_layers, d.d_model, d.num_heads, d.head_dim, d.ffn_dim, d.num_codebooks, d.vocab_size);
     println!("text encoder {} layers, d_model {}, vocabulary {}", t.num_layers, t.d_model, t.vocab_size);
+    let precision = man.precision.as_ref().map_or("fp32".to_string(), |p| format!("{} weight-only matmuls (block {}) in {} graphs", p.weights, p.block_size, p.graphs.len()));
+    println!("weights      {precision}");
     println!("audio        {} Hz, {} frames/s, {} channel(s)", man.audio.sample_rate, man.audio.frame_rate, man.audio.channels);
     println!("hook points  {} ({} ... {})", man.hook_points.len(), man.hook_points.first().map_or("", String::as_str), man.hook_points.last().map_or("", String::as_str));
     let bytes: u64 = man.files.values().map(|f| f.bytes).sum();

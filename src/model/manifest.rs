@@ -25,6 +25,20 @@ pub struct Manifest {
     pub tokenizer: String,
     pub hook_points: Vec<String>,
     pub files: BTreeMap<String, FileEntry>,
+    /// Present on reduced-precision copies written by `onnx/quantize.py`; absent means fp32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Precision {
+    /// `int8` or `int4` (block-wise weight-only matmuls).
+    pub weights: String,
+    pub block_size: usize,
+    #[serde(default)]
+    pub accuracy_level: Option<u32>,
+    /// The graphs whose matmul weights were quantized.
+    pub graphs: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
