@@ -38,7 +38,7 @@ if [ "$(cat .venv/.musicgen-interp-stamp 2>/dev/null)" != "$want" ]; then
 fi
 
 echo "== building (release)"
-cargo build --release --quiet
+cargo build --release --workspace --quiet
 
 export_bundle() { # NAME
   if [ ! -f "models/$1/manifest.json" ]; then
@@ -48,5 +48,10 @@ export_bundle() { # NAME
 }
 mkdir -p models
 export_bundle tiny
+if [ ! -f models/tiny/random_directions.npy ]; then
+  # Demo steering weights for configs/steering.yaml: random [layers, 4 classes, d_model] directions
+  # (real ones come from `train-probes`).
+  .venv/bin/python -c "import json, numpy as np; m = json.load(open('models/tiny/manifest.json'))['decoder']; np.save('models/tiny/random_directions.npy', np.random.default_rng(0).standard_normal((m['num_layers'], 4, m['d_model'])).astype(np.float32))"
+fi
 if [ "$small" = 1 ]; then export_bundle small; fi
 echo "== ready: ./target/release/musicgen-interp info --model models/tiny"

@@ -44,6 +44,9 @@ pub enum Error {
     #[error("invalid input: {0}")]
     Input(String),
 
+    #[error("plugin {plugin}: {reason}")]
+    Plugin { plugin: String, reason: String },
+
     #[error("hook {hook} failed: {reason}")]
     Hook { hook: String, reason: String },
 

@@ -3,10 +3,12 @@
 
 pub mod audio;
 pub mod bench;
+pub mod config;
 pub mod error;
 pub mod generate;
 pub mod hooks;
 pub mod model;
+pub mod plugin;
 pub mod runtime;
 pub mod store;
 

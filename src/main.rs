@@ -7,7 +7,9 @@ use clap::{Args, Parser, Subcommand};
 use ndarray::{s, Array3, Axis};
 
 use musicgen_interp::generate::{GenerationRequest, SamplingConfig};
-use musicgen_interp::hooks::{HookPoint, Hooks, NoHooks, Recorder, Reduction, ResidualCapture};
+use musicgen_interp::config::RunConfig;
+use musicgen_interp::hooks::{HookPoint, Hooks, Recorder, Reduction, ResidualCapture};
+use musicgen_interp::plugin::MethodPlugin;
 use musicgen_interp::model::{MusicGen, Verify};
 use musicgen_interp::runtime::{Device, Runtime, RuntimeOptions};
 use musicgen_interp::store::write_npy;
@@ -25,8 +27,8 @@ struct Cli {
 #[derive(Args)]
 struct RuntimeArgs {
     /// Where the graphs run: cpu, cuda, or auto (CUDA when available, else CPU).
-    #[arg(long, global = true, default_value = "auto")]
-    device: Device,
+    #[arg(long, global = true)]
+    device: Option<Device>,
     /// Threads of onnxruntime's global pool (0 = one per core).
     #[arg(long, global = true, default_value_t = 0)]
     threads: usize,
@@ -48,6 +50,12 @@ enum Command {
     },
     /// Generate music from text (and optionally an audio prompt to continue), seeded.
     Generate(GenerateArgs),
+    /// Run a YAML run config (model, generation, prompts, plugins with their settings, output folder).
+    Run {
+        config: PathBuf,
+    },
+    /// List the plugins installed beside this executable (built-ins) with their kind, version and ABI.
+    Plugins,
     /// Benchmark: decoder steps/s against transformers in PyTorch on the same weights (same run),
     /// step time against the bytes-moved floor, peak RSS, EnCodec decode speed.
     Bench {
@@ -137,6 +145,39 @@ struct GenerateArgs {
     /// Reduction of the saved residuals over decoder positions: last, mean or all.
     #[arg(long, default_value = "last")]
     residual_reduction: Reduction,
+    /// Steering (the built-in `steering` plugin): probe weights [layers, classes, d_model] as .npy.
+    #[arg(long, requires_all = ["target_class", "target_layers", "layer_strengths"])]
+    steering_weights: Option<PathBuf>,
+    /// The class whose probe direction is added.
+    #[arg(long)]
+    target_class: Option<usize>,
+    /// Layers whose output is steered (0-based; the probe of layer L steers layer L's output).
+    #[arg(long, num_args = 1..)]
+    target_layers: Vec<usize>,
+    /// One strength per target layer (or one for all).
+    #[arg(long, num_args = 1.., allow_negative_numbers = true)]
+    layer_strengths: Vec<f32>,
+    /// Steer every N-th decoder step, starting with the prefill.
+    #[arg(long, default_value_t = 1)]
+    steering_period: u64,
+    /// Shift of the steering phase, in steps.
+    #[arg(long, default_value_t = 0)]
+    offset: u64,
+}
+
+impl GenerateArgs {
+    /// The steering plugin's settings from the seed-style flags, if any were given.
+    fn steering_settings(&self) -> Option<serde_json::Value> {
+        let weights = self.steering_weights.as_ref()?;
+        Some(serde_json::json!({
+            "weights": weights,
+            "target_class": self.target_class,
+            "layers": self.target_layers,
+            "strengths": self.layer_strengths,
+            "period": self.steering_period,
+            "offset": self.offset,
+        }))
+    }
 }
 
 fn main() -> ExitCode {
@@ -151,13 +192,24 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let options = RuntimeOptions { device: cli.runtime.device, threads: cli.runtime.threads, library: cli.runtime.ort_lib, cuda_device: 0 };
+    // A run config names its device; the --device flag, when given, wins.
+    let run_config = match &cli.command {
+        Command::Run { config } => Some(RunConfig::load(config)?),
+        _ => None,
+    };
+    let device = cli.runtime.device.or(run_config.as_ref().map(|c| c.device)).unwrap_or_default();
+    if let Command::Plugins = cli.command {
+        return list_plugins();
+    }
+    let options = RuntimeOptions { device, threads: cli.runtime.threads, library: cli.runtime.ort_lib, cuda_device: 0 };
     let runtime = Runtime::init(&options)?;
     let verify = if cli.runtime.verify_all { Verify::Full } else { Verify::Cached };
     match cli.command {
         Command::Info { model } => info(&runtime, model, verify),
         Command::Inspect { model, text, save } => inspect(&runtime, model, verify, &text, save),
-        Command::Generate(args) => generate(&runtime, verify, args),
+        Command::Generate(args) => generate(&runtime, verify, args, Vec::new()),
+        Command::Run { .. } => run_config_file(&runtime, verify, run_config.expect("parsed above")),
+        Command::Plugins => unreachable!("handled before the runtime starts"),
         Command::Compare { model, reference, text, steps } => {
             let mut candidate = load(&runtime, model, verify)?;
             let mut reference = load(&runtime, reference, verify)?;
@@ -247,10 +299,13 @@ fn inspect(runtime: &Runtime, model: PathBuf, verify: Verify, text: &str, save: 
     Ok(())
 }
 
-fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs) -> Result<()> {
+fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs, mut plugins: Vec<MethodPlugin>) -> Result<()> {
     // Check every output location before the long work, so no run ends without its files.
     for path in [Some(&args.output), args.save_codes.as_ref()].into_iter().flatten() {
         check_parent(path)?;
+    }
+    if let Some(settings) = args.steering_settings() {
+        plugins.push(MethodPlugin::load("steering", &settings.to_string())?);
     }
     let mut m = load(runtime, args.model.clone(), verify)?;
     let man = m.manifest().clone();
@@ -294,12 +349,24 @@ fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs) -> Result<()>
         indicatif::ProgressStyle::with_template("{spinner} decoding {pos}/{len} steps [{elapsed_precise}] {per_sec} eta {eta}")
             .expect("template"),
     );
-    let hooks: &mut dyn Hooks = match capture.as_mut() {
-        Some(c) => c,
-        None => &mut NoHooks,
-    };
-    let out = musicgen_interp::generate::generate(&mut m, &request, hooks, |_, _| bar.inc(1))?;
+    let info = serde_json::json!({
+        "output": args.output.parent().unwrap_or(std::path::Path::new(".")),
+        "prompts": args.text,
+        "steps": steps,
+        "seed": args.seed,
+    })
+    .to_string();
+    for p in plugins.iter_mut() {
+        p.run_start(&info)?;
+    }
+    let mut hooks: Vec<&mut dyn Hooks> = plugins.iter_mut().map(|p| p as &mut dyn Hooks).collect();
+    if let Some(c) = capture.as_mut() {
+        hooks.push(c);
+    }
+    let out = musicgen_interp::generate::generate(&mut m, &request, &mut hooks, |_, _| bar.inc(1));
+    drop(hooks);
     bar.finish_and_clear();
+    let out = out?;
     let decode_start = std::time::Instant::now();
     let wave = m.encodec.decode(out.codes.view())?;
     let codec_s = decode_start.elapsed().as_secs_f64();
@@ -315,6 +382,9 @@ fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs) -> Result<()>
     }
     if let (Some(dir), Some(capture)) = (&args.save_residuals, &capture) {
         save_residuals(dir, capture, b, request.sampling.guided())?;
+    }
+    for p in plugins.iter_mut() {
+        p.run_end()?;
     }
     let secs = out.decode_time.as_secs_f64();
     let audio_s = wave.shape()[2] as f64 / rate as f64;
@@ -365,4 +435,59 @@ fn save_residuals(dir: &std::path::Path, capture: &ResidualCapture, batch: usize
         "arrays": files,
     });
     musicgen_interp::store::write_atomic(&dir.join("residuals.json"), serde_json::to_string_pretty(&sidecar).expect("json").as_bytes())
+}
+
+/// `run CONFIG.yaml`: the resolved config is written first, then the run goes through the same path
+/// as `generate`, with the config's plugins.
+fn run_config_file(runtime: &Runtime, verify: Verify, config: RunConfig) -> Result<()> {
+    let out = &config.output;
+    std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.clone(), source: e })?;
+    musicgen_interp::store::write_atomic(&out.join("config.resolved.yaml"), config.to_yaml().as_bytes())?;
+    let plugins = config
+        .plugins
+        .iter()
+        .map(|p| MethodPlugin::load(&p.plugin, &p.settings_json()?))
+        .collect::<Result<Vec<_>>>()?;
+    for p in &plugins {
+        eprintln!("plugin {} {} at {}", p.name(), p.version(), p.points().iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "));
+    }
+    let g = &config.generation;
+    let args = GenerateArgs {
+        model: PathBuf::from(&config.model),
+        text: config.prompts.clone(),
+        audio: config.audio.as_ref().map(|a| a.path.clone()),
+        audio_start: config.audio.as_ref().map_or(0.0, |a| a.start),
+        audio_duration: config.audio.as_ref().and_then(|a| a.duration),
+        duration: g.duration,
+        steps: g.steps,
+        seed: config.seed,
+        top_k: g.top_k,
+        temperature: g.temperature,
+        guidance_scale: g.guidance_scale,
+        output: out.join("clip.wav"),
+        save_codes: config.save_codes.then(|| out.join("codes.npy")),
+        save_residuals: None,
+        residual_reduction: Reduction::Last,
+        steering_weights: None,
+        target_class: None,
+        target_layers: Vec::new(),
+        layer_strengths: Vec::new(),
+        steering_period: 1,
+        offset: 0,
+    };
+    generate(runtime, verify, args, plugins)
+}
+
+fn list_plugins() -> Result<()> {
+    let found = musicgen_interp::plugin::installed();
+    if found.is_empty() {
+        println!("no plugins found in {:?}; build them with `cargo build --release --workspace`", musicgen_interp::plugin::plugin_dirs());
+    }
+    for (path, lib) in found {
+        match lib {
+            Ok(l) => println!("{:<16} {:<8} {:?}  ABI {}  {}", l.name, l.version, l.kind, musicgen_interp::plugin::ABI_VERSION, path.display()),
+            Err(e) => println!("{:<16} unusable: {e}", path.display()),
+        }
+    }
+    Ok(())
 }

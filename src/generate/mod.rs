@@ -109,6 +109,7 @@ pub fn generate(
         pattern.apply_at(&mut seq, pos);
         pos += 1;
         steps += 1;
+        hooks.step_end(steps)?;
         progress(steps, total);
     }
     let codes = pattern.revert(&seq)?;

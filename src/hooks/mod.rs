@@ -217,6 +217,11 @@ pub trait Hooks {
     fn on_component(&mut self, _ctx: &ForwardContext, _point: HookPoint, _out: ArrayView3<'_, f32>) -> Result<()> {
         Ok(())
     }
+
+    /// Called by the generation loop after decoding step `step` (1-based) has chosen its tokens.
+    fn step_end(&mut self, _step: usize) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// No hooks: the plain forward.
@@ -241,6 +246,9 @@ impl<H: Hooks> Hooks for Vec<H> {
     fn on_component(&mut self, ctx: &ForwardContext, point: HookPoint, out: ArrayView3<'_, f32>) -> Result<()> {
         self.iter_mut().filter(|h| h.wants(&point)).try_for_each(|h| h.on_component(ctx, point, out))
     }
+    fn step_end(&mut self, step: usize) -> Result<()> {
+        self.iter_mut().try_for_each(|h| h.step_end(step))
+    }
 }
 
 macro_rules! forward_hooks {
@@ -257,6 +265,9 @@ macro_rules! forward_hooks {
             }
             fn on_component(&mut self, ctx: &ForwardContext, point: HookPoint, out: ArrayView3<'_, f32>) -> Result<()> {
                 (**self).on_component(ctx, point, out)
+            }
+            fn step_end(&mut self, step: usize) -> Result<()> {
+                (**self).step_end(step)
             }
         }
     )*};
