@@ -128,6 +128,16 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         ));
     }
 
+    if let Some(&secs) = options.durations.first() {
+        let (plain, hooked, layers) = hook_overhead(model, steps_for(secs))?;
+        say(format!(
+            "steering plugin at {layers} layers, {secs} s clip: {:.3} s hooked vs {:.3} s plain (median of 3 each, interleaved) = {:.3}x",
+            hooked,
+            plain,
+            hooked / plain
+        ));
+    }
+
     say(format!("{:<10} {:>12} {:>12} {:>12}", "positions", "step ms", "floor ms", "step/floor"));
     for &p in &options.positions {
         let text = model.text.encode(&[PROMPT])?;
@@ -239,4 +249,31 @@ pub fn fidelity(candidate: &mut MusicGen, reference: &mut MusicGen, prompt: &str
         .collect();
     let agree = choice_c.iter().zip(choice_r.iter()).filter(|(a, b)| a == b).count();
     Ok(Fidelity { residual_cosine, token_agreement: agree as f64 / choice_c.len() as f64, positions: len })
+}
+
+/// Generation time with the built-in steering plugin at three layers on every step, against the
+/// same generation without hooks: (plain s, hooked s, steered layers), medians of interleaved runs.
+pub fn hook_overhead(model: &mut MusicGen, steps: usize) -> Result<(f64, f64, usize)> {
+    let d = model.manifest().decoder.clone();
+    let dir = std::env::temp_dir().join(format!("musicgen-interp-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+    let weights = dir.join("directions.npy");
+    let w = ndarray::Array3::from_shape_fn((d.num_layers, 4, d.d_model), |(l, c, i)| (((l * 7 + c * 3 + i) % 13) as f32 - 6.0) / 6.0);
+    crate::store::write_npy(&weights, &w)?;
+    let layers: Vec<usize> = (0..d.num_layers).rev().take(3).collect();
+    let settings = serde_json::json!({"weights": weights, "target_class": 1, "layers": layers, "strengths": [0.5, 0.3, 0.2], "period": 1});
+    let mut plugin = crate::plugin::MethodPlugin::load("steering", &settings.to_string())?;
+    let request = GenerationRequest {
+        prompts: vec![PROMPT.into()],
+        audio_codes: None,
+        max_new_tokens: steps,
+        sampling: SamplingConfig { seed: 0, ..SamplingConfig::default() },
+    };
+    let (mut plain, mut hooked) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        plain.push(generate(model, &request, &mut NoHooks, |_, _| {})?.decode_time.as_secs_f64());
+        hooked.push(generate(model, &request, &mut plugin, |_, _| {})?.decode_time.as_secs_f64());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((median(plain), median(hooked), layers.len()))
 }

@@ -229,3 +229,31 @@ fn example_configs_parse() {
     }
     assert!(n >= 2);
 }
+
+#[test]
+fn external_probe_model_fits_predicts_saves_and_loads() {
+    use musicgen_interp::plugin::ProbePlugin;
+    let lib = build_external("centroid", true);
+    let spec = lib.to_str().unwrap();
+    // Two well-separated classes in 3 dimensions.
+    let x = ndarray::arr2(&[[1.0f32, 0.0, 0.0], [1.1, 0.1, 0.0], [0.0, 0.0, 1.0], [0.1, 0.0, 1.2]]);
+    let y = [0i64, 0, 1, 1];
+    let mut p = ProbePlugin::load(spec, "{}").unwrap();
+    assert_eq!(p.name(), "centroid");
+    p.fit(x.view(), &y, 2).unwrap();
+    assert_eq!(p.predict(x.view()).unwrap(), y.to_vec());
+    let scores = p.scores(x.view(), 2).unwrap();
+    assert!(scores[[0, 0]] > scores[[0, 1]] && scores[[3, 1]] > scores[[3, 0]]);
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("centroids.json");
+    p.save(&saved).unwrap();
+    let mut q = ProbePlugin::load(spec, "{}").unwrap();
+    q.load_weights(&saved).unwrap();
+    assert_eq!(q.predict(x.view()).unwrap(), y.to_vec());
+    // Its errors come back as errors: a label outside the classes.
+    let err = q.fit(x.view(), &[0, 0, 1, 5], 2).unwrap_err().to_string();
+    assert!(err.contains("label 5 outside 0..2"), "{err}");
+    // A probe is not a method, and the other way round.
+    assert!(MethodPlugin::load(spec, "{}").is_err());
+    assert!(ProbePlugin::load("steering", "{}").is_err());
+}
