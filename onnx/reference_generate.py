@@ -17,9 +17,12 @@ import json
 import os
 import sys
 
+from pathlib import Path
+
 import numpy as np
-import torch
-from transformers import MusicgenForConditionalGeneration, PreTrainedTokenizerFast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mg_generate  # noqa: E402
 
 PROMPTS = ["80s pop track with bassy drums and synth", "90s rock song with loud guitars and heavy drums"]
 
@@ -35,46 +38,19 @@ def prompt_audio(rate, seconds, batch, seed=7):
     return np.asarray(rows, dtype=np.float32)[:, None, :]
 
 
-def run(model, tokenizer, steps, audio=None):
-    captured = {}
-    original = model.audio_encoder.decode
-
-    def capture(audio_codes, *args, **kwargs):
-        captured["codes"] = audio_codes[0].clone()
-        return original(audio_codes, *args, **kwargs)
-
-    model.audio_encoder.decode = capture
-    try:
-        inputs = tokenizer(PROMPTS, padding=True, return_tensors="pt")
-        kwargs = dict(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
-        if audio is not None:
-            kwargs["input_values"] = torch.from_numpy(audio)
-        with torch.no_grad():
-            wave = model.generate(**kwargs, do_sample=False, guidance_scale=3.0, max_new_tokens=steps)
-    finally:
-        model.audio_encoder.decode = original
-    return captured["codes"].numpy().astype(np.int64), wave.numpy().astype(np.float32)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--steps", type=int, default=60)
     args = ap.parse_args()
-    hf = os.path.join(args.bundle, "hf")
-    if not os.path.isfile(os.path.join(hf, "config.json")):
-        sys.exit(f"error: {hf} holds no transformers checkpoint (only random-weight bundles carry hf/)")
-    torch.manual_seed(0)
-    model = MusicgenForConditionalGeneration.from_pretrained(hf).eval()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(args.bundle, "tokenizer.json"), pad_token="<pad>")
-    tokenizer.pad_token_id = model.config.text_encoder.pad_token_id
+    model, tokenizer = mg_generate.load(args.bundle)
     out = os.path.join(args.bundle, "reference", "generate")
     rate = model.config.audio_encoder.sampling_rate
 
     cases = {"prompts": PROMPTS, "guidance_scale": 3.0, "greedy": True, "max_new_tokens": args.steps, "cases": {}}
     audio = prompt_audio(rate, 0.3, len(PROMPTS))
     for name, audio_in in (("text", None), ("audio", audio)):
-        codes, wave = run(model, tokenizer, args.steps, audio_in)
+        codes, wave = mg_generate.greedy_codes(model, tokenizer, PROMPTS, args.steps, audio_in)
         os.makedirs(os.path.join(out, name), exist_ok=True)
         np.save(os.path.join(out, name, "codes.npy"), codes)
         np.save(os.path.join(out, name, "waveform.npy"), wave)

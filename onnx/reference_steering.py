@@ -12,9 +12,14 @@ import argparse
 import json
 import os
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
-from transformers import MusicgenForConditionalGeneration, PreTrainedTokenizerFast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mg_generate  # noqa: E402
 
 PROMPTS = ["80s pop track with bassy drums and synth", "90s rock song with loud guitars and heavy drums"]
 
@@ -51,24 +56,13 @@ def generate_codes(model, tokenizer, steps, case, weights):
     handles = [model.decoder.model.decoder.register_forward_pre_hook(count, with_kwargs=True)]
     for layer, strength in zip(case["layers"], case["strengths"]):
         handles.append(layers[layer].register_forward_hook(steer_hook(layer, strength)))
-    captured = {}
-    original = model.audio_encoder.decode
-
-    def capture(codes, *a, **k):
-        captured["codes"] = codes[0].clone()
-        return original(codes[..., :2], *a, **k)
-
-    model.audio_encoder.decode = capture
     try:
-        inputs = tokenizer(PROMPTS, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=steps)
+        codes, _ = mg_generate.greedy_codes(model, tokenizer, PROMPTS, steps, decode=False)
     finally:
-        model.audio_encoder.decode = original
         for h in handles:
             h.remove()
     assert state["call"] == steps - 1, f"expected the last call at cached length {steps - 1}, saw {state['call']}"
-    return captured["codes"].numpy().astype(np.int64)
+    return codes
 
 
 def main():
@@ -76,10 +70,7 @@ def main():
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args()
-    hf = os.path.join(args.bundle, "hf")
-    model = MusicgenForConditionalGeneration.from_pretrained(hf).eval()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(args.bundle, "tokenizer.json"))
-    tokenizer.pad_token_id = model.config.text_encoder.pad_token_id
+    model, tokenizer = mg_generate.load(args.bundle)
     n_layers = model.decoder.config.num_hidden_layers
     d = model.decoder.config.hidden_size
     rng = np.random.default_rng(11)
