@@ -350,7 +350,7 @@ fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs, mut plugins: 
             .expect("template"),
     );
     let info = serde_json::json!({
-        "output": args.output.parent().unwrap_or(std::path::Path::new(".")),
+        "output": args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")),
         "prompts": args.text,
         "steps": steps,
         "seed": args.seed,
