@@ -4,7 +4,9 @@
 pub mod audio;
 pub mod bench;
 pub mod config;
+pub mod data;
 pub mod error;
+pub mod extract;
 pub mod generate;
 pub mod hooks;
 pub mod model;

@@ -50,6 +50,9 @@ enum Command {
     },
     /// Generate music from text (and optionally an audio prompt to continue), seeded.
     Generate(GenerateArgs),
+    /// Extract every layer's residual stream for a labelled audio dataset (each 10 s segment is an
+    /// audio prompt MusicGen continues); resumable, shardable (`--shard i/n`), merged at the end.
+    Extract(ExtractArgs),
     /// Run a YAML run config (model, generation, prompts, plugins with their settings, output folder).
     Run {
         config: PathBuf,
@@ -165,6 +168,50 @@ struct GenerateArgs {
     offset: u64,
 }
 
+#[derive(Args)]
+struct ExtractArgs {
+    /// Bundle folder, checkpoint folder, or hub id.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A folder with one sub-folder of audio files per class, or a labels.csv (path,label).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    output_dir: PathBuf,
+    /// Label map `name=id,...` (default Classical=0,Electronic=1,Rock=2,Jazz=3); other labels are skipped and counted.
+    #[arg(long)]
+    labels: Option<String>,
+    /// Text prompt for every segment; `{genre}` is replaced by its label (the default names none).
+    #[arg(long, default_value = musicgen_interp::extract::DEFAULT_PROMPT)]
+    prompt_template: String,
+    /// Decoder steps generated after each segment.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    #[arg(long, default_value = "last")]
+    reduction: Reduction,
+    #[arg(long, default_value_t = 10.0)]
+    segment_seconds: f64,
+    #[arg(long, default_value_t = 2.0)]
+    min_seconds: f64,
+    /// Use only the first N tracks (in id order).
+    #[arg(long)]
+    max_samples: Option<usize>,
+    /// This host's share of the tracks, i/n (dealt round-robin in id order).
+    #[arg(long, default_value = "0/1")]
+    shard: musicgen_interp::data::Shard,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long)]
+    guidance_scale: Option<f32>,
+    /// Only merge the segments already in --output-dir (after all shards finished).
+    #[arg(long)]
+    merge: bool,
+}
+
 impl GenerateArgs {
     /// The steering plugin's settings from the seed-style flags, if any were given.
     fn steering_settings(&self) -> Option<serde_json::Value> {
@@ -208,6 +255,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info { model } => info(&runtime, model, verify),
         Command::Inspect { model, text, save } => inspect(&runtime, model, verify, &text, save),
         Command::Generate(args) => generate(&runtime, verify, args, Vec::new()),
+        Command::Extract(args) => extract(&runtime, verify, args),
         Command::Run { .. } => run_config_file(&runtime, verify, run_config.expect("parsed above")),
         Command::Plugins => unreachable!("handled before the runtime starts"),
         Command::Compare { model, reference, text, steps } => {
@@ -489,5 +537,63 @@ fn list_plugins() -> Result<()> {
             Err(e) => println!("{:<16} unusable: {e}", path.display()),
         }
     }
+    Ok(())
+}
+
+fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
+    use musicgen_interp::{data, extract};
+    if !args.merge {
+        let need = |what: &str| Error::Input(format!("extract needs --{what} (or --merge to join finished segments)"));
+        let model_spec = args.model.clone().ok_or_else(|| need("model"))?;
+        let data_dir = args.data_dir.clone().ok_or_else(|| need("data-dir"))?;
+        let labels = match &args.labels {
+            Some(spec) => data::LabelMap::parse(spec)?,
+            None => data::LabelMap::default(),
+        };
+        let mut scan = data::scan_folder(&data_dir, &labels)?;
+        for (name, n) in &scan.unknown_labels {
+            eprintln!("skipped {n} file(s) labelled {name:?}: not in the label map");
+        }
+        if let Some(n) = args.max_samples {
+            scan.items.truncate(n);
+        }
+        let mut m = load(runtime, model_spec.clone(), verify)?;
+        let defaults = m.manifest().generation.clone();
+        let settings = extract::ExtractSettings {
+            model: model_spec.display().to_string(),
+            segment_seconds: args.segment_seconds,
+            min_seconds: args.min_seconds,
+            prompt_template: args.prompt_template.clone(),
+            steps: args.steps,
+            reduction: args.reduction,
+            guidance_scale: args.guidance_scale.unwrap_or(defaults.guidance_scale),
+            top_k: args.top_k.unwrap_or(defaults.top_k),
+            temperature: args.temperature.unwrap_or(defaults.temperature),
+            seed: args.seed,
+        };
+        let owned = scan.items.iter().enumerate().filter(|(i, _)| args.shard.owns(*i)).count();
+        let bar = indicatif::ProgressBar::new_spinner().with_message(format!("{owned} tracks of shard {}/{}", args.shard.index, args.shard.count));
+        let report = extract::extract(&mut m, &scan, &args.output_dir, &settings, args.shard, |key| {
+            bar.set_message(key.to_string());
+            bar.inc(1)
+        })?;
+        bar.finish_and_clear();
+        for (id, why) in &report.failed {
+            eprintln!("skipped {id}: {why}");
+        }
+        println!(
+            "{} segments extracted, {} already done, {} tracks unusable, {} files with unknown labels",
+            report.extracted,
+            report.already_done,
+            report.failed.len(),
+            scan.unknown_labels.values().sum::<usize>()
+        );
+        if args.shard.count > 1 {
+            println!("shard {}/{} done; when every shard is, run `extract --merge --output-dir {}`", args.shard.index, args.shard.count, args.output_dir.display());
+            return Ok(());
+        }
+    }
+    let merged = extract::merge(&args.output_dir)?;
+    println!("merged {} segments: residuals_cond.npy {:?}", merged.labels.len(), merged.cond.shape());
     Ok(())
 }

@@ -1,0 +1,203 @@
+//! Datasets of labelled audio: a local folder (a sub-folder per class, or a `labels.csv` manifest),
+//! a label map (the seed's four genres by default; unknown labels are skipped and counted, never
+//! mapped to class 0), and the cutting of tracks into fixed-length segments.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Audio file extensions a dataset folder is scanned for.
+pub const AUDIO_EXTENSIONS: [&str; 5] = ["wav", "mp3", "flac", "ogg", "oga"];
+
+/// Class names -> class ids, matched case-insensitively.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct LabelMap(pub BTreeMap<String, i64>);
+
+impl Default for LabelMap {
+    /// The seed's map: Classical=0, Electronic=1, Rock=2, Jazz=3.
+    fn default() -> Self {
+        LabelMap([("classical", 0), ("electronic", 1), ("rock", 2), ("jazz", 3)].into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+}
+
+impl LabelMap {
+    /// Parses `name=id,name=id,...`.
+    pub fn parse(spec: &str) -> Result<LabelMap> {
+        let mut map = BTreeMap::new();
+        for pair in spec.split(',').filter(|p| !p.trim().is_empty()) {
+            let (name, id) = pair.split_once('=').ok_or_else(|| Error::Input(format!("label map entry {pair:?} is not name=id")))?;
+            let id: i64 = id.trim().parse().map_err(|_| Error::Input(format!("label map entry {pair:?}: id is not a number")))?;
+            map.insert(name.trim().to_lowercase(), id);
+        }
+        if map.is_empty() {
+            return Err(Error::Input("empty label map".into()));
+        }
+        Ok(LabelMap(map))
+    }
+
+    pub fn get(&self, name: &str) -> Option<i64> {
+        self.0.get(&name.trim().to_lowercase()).copied()
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.0.values().max().map_or(0, |m| *m as usize + 1)
+    }
+}
+
+/// One labelled track.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Item {
+    /// Stable id: the path relative to the dataset root.
+    pub id: String,
+    pub path: PathBuf,
+    pub label: i64,
+    pub label_name: String,
+}
+
+/// What a dataset scan found.
+#[derive(Clone, Debug, Default)]
+pub struct Scan {
+    /// Sorted by id, so every host sees the same order.
+    pub items: Vec<Item>,
+    /// Label name -> number of files skipped because the map lacks it.
+    pub unknown_labels: BTreeMap<String, usize>,
+}
+
+/// Scans a local folder: `ROOT/labels.csv` (`path,label` rows, paths relative to ROOT) if present,
+/// else one sub-folder per class holding audio files.
+pub fn scan_folder(root: &Path, labels: &LabelMap) -> Result<Scan> {
+    if !root.is_dir() {
+        return Err(Error::Input(format!("dataset folder {} does not exist", root.display())));
+    }
+    let mut raw: Vec<(String, PathBuf, String)> = Vec::new();
+    let csv = root.join("labels.csv");
+    if csv.is_file() {
+        let text = std::fs::read_to_string(&csv).map_err(Error::io(&csv))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || (n == 0 && line.to_lowercase().starts_with("path,")) {
+                continue;
+            }
+            let (path, label) = line
+                .rsplit_once(',')
+                .ok_or_else(|| Error::Input(format!("{} line {}: expected `path,label`", csv.display(), n + 1)))?;
+            raw.push((path.trim().to_string(), root.join(path.trim()), label.trim().to_string()));
+        }
+    } else {
+        for class in std::fs::read_dir(root).map_err(Error::io(root))?.flatten() {
+            if !class.path().is_dir() {
+                continue;
+            }
+            let name = class.file_name().to_string_lossy().into_owned();
+            for f in std::fs::read_dir(class.path()).map_err(Error::io(class.path()))?.flatten() {
+                let p = f.path();
+                let ext = p.extension().and_then(|e| e.to_str()).map(|e| e.to_lowercase()).unwrap_or_default();
+                if p.is_file() && AUDIO_EXTENSIONS.contains(&ext.as_str()) {
+                    raw.push((format!("{name}/{}", f.file_name().to_string_lossy()), p, name.clone()));
+                }
+            }
+        }
+    }
+    let mut scan = Scan::default();
+    for (id, path, label_name) in raw {
+        match labels.get(&label_name) {
+            Some(label) => scan.items.push(Item { id, path, label, label_name }),
+            None => *scan.unknown_labels.entry(label_name).or_default() += 1,
+        }
+    }
+    scan.items.sort_by(|a, b| a.id.cmp(&b.id));
+    if scan.items.is_empty() {
+        let skipped: usize = scan.unknown_labels.values().sum();
+        return Err(Error::Input(format!(
+            "no labelled audio in {} ({} files with labels outside the map {:?}); expected sub-folders per class or labels.csv",
+            root.display(),
+            skipped,
+            labels.0.keys().collect::<Vec<_>>()
+        )));
+    }
+    Ok(scan)
+}
+
+/// Non-overlapping segments of `segment` samples; a last piece shorter than `min` samples is
+/// dropped, a track shorter than one segment gives one shorter segment if it reaches `min`.
+pub fn segment_bounds(len: usize, segment: usize, min: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < len {
+        let end = (start + segment).min(len);
+        if end - start >= min && (end - start == segment || out.is_empty()) {
+            out.push((start, end));
+        }
+        start += segment;
+    }
+    out
+}
+
+/// Which shard `i` of `n` an item belongs to (`--shard i/n`): items are dealt round-robin in id order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Shard> {
+        let bad = || Error::Input(format!("shard {s:?}: expected i/n with 0 <= i < n"));
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    pub fn owns(&self, position: usize) -> bool {
+        position % self.count == self.index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_map_and_shards() {
+        let m = LabelMap::default();
+        assert_eq!((m.get("Jazz"), m.get("ROCK"), m.get("pop")), (Some(3), Some(2), None));
+        assert_eq!(m.num_classes(), 4);
+        assert_eq!(LabelMap::parse("a=0, b=1").unwrap().get("B"), Some(1));
+        assert!(LabelMap::parse("a:0").is_err());
+        let s: Shard = "1/3".parse().unwrap();
+        assert!(s.owns(1) && s.owns(4) && !s.owns(0));
+        assert!("3/3".parse::<Shard>().is_err() && "x".parse::<Shard>().is_err());
+    }
+
+    #[test]
+    fn segments() {
+        assert_eq!(segment_bounds(25, 10, 3), vec![(0, 10), (10, 20)]);
+        assert_eq!(segment_bounds(7, 10, 3), vec![(0, 7)]);
+        assert_eq!(segment_bounds(2, 10, 3), vec![]);
+        assert_eq!(segment_bounds(20, 10, 3), vec![(0, 10), (10, 20)]);
+    }
+
+    #[test]
+    fn folder_scan_skips_and_counts_unknown_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        for (class, file) in [("Jazz", "a.wav"), ("Rock", "b.mp3"), ("Polka", "c.wav"), ("Jazz", "notes.txt")] {
+            std::fs::create_dir_all(dir.path().join(class)).unwrap();
+            std::fs::write(dir.path().join(class).join(file), b"x").unwrap();
+        }
+        let scan = scan_folder(dir.path(), &LabelMap::default()).unwrap();
+        let ids: Vec<_> = scan.items.iter().map(|i| (i.id.as_str(), i.label)).collect();
+        assert_eq!(ids, vec![("Jazz/a.wav", 3), ("Rock/b.mp3", 2)]);
+        assert_eq!(scan.unknown_labels.get("Polka"), Some(&1));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(scan_folder(empty.path(), &LabelMap::default()).unwrap_err().to_string().contains("no labelled audio"));
+    }
+}

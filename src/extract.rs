@@ -1,0 +1,215 @@
+//! Residual extraction (seed A's dataset processing): every track is resampled to the model's rate
+//! (mono), cut into non-overlapping segments, and each segment is fed as an audio prompt with a text
+//! prompt from a template (label-free by default); MusicGen continues it while every layer's residual
+//! stream is captured, conditional and unconditional rows apart, reduced over time.
+//!
+//! On disk (`OUT/`): `extract.json` (the settings; a resumed or sharded run must match them),
+//! `segments/KEY.json` + `segments/KEY.npy` per segment (`[points, 2, d_model]`, or
+//! `[points, 2, positions, d_model]` with reduction `all`; row 0 conditional, row 1 unconditional).
+//! A segment is done when its `.npy` exists: files are written atomically, so a killed job resumes
+//! without redoing or losing finished segments. `merge` joins them into `residuals_cond.npy`,
+//! `residuals_uncond.npy` (`[segments, points, d_model]`), `labels.npy` and `segments.json`.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array3, ArrayD, Axis};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{segment_bounds, Item, Scan, Shard};
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenerationRequest, SamplingConfig};
+use crate::hooks::{Reduction, ResidualCapture};
+use crate::model::MusicGen;
+use crate::store::{write_atomic, write_npy};
+
+/// Settings of an extraction; stored in `extract.json` and compared on resume.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractSettings {
+    pub model: String,
+    pub segment_seconds: f64,
+    /// Shorter tracks give one shorter segment if they last at least this long.
+    pub min_seconds: f64,
+    /// `{genre}` is replaced by the track's label name; the default names no label.
+    pub prompt_template: String,
+    /// Decoder steps generated after each audio prompt.
+    pub steps: usize,
+    pub reduction: Reduction,
+    pub guidance_scale: f32,
+    pub top_k: usize,
+    pub temperature: f32,
+    /// Each segment samples with `seed` plus a hash of its key: the same on every host and shard.
+    pub seed: u64,
+}
+
+pub const DEFAULT_PROMPT: &str = "Continue this music.";
+
+/// One segment's record (`segments/KEY.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    pub key: String,
+    pub item: String,
+    pub segment: usize,
+    pub label: i64,
+    pub label_name: String,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub prompt: String,
+    pub points: Vec<String>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct ExtractReport {
+    pub extracted: usize,
+    pub already_done: usize,
+    /// (item id, reason) for files that could not be used; the rest were processed.
+    pub failed: Vec<(String, String)>,
+}
+
+/// FNV-1a: a stable hash, the same on every host and run.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+}
+
+fn key_of(item: &Item, segment: usize) -> String {
+    let safe: String = item.id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    // The id's own hash keeps keys distinct when sanitising maps two ids to one string.
+    format!("{safe}.{:08x}.{segment:03}", fnv(item.id.as_bytes()) as u32)
+}
+
+/// Prepares `out` for `settings`: creates it, or checks that an earlier run used the same settings.
+pub fn prepare(out: &Path, settings: &ExtractSettings) -> Result<()> {
+    std::fs::create_dir_all(out.join("segments")).map_err(Error::io(out))?;
+    let path = out.join("extract.json");
+    if path.is_file() {
+        let old: ExtractSettings = serde_json::from_slice(&std::fs::read(&path).map_err(Error::io(&path))?)
+            .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+        if &old != settings {
+            return Err(Error::Input(format!(
+                "{} holds an extraction with other settings ({}); use another output folder or the same settings to resume",
+                out.display(),
+                serde_json::to_string(&old).unwrap_or_default()
+            )));
+        }
+        return Ok(());
+    }
+    write_atomic(&path, serde_json::to_string_pretty(settings).expect("json").as_bytes())
+}
+
+/// Extracts every segment of the items this shard owns that is not done yet.
+pub fn extract(
+    model: &mut MusicGen,
+    scan: &Scan,
+    out: &Path,
+    settings: &ExtractSettings,
+    shard: Shard,
+    mut progress: impl FnMut(&str),
+) -> Result<ExtractReport> {
+    prepare(out, settings)?;
+    let rate = model.manifest().audio.sample_rate;
+    let layers = model.decoder.num_layers();
+    let segment_len = (settings.segment_seconds * rate as f64).round() as usize;
+    let min_len = (settings.min_seconds * rate as f64).round() as usize;
+    let mut report = ExtractReport::default();
+    for (position, item) in scan.items.iter().enumerate() {
+        if !shard.owns(position) {
+            continue;
+        }
+        let wave = match crate::audio::load_mono(&item.path, rate, 0.0, None) {
+            Ok(w) => w,
+            Err(e) => {
+                report.failed.push((item.id.clone(), e.to_string()));
+                progress(&format!("skipped {}: {e}", item.id));
+                continue;
+            }
+        };
+        for (k, (start, end)) in segment_bounds(wave.len(), segment_len, min_len).into_iter().enumerate() {
+            let key = key_of(item, k);
+            let seed = settings.seed.wrapping_add(fnv(key.as_bytes()));
+            let npy = out.join("segments").join(format!("{key}.npy"));
+            if npy.is_file() {
+                report.already_done += 1;
+                continue;
+            }
+            let prompt = settings.prompt_template.replace("{genre}", &item.label_name);
+            let audio = Array3::from_shape_vec((1, 1, end - start), wave[start..end].to_vec()).expect("shape");
+            let codes = model.encodec.encode(audio.view())?;
+            let request = GenerationRequest {
+                prompts: vec![prompt.clone()],
+                audio_codes: Some(codes),
+                max_new_tokens: settings.steps,
+                sampling: SamplingConfig {
+                    guidance_scale: settings.guidance_scale,
+                    top_k: settings.top_k,
+                    temperature: settings.temperature,
+                    seed,
+                },
+            };
+            let mut capture = ResidualCapture::new(layers, settings.reduction);
+            generate(model, &request, &mut capture, |_, _| {})?;
+            let record = SegmentRecord {
+                key: key.clone(),
+                item: item.id.clone(),
+                segment: k,
+                label: item.label,
+                label_name: item.label_name.clone(),
+                start_s: start as f64 / rate as f64,
+                end_s: end as f64 / rate as f64,
+                prompt,
+                points: capture.points().iter().map(|p| p.to_string()).collect(),
+            };
+            write_atomic(&out.join("segments").join(format!("{key}.json")), serde_json::to_string_pretty(&record).expect("json").as_bytes())?;
+            write_npy(&npy, &capture.result()?)?;
+            report.extracted += 1;
+            progress(&key);
+        }
+    }
+    Ok(report)
+}
+
+/// The merged arrays of a finished extraction.
+pub struct Merged {
+    /// `[segments, points, d_model]` (or with positions for reduction `all`).
+    pub cond: ArrayD<f32>,
+    pub uncond: ArrayD<f32>,
+    pub labels: Vec<i64>,
+    pub records: Vec<SegmentRecord>,
+}
+
+/// Joins every finished segment (in key order) and writes the merged files into `out`.
+pub fn merge(out: &Path) -> Result<Merged> {
+    let dir = out.join("segments");
+    let mut keys: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(Error::io(&dir))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "npy") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    keys.sort();
+    if keys.is_empty() {
+        return Err(Error::Input(format!("{} has no extracted segments", out.display())));
+    }
+    let (mut cond, mut uncond, mut labels, mut records) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for npy in &keys {
+        let json = npy.with_extension("json");
+        let record: SegmentRecord = serde_json::from_slice(&std::fs::read(&json).map_err(Error::io(&json))?)
+            .map_err(|e| Error::Input(format!("{}: {e}", json.display())))?;
+        let a: ArrayD<f32> = ndarray_npy::read_npy(npy).map_err(|e| Error::Input(format!("{}: {e}", npy.display())))?;
+        cond.push(a.index_axis(Axis(1), 0).to_owned());
+        uncond.push(a.index_axis(Axis(1), 1).to_owned());
+        labels.push(record.label);
+        records.push(record);
+    }
+    let stack = |parts: &[ArrayD<f32>]| -> Result<ArrayD<f32>> {
+        let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
+        ndarray::stack(Axis(0), &views)
+            .map_err(|_| Error::Input("segments differ in shape (reduction `all` with different lengths): use the per-segment files".into()))
+    };
+    let merged = Merged { cond: stack(&cond)?, uncond: stack(&uncond)?, labels, records };
+    write_npy(&out.join("residuals_cond.npy"), &merged.cond)?;
+    write_npy(&out.join("residuals_uncond.npy"), &merged.uncond)?;
+    write_npy(&out.join("labels.npy"), &ndarray::Array1::from(merged.labels.clone()))?;
+    write_atomic(&out.join("segments.json"), serde_json::to_string_pretty(&merged.records).expect("json").as_bytes())?;
+    Ok(merged)
+}
