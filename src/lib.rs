@@ -11,6 +11,7 @@ pub mod generate;
 pub mod hooks;
 pub mod model;
 pub mod plugin;
+pub mod probe;
 pub mod runtime;
 pub mod store;
 

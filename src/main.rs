@@ -53,6 +53,51 @@ enum Command {
     /// Extract every layer's residual stream for a labelled audio dataset (each 10 s segment is an
     /// audio prompt MusicGen continues); resumable, shardable (`--shard i/n`), merged at the end.
     Extract(ExtractArgs),
+    /// Train one linear probe per layer on extracted residuals (balanced classes, stratified 15%
+    /// test split saved for evaluation): {loss}_weights.npy [layers, classes, d_model] + metrics.
+    TrainProbes {
+        /// The extraction folder (residuals_cond.npy, labels.npy).
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        output_dir: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        num_classes: usize,
+        /// mse (least squares onto one-hot targets, closed form) or ce (multinomial logistic regression).
+        #[arg(long, default_value = "mse")]
+        loss_type: String,
+        /// Iterations of an iterative solver (ce); the closed-form mse probe ignores it and says so.
+        #[arg(long)]
+        epochs: Option<u64>,
+        /// Residual stream: cond or uncond.
+        #[arg(long, default_value = "cond")]
+        stream: musicgen_interp::probe::Stream,
+        #[arg(long, default_value_t = 0.15)]
+        test_fraction: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Probe-model plugin: built-in name or path to a library.
+        #[arg(long, default_value = "linear-probe")]
+        probe: String,
+    },
+    /// Evaluate probe weights per layer on the saved test split: accuracy, loss, confusion matrix,
+    /// a CSV and a PNG plot; names the best layer.
+    Evaluate {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        weights_file: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        num_classes: usize,
+        #[arg(long)]
+        output_plot: PathBuf,
+        /// The split written by train-probes (default: split.json beside the weights).
+        #[arg(long)]
+        split: Option<PathBuf>,
+        /// mse or ce (default: from the weights file name, `ce_weights.npy` -> ce).
+        #[arg(long)]
+        loss_type: Option<String>,
+    },
     /// Run a YAML run config (model, generation, prompts, plugins with their settings, output folder).
     Run {
         config: PathBuf,
@@ -256,6 +301,53 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { model, text, save } => inspect(&runtime, model, verify, &text, save),
         Command::Generate(args) => generate(&runtime, verify, args, Vec::new()),
         Command::Extract(args) => extract(&runtime, verify, args),
+        Command::TrainProbes { data_dir, output_dir, num_classes, loss_type, epochs, stream, test_fraction, seed, probe } => {
+            if loss_type != "mse" && loss_type != "ce" {
+                return Err(Error::Input(format!("--loss-type {loss_type}: use mse or ce")));
+            }
+            if loss_type == "mse" && epochs.is_some() {
+                eprintln!("note: the mse probe is solved in closed form; --epochs is ignored");
+            }
+            let options = musicgen_interp::probe::TrainOptions { num_classes, loss: loss_type.clone(), epochs, stream, test_fraction, seed, probe };
+            let bar = indicatif::ProgressBar::new(0);
+            let metrics = musicgen_interp::probe::train(&data_dir, &output_dir, &options, |i, n| {
+                bar.set_length(n as u64);
+                bar.set_position(i as u64)
+            })?;
+            bar.finish_and_clear();
+            for m in &metrics {
+                println!("layer {:>3}  test accuracy {:.4}  test loss {:.6}", m.layer, m.accuracy, m.loss);
+            }
+            let best = musicgen_interp::probe::best_layer(&metrics);
+            println!("best layer {best}; wrote {}/{loss_type}_weights.npy, {loss_type}_metrics.json, split.json", output_dir.display());
+            Ok(())
+        }
+        Command::Evaluate { data_dir, weights_file, num_classes, output_plot, split, loss_type } => {
+            let split = split.unwrap_or_else(|| weights_file.with_file_name("split.json"));
+            let kind = loss_type.unwrap_or_else(|| {
+                let name = weights_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if name.starts_with("ce") { "ce".into() } else { "mse".into() }
+            });
+            check_parent(&output_plot)?;
+            let e = musicgen_interp::probe::evaluate(&data_dir, &weights_file, &split, &kind)?;
+            if e.split.num_classes != num_classes {
+                return Err(Error::Input(format!("--num-classes {num_classes}, but the split was made for {}", e.split.num_classes)));
+            }
+            let dir = output_plot.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            musicgen_interp::probe::write_evaluation(dir, &e)?;
+            musicgen_interp::probe::plot(&output_plot, &e.metrics, &kind, e.best)?;
+            for m in &e.metrics {
+                println!("layer {:>3}  accuracy {:.4}  loss {:.6}", m.layer, m.accuracy, m.loss);
+            }
+            println!(
+                "best layer {} (accuracy {:.4}) on {} test samples; wrote {}, evaluation.csv, confusion.npy, confusion_best.csv",
+                e.best,
+                e.metrics[e.best].accuracy,
+                e.split.test.len(),
+                output_plot.display()
+            );
+            Ok(())
+        }
         Command::Run { .. } => run_config_file(&runtime, verify, run_config.expect("parsed above")),
         Command::Plugins => unreachable!("handled before the runtime starts"),
         Command::Compare { model, reference, text, steps } => {

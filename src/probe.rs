@@ -1,0 +1,391 @@
+//! Probe training and evaluation (seed A) on extracted residuals, through probe-model plugins.
+//!
+//! Training: features L2-normalised per sample; classes balanced by downsampling to the smallest
+//! (seeded); a stratified test split (15%, seeded) saved as `split.json` so evaluation uses the same
+//! split; one probe per layer (`blocks.{l}.hook_resid_post`), weights saved as
+//! `{loss}_weights.npy` `[layers, classes, d_model]` plus `{loss}_metrics.json`.
+//! Evaluation: accuracy, loss and confusion matrix per layer on the saved test split; CSV, `.npy`,
+//! a PNG plot of accuracy and loss against layer; the best layer named.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis, Ix1, Ix3};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::plugin::ProbePlugin;
+use crate::store::{write_atomic, write_npy};
+
+/// Which CFG half the features come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    #[default]
+    Cond,
+    Uncond,
+}
+
+impl std::str::FromStr for Stream {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Stream> {
+        match s {
+            "cond" => Ok(Stream::Cond),
+            "uncond" => Ok(Stream::Uncond),
+            other => Err(Error::Input(format!("unknown stream {other:?}: use cond or uncond"))),
+        }
+    }
+}
+
+/// The saved split.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Split {
+    pub train: Vec<usize>,
+    pub test: Vec<usize>,
+    pub seed: u64,
+    pub test_fraction: f64,
+    pub stream: Stream,
+    pub num_classes: usize,
+    /// Samples per class after balancing.
+    pub per_class: usize,
+}
+
+/// Per-layer numbers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerMetrics {
+    pub layer: usize,
+    pub accuracy: f64,
+    pub loss: f64,
+}
+
+/// Extracted residuals of one stream: `[samples, layers, d_model]` (the embedding entry dropped, so
+/// index `l` is `blocks.{l}.hook_resid_post`) and labels.
+pub struct Features {
+    pub x: Array3<f32>,
+    pub labels: Vec<i64>,
+}
+
+impl Features {
+    /// Reads `DIR/residuals_{stream}.npy` and `DIR/labels.npy` (written by `extract`).
+    pub fn load(dir: &Path, stream: Stream) -> Result<Features> {
+        let name = match stream {
+            Stream::Cond => "residuals_cond.npy",
+            Stream::Uncond => "residuals_uncond.npy",
+        };
+        let read = |file: &str| -> Result<ndarray::ArrayD<f32>> {
+            let p = dir.join(file);
+            ndarray_npy::read_npy(&p).map_err(|e| Error::Input(format!("{}: {e} (run `extract` first)", p.display())))
+        };
+        let all = read(name)?.into_dimensionality::<Ix3>().map_err(|_| {
+            Error::Input(format!("{name} is not [samples, points, d_model]: extract with reduction last or mean for probes"))
+        })?;
+        let lp = dir.join("labels.npy");
+        let labels: Array1<i64> = ndarray_npy::read_npy::<_, ndarray::ArrayD<i64>>(&lp)
+            .map_err(|e| Error::Input(format!("{}: {e}", lp.display())))?
+            .into_dimensionality::<Ix1>()
+            .map_err(|_| Error::Input("labels.npy is not one-dimensional".into()))?;
+        if labels.len() != all.shape()[0] {
+            return Err(Error::Input(format!("{} labels for {} samples", labels.len(), all.shape()[0])));
+        }
+        // Point 0 is embed.hook_out; the probes are per layer output.
+        Ok(Features { x: all.slice(s![.., 1.., ..]).to_owned(), labels: labels.to_vec() })
+    }
+
+    pub fn layers(&self) -> usize {
+        self.x.shape()[1]
+    }
+
+    /// Rows `idx` of layer `l`, each L2-normalised.
+    pub fn layer(&self, l: usize, idx: &[usize]) -> Array2<f32> {
+        let mut x = Array2::<f32>::zeros((idx.len(), self.x.shape()[2]));
+        for (r, &i) in idx.iter().enumerate() {
+            let row = self.x.slice(s![i, l, ..]);
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            x.row_mut(r).assign(&row.mapv(|v| v / norm));
+        }
+        x
+    }
+}
+
+/// Balanced, stratified split of `labels` (classes `0..num_classes`, each needs >= 2 examples).
+pub fn split(labels: &[i64], num_classes: usize, test_fraction: f64, seed: u64, stream: Stream) -> Result<Split> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); num_classes];
+    for (i, &l) in labels.iter().enumerate() {
+        let c = usize::try_from(l).ok().filter(|&c| c < num_classes).ok_or_else(|| {
+            Error::Input(format!("sample {i} has label {l}, outside 0..{num_classes} (--num-classes)"))
+        })?;
+        by_class[c].push(i);
+    }
+    for (c, members) in by_class.iter().enumerate() {
+        if members.len() < 2 {
+            return Err(Error::Input(format!(
+                "class {c} has {} example(s); balanced training with a stratified test split needs at least 2 per class",
+                members.len()
+            )));
+        }
+    }
+    let per_class = by_class.iter().map(Vec::len).min().unwrap_or(0);
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    let n_test = ((per_class as f64 * test_fraction).round() as usize).clamp(1, per_class - 1);
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for members in &mut by_class {
+        members.shuffle(&mut rng);
+        members.truncate(per_class);
+        test.extend_from_slice(&members[..n_test]);
+        train.extend_from_slice(&members[n_test..]);
+    }
+    train.sort_unstable();
+    test.sort_unstable();
+    Ok(Split { train, test, seed, test_fraction, stream, num_classes, per_class })
+}
+
+fn labels_at(labels: &[i64], idx: &[usize]) -> Vec<i64> {
+    idx.iter().map(|&i| labels[i]).collect()
+}
+
+/// Loss of linear scores: `mse` = mean squared error against one-hot targets (over samples and
+/// classes), `ce` = mean cross-entropy of the softmax.
+pub fn loss(scores: ArrayView2<'_, f32>, labels: &[i64], kind: &str) -> f64 {
+    let n = scores.nrows().max(1) as f64;
+    match kind {
+        "ce" => scores
+            .rows()
+            .into_iter()
+            .zip(labels)
+            .map(|(r, &y)| {
+                let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let lse = r.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+                lse - r[y as usize] as f64
+            })
+            .sum::<f64>()
+            / n,
+        _ => {
+            let c = scores.ncols() as f64;
+            scores
+                .rows()
+                .into_iter()
+                .zip(labels)
+                .map(|(r, &y)| r.iter().enumerate().map(|(j, &v)| (v as f64 - if j as i64 == y { 1.0 } else { 0.0 }).powi(2)).sum::<f64>())
+                .sum::<f64>()
+                / (n * c)
+        }
+    }
+}
+
+fn argmax_rows(scores: ArrayView2<'_, f32>) -> Vec<i64> {
+    scores.rows().into_iter().map(|r| crate::generate::sampling::argmax(r) as i64).collect()
+}
+
+/// Settings of a training run.
+pub struct TrainOptions {
+    pub num_classes: usize,
+    /// `mse` or `ce`.
+    pub loss: String,
+    pub epochs: Option<u64>,
+    pub stream: Stream,
+    pub test_fraction: f64,
+    pub seed: u64,
+    /// Probe-model plugin (built-in name or path).
+    pub probe: String,
+}
+
+/// Trains one probe per layer; writes `split.json`, `{loss}_weights.npy` and `{loss}_metrics.json`
+/// into `out`. Returns the test metrics per layer.
+pub fn train(data: &Path, out: &Path, o: &TrainOptions, mut progress: impl FnMut(usize, usize)) -> Result<Vec<LayerMetrics>> {
+    let f = Features::load(data, o.stream)?;
+    let sp = split(&f.labels, o.num_classes, o.test_fraction, o.seed, o.stream)?;
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    write_atomic(&out.join("split.json"), serde_json::to_string_pretty(&sp).expect("json").as_bytes())?;
+    let settings = serde_json::json!({"loss": o.loss, "epochs": o.epochs}).to_string();
+    let (layers, d) = (f.layers(), f.x.shape()[2]);
+    let mut weights = Array3::<f32>::zeros((layers, o.num_classes, d));
+    let (ytr, yte) = (labels_at(&f.labels, &sp.train), labels_at(&f.labels, &sp.test));
+    let tmp = tempfile_in(out)?;
+    let mut metrics = Vec::new();
+    let mut rows = Vec::new();
+    for l in 0..layers {
+        let (xtr, xte) = (f.layer(l, &sp.train), f.layer(l, &sp.test));
+        let mut probe = ProbePlugin::load(&o.probe, &settings)?;
+        probe.fit(xtr.view(), &ytr, o.num_classes)?;
+        probe.save(&tmp)?;
+        let w: Array2<f32> = ndarray_npy::read_npy(&tmp).map_err(|e| Error::Input(format!("probe {} saved no [classes, d] array: {e}", probe.name())))?;
+        if w.dim() != (o.num_classes, d) {
+            return Err(Error::Input(format!("probe {} saved weights {:?}, expected [{}, {d}]", probe.name(), w.dim(), o.num_classes)));
+        }
+        weights.index_axis_mut(Axis(0), l).assign(&w);
+        let (str_, ste) = (xtr.dot(&w.t()), xte.dot(&w.t()));
+        let acc = |s: &Array2<f32>, y: &[i64]| argmax_rows(s.view()).iter().zip(y).filter(|(a, b)| a == b).count() as f64 / y.len() as f64;
+        let m = LayerMetrics { layer: l, accuracy: acc(&ste, &yte), loss: loss(ste.view(), &yte, &o.loss) };
+        rows.push(serde_json::json!({
+            "layer": l, "point": format!("blocks.{l}.hook_resid_post"),
+            "train_accuracy": acc(&str_, &ytr), "train_loss": loss(str_.view(), &ytr, &o.loss),
+            "test_accuracy": m.accuracy, "test_loss": m.loss,
+        }));
+        metrics.push(m);
+        progress(l + 1, layers);
+    }
+    let _ = std::fs::remove_file(&tmp);
+    write_npy(&out.join(format!("{}_weights.npy", o.loss)), &weights)?;
+    let best = best_layer(&metrics);
+    let summary = serde_json::json!({
+        "loss": o.loss, "probe": o.probe, "stream": o.stream, "num_classes": o.num_classes,
+        "train_samples": sp.train.len(), "test_samples": sp.test.len(), "per_class": sp.per_class,
+        "epochs_ignored": o.loss == "mse" && o.epochs.is_some(),
+        "best_layer": best, "layers": rows,
+    });
+    write_atomic(&out.join(format!("{}_metrics.json", o.loss)), serde_json::to_string_pretty(&summary).expect("json").as_bytes())?;
+    Ok(metrics)
+}
+
+fn tempfile_in(dir: &Path) -> Result<PathBuf> {
+    Ok(dir.join(format!(".probe-{}.npy", std::process::id())))
+}
+
+/// The layer with the highest accuracy (lowest loss among ties).
+pub fn best_layer(m: &[LayerMetrics]) -> usize {
+    m.iter()
+        .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy).then(b.loss.total_cmp(&a.loss)))
+        .map_or(0, |x| x.layer)
+}
+
+/// What `evaluate` produced.
+pub struct Evaluation {
+    pub metrics: Vec<LayerMetrics>,
+    /// `[layers, classes, classes]`: rows true class, columns predicted.
+    pub confusion: Array3<i64>,
+    pub best: usize,
+    pub split: Split,
+}
+
+/// Evaluates `weights` `[layers, classes, d]` on the test split saved beside them.
+pub fn evaluate(data: &Path, weights: &Path, split_path: &Path, loss_kind: &str) -> Result<Evaluation> {
+    let sp: Split = serde_json::from_slice(&std::fs::read(split_path).map_err(Error::io(split_path))?)
+        .map_err(|e| Error::Input(format!("{}: {e}", split_path.display())))?;
+    let f = Features::load(data, sp.stream)?;
+    let w: Array3<f32> = ndarray_npy::read_npy(weights).map_err(|e| Error::Input(format!("{}: {e}", weights.display())))?;
+    let (layers, classes, d) = w.dim();
+    if layers != f.layers() || d != f.x.shape()[2] || classes != sp.num_classes {
+        return Err(Error::Input(format!(
+            "weights {:?} do not fit the features ({} layers, d_model {}) and split ({} classes)",
+            w.dim(),
+            f.layers(),
+            f.x.shape()[2],
+            sp.num_classes
+        )));
+    }
+    if let Some(&bad) = sp.test.iter().find(|&&i| i >= f.labels.len()) {
+        return Err(Error::Input(format!("the split names sample {bad}, but the data has {}: another dataset?", f.labels.len())));
+    }
+    let y = labels_at(&f.labels, &sp.test);
+    let mut confusion = Array3::<i64>::zeros((layers, classes, classes));
+    let mut metrics = Vec::new();
+    for l in 0..layers {
+        let scores = f.layer(l, &sp.test).dot(&w.index_axis(Axis(0), l).t());
+        let pred = argmax_rows(scores.view());
+        for (&t, &p) in y.iter().zip(&pred) {
+            confusion[[l, t as usize, p as usize]] += 1;
+        }
+        let accuracy = pred.iter().zip(&y).filter(|(a, b)| a == b).count() as f64 / y.len() as f64;
+        metrics.push(LayerMetrics { layer: l, accuracy, loss: loss(scores.view(), &y, loss_kind) });
+    }
+    let best = best_layer(&metrics);
+    Ok(Evaluation { metrics, confusion, best, split: sp })
+}
+
+/// Writes `evaluation.csv`, `confusion.npy` and the best layer's `confusion_best.csv` into `dir`.
+pub fn write_evaluation(dir: &Path, e: &Evaluation) -> Result<()> {
+    let mut csv = String::from("layer,point,accuracy,loss\n");
+    for m in &e.metrics {
+        csv.push_str(&format!("{},blocks.{}.hook_resid_post,{:.6},{:.6}\n", m.layer, m.layer, m.accuracy, m.loss));
+    }
+    write_atomic(&dir.join("evaluation.csv"), csv.as_bytes())?;
+    write_npy(&dir.join("confusion.npy"), &e.confusion)?;
+    let c = e.confusion.index_axis(Axis(0), e.best);
+    let mut best = String::from("true\\predicted");
+    for j in 0..c.ncols() {
+        best.push_str(&format!(",{j}"));
+    }
+    best.push('\n');
+    for (i, row) in c.rows().into_iter().enumerate() {
+        best.push_str(&i.to_string());
+        for v in row {
+            best.push_str(&format!(",{v}"));
+        }
+        best.push('\n');
+    }
+    write_atomic(&dir.join("confusion_best.csv"), best.as_bytes())
+}
+
+/// A PNG of test accuracy and loss against layer, written atomically.
+pub fn plot(path: &Path, metrics: &[LayerMetrics], loss_kind: &str, best: usize) -> Result<()> {
+    use plotters::prelude::*;
+    static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = parent.join(format!(".plot-{}.png", std::process::id()));
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(&tmp, (900, 520)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (top, bottom) = root.split_vertically(260);
+        let n = metrics.len().max(1) as f64;
+        let max_loss = metrics.iter().map(|m| m.loss).fold(1e-9, f64::max) * 1.1;
+        let mut acc = ChartBuilder::on(&top)
+            .caption(format!("probe test accuracy by layer (best: layer {best})"), ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(-0.5..(n - 0.5), 0.0..1.05)?;
+        acc.configure_mesh().x_desc("layer").y_desc("accuracy").x_label_formatter(&|v| format!("{}", v.round() as i64)).draw()?;
+        acc.draw_series(LineSeries::new(metrics.iter().map(|m| (m.layer as f64, m.accuracy)), &BLUE))?;
+        acc.draw_series(metrics.iter().map(|m| Circle::new((m.layer as f64, m.accuracy), 3, BLUE.filled())))?;
+        let mut lo = ChartBuilder::on(&bottom)
+            .caption(format!("test loss ({loss_kind}) by layer"), ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(-0.5..(n - 0.5), 0.0..max_loss)?;
+        lo.configure_mesh().x_desc("layer").y_desc("loss").x_label_formatter(&|v| format!("{}", v.round() as i64)).draw()?;
+        lo.draw_series(LineSeries::new(metrics.iter().map(|m| (m.layer as f64, m.loss)), &RED))?;
+        lo.draw_series(metrics.iter().map(|m| Circle::new((m.layer as f64, m.loss), 3, RED.filled())))?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::Input(format!("plotting {}: {e}", path.display()))
+    })?;
+    std::fs::rename(&tmp, path).map_err(Error::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_balanced_stratified_and_seeded() {
+        let labels: Vec<i64> = (0..40).map(|i| if i < 25 { 0 } else { 1 }).collect();
+        let s = split(&labels, 2, 0.15, 7, Stream::Cond).unwrap();
+        assert_eq!(s.per_class, 15);
+        assert_eq!(s.test.len(), 2 * 2); // round(15 * 0.15) = 2 per class
+        assert_eq!(s.train.len(), 2 * 13);
+        assert!(s.test.iter().all(|i| !s.train.contains(i)));
+        assert_eq!(s, split(&labels, 2, 0.15, 7, Stream::Cond).unwrap());
+        assert_ne!(s.test, split(&labels, 2, 0.15, 8, Stream::Cond).unwrap().test);
+        let e = split(&[0, 0, 1], 2, 0.15, 0, Stream::Cond).unwrap_err().to_string();
+        assert!(e.contains("class 1 has 1 example"), "{e}");
+        let e = split(&[0, 0, 5], 2, 0.15, 0, Stream::Cond).unwrap_err().to_string();
+        assert!(e.contains("label 5, outside 0..2"), "{e}");
+    }
+
+    #[test]
+    fn losses() {
+        let s = ndarray::arr2(&[[1.0f32, 0.0], [0.0, 1.0]]);
+        assert_eq!(loss(s.view(), &[0, 1], "mse"), 0.0);
+        let ce = loss(s.view(), &[0, 1], "ce");
+        assert!((ce - (1.0 + (-1.0f64).exp()).ln()).abs() < 1e-9);
+    }
+}
