@@ -112,11 +112,12 @@ pub fn extract(
     let segment_len = (settings.segment_seconds * rate as f64).round() as usize;
     let min_len = (settings.min_seconds * rate as f64).round() as usize;
     let mut report = ExtractReport::default();
+    let mut loader = crate::data::AudioLoader::default();
     for (position, item) in scan.items.iter().enumerate() {
         if !shard.owns(position) {
             continue;
         }
-        let wave = match crate::audio::load_mono(&item.path, rate, 0.0, None) {
+        let wave = match loader.load(item, rate) {
             Ok(w) => w,
             Err(e) => {
                 report.failed.push((item.id.clone(), e.to_string()));

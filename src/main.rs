@@ -53,6 +53,9 @@ enum Command {
     /// Extract every layer's residual stream for a labelled audio dataset (each 10 s segment is an
     /// audio prompt MusicGen continues); resumable, shardable (`--shard i/n`), merged at the end.
     Extract(ExtractArgs),
+    /// `extract` over the Hugging Face dataset lewtun/music_genres (from the local HF cache), as the
+    /// seed's command: `process-lewtun --model M --save-dir DIR [--max-samples N] [--genres ...]`.
+    ProcessLewtun(ExtractArgs),
     /// Train one linear probe per layer on extracted residuals (balanced classes, stratified 15%
     /// test split saved for evaluation): {loss}_weights.npy [layers, classes, d_model] + metrics.
     TrainProbes {
@@ -221,8 +224,14 @@ struct ExtractArgs {
     /// A folder with one sub-folder of audio files per class, or a labels.csv (path,label).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, visible_alias = "save-dir")]
     output_dir: PathBuf,
+    /// Read the Hugging Face dataset lewtun/music_genres from the local Hugging Face cache instead of --data-dir.
+    #[arg(long)]
+    lewtun: bool,
+    /// Keep only these genres (comma-separated), e.g. Jazz,Rock.
+    #[arg(long, value_delimiter = ',')]
+    genres: Vec<String>,
     /// Label map `name=id,...` (default Classical=0,Electronic=1,Rock=2,Jazz=3); other labels are skipped and counted.
     #[arg(long)]
     labels: Option<String>,
@@ -301,6 +310,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { model, text, save } => inspect(&runtime, model, verify, &text, save),
         Command::Generate(args) => generate(&runtime, verify, args, Vec::new()),
         Command::Extract(args) => extract(&runtime, verify, args),
+        Command::ProcessLewtun(mut args) => {
+            args.lewtun = true;
+            extract(&runtime, verify, args)
+        }
         Command::TrainProbes { data_dir, output_dir, num_classes, loss_type, epochs, stream, test_fraction, seed, probe } => {
             if loss_type != "mse" && loss_type != "ce" {
                 return Err(Error::Input(format!("--loss-type {loss_type}: use mse or ce")));
@@ -637,12 +650,23 @@ fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
     if !args.merge {
         let need = |what: &str| Error::Input(format!("extract needs --{what} (or --merge to join finished segments)"));
         let model_spec = args.model.clone().ok_or_else(|| need("model"))?;
-        let data_dir = args.data_dir.clone().ok_or_else(|| need("data-dir"))?;
         let labels = match &args.labels {
             Some(spec) => data::LabelMap::parse(spec)?,
             None => data::LabelMap::default(),
         };
-        let mut scan = data::scan_folder(&data_dir, &labels)?;
+        let genres = (!args.genres.is_empty()).then_some(args.genres.as_slice());
+        let mut scan = if args.lewtun {
+            data::lewtun::scan(&data::lewtun::cached_files(data::lewtun::REPO)?, &labels, genres)?
+        } else {
+            let mut scan = data::scan_folder(&args.data_dir.clone().ok_or_else(|| need("data-dir"))?, &labels)?;
+            if let Some(keep) = genres {
+                scan.items.retain(|i| keep.iter().any(|g| g.eq_ignore_ascii_case(&i.label_name)));
+            }
+            scan
+        };
+        if scan.items.is_empty() {
+            return Err(Error::Input("no labelled tracks left to extract (check --genres and --labels)".into()));
+        }
         for (name, n) in &scan.unknown_labels {
             eprintln!("skipped {n} file(s) labelled {name:?}: not in the label map");
         }

@@ -139,3 +139,45 @@ fn a_folder_without_audio_is_an_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no labelled audio"));
 }
+
+#[test]
+fn lewtun_dataset_from_a_local_hub_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf");
+    let python = musicgen_interp::runtime::find_venv_python().expect("the project's .venv");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_lewtun_cache.py");
+    assert!(Command::new(python).arg(script).arg(&home).status().unwrap().success());
+    let run = |out: &Path, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"));
+        c.args(["--device", "cpu", "process-lewtun", "--model"])
+            .arg(fixture("tiny"))
+            .arg("--save-dir")
+            .arg(out)
+            .args(["--steps", "4"])
+            .args(extra)
+            .env("HF_HOME", &home)
+            .env_remove("HF_HUB_CACHE");
+        run_ok(c)
+    };
+    let all = tmp.path().join("all");
+    let log = run(&all, &[]);
+    // 6 good rows of known genres (one segment each), Pop counted, the corrupt Rock row reported.
+    assert!(log.contains("6 segments extracted"), "{log}");
+    assert!(log.contains("skipped 1 file(s) labelled \"Pop\""), "{log}");
+    assert!(log.contains("skipped train-00001-of-00002.parquet#0000003"), "{log}");
+    let mut labels: Vec<i64> = npy::<i64>(all.join("labels.npy")).iter().copied().collect();
+    labels.sort();
+    assert_eq!(labels, vec![0, 0, 1, 2, 3, 3], "Classical=0, Electronic=1, Rock=2, Jazz=3");
+    let jazz = tmp.path().join("jazz");
+    let log = run(&jazz, &["--genres", "Jazz"]);
+    assert!(log.contains("2 segments extracted"), "{log}");
+    let few = tmp.path().join("few");
+    let log = run(&few, &["--max-samples", "3"]);
+    assert!(log.contains("3 segments extracted"), "{log}");
+    // Not in the cache: a clear error.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"));
+    c.args(["--device", "cpu", "process-lewtun", "--model"]).arg(fixture("tiny")).arg("--save-dir").arg(tmp.path().join("x"));
+    let out = c.env("HF_HOME", tmp.path().join("empty")).env_remove("HF_HUB_CACHE").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not in the Hugging Face cache"));
+}

@@ -45,9 +45,19 @@ fn unreadable(path: &Path, why: impl std::fmt::Display) -> Error {
 /// Decodes an audio file (WAV, MP3, FLAC, Ogg/Vorbis).
 pub fn read(path: &Path) -> Result<Audio> {
     let file = File::open(path).map_err(|e| unreadable(path, e))?;
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let ext = path.extension().and_then(|e| e.to_str());
+    decode(MediaSourceStream::new(Box::new(file), Default::default()), ext, path)
+}
+
+/// Decodes audio held in memory (e.g. a dataset's encoded bytes); `ext` hints the format and
+/// `name` is what errors call it.
+pub fn read_bytes(bytes: Vec<u8>, ext: Option<&str>, name: &Path) -> Result<Audio> {
+    decode(MediaSourceStream::new(Box::new(std::io::Cursor::new(bytes)), Default::default()), ext, name)
+}
+
+fn decode(mss: MediaSourceStream, ext: Option<&str>, path: &Path) -> Result<Audio> {
     let mut hint = Hint::new();
-    if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+    if let Some(ext) = ext {
         hint.with_extension(ext);
     }
     let probed = symphonia::default::get_probe()
@@ -137,7 +147,11 @@ pub fn resample(signal: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
 /// Reads `path`, mixes to mono, resamples to `rate`, and keeps `duration_s` seconds from `start_s`
 /// (to the end when `None`).
 pub fn load_mono(path: &Path, rate: u32, start_s: f64, duration_s: Option<f64>) -> Result<Vec<f32>> {
-    let audio = read(path)?;
+    window(&read(path)?, path, rate, start_s, duration_s)
+}
+
+/// Mixes `audio` to mono, resamples it to `rate`, and keeps `duration_s` seconds from `start_s`.
+pub fn window(audio: &Audio, path: &Path, rate: u32, start_s: f64, duration_s: Option<f64>) -> Result<Vec<f32>> {
     if start_s < 0.0 || duration_s.is_some_and(|d| d <= 0.0) {
         return Err(Error::Input("the audio window needs a start >= 0 and a duration > 0".into()));
     }

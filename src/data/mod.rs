@@ -7,6 +7,29 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+pub mod lewtun;
+
+/// Decodes items' audio to mono at a rate, reading parquet datasets forward in row order.
+#[derive(Default)]
+pub struct AudioLoader {
+    parquet: Option<lewtun::Cursor>,
+}
+
+impl AudioLoader {
+    /// The item's whole track, mono, at `rate` Hz.
+    pub fn load(&mut self, item: &Item, rate: u32) -> Result<Vec<f32>> {
+        match item.row {
+            None => crate::audio::load_mono(&item.path, rate, 0.0, None),
+            Some(row) => {
+                let (bytes, ext) = lewtun::read_audio(&mut self.parquet, &item.path, row)?;
+                let name = PathBuf::from(&item.id);
+                let audio = crate::audio::read_bytes(bytes, ext.as_deref(), &name)?;
+                crate::audio::window(&audio, &name, rate, 0.0, None)
+            }
+        }
+    }
+}
+
 /// Audio file extensions a dataset folder is scanned for.
 pub const AUDIO_EXTENSIONS: [&str; 5] = ["wav", "mp3", "flac", "ogg", "oga"];
 
@@ -48,9 +71,13 @@ impl LabelMap {
 /// One labelled track.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Item {
-    /// Stable id: the path relative to the dataset root.
+    /// Stable id: the path relative to the dataset root (or `FILE.parquet#ROW`); items sort by it.
     pub id: String,
+    /// The audio file, or the parquet file holding the audio when `row` is set.
     pub path: PathBuf,
+    /// Row of a parquet dataset (`lewtun/music_genres`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<usize>,
     pub label: i64,
     pub label_name: String,
 }
@@ -102,7 +129,7 @@ pub fn scan_folder(root: &Path, labels: &LabelMap) -> Result<Scan> {
     let mut scan = Scan::default();
     for (id, path, label_name) in raw {
         match labels.get(&label_name) {
-            Some(label) => scan.items.push(Item { id, path, label, label_name }),
+            Some(label) => scan.items.push(Item { id, path, row: None, label, label_name }),
             None => *scan.unknown_labels.entry(label_name).or_default() += 1,
         }
     }
