@@ -10,6 +10,7 @@ pub mod extract;
 pub mod generate;
 pub mod hooks;
 pub mod model;
+pub mod pipeline;
 pub mod plugin;
 pub mod probe;
 pub mod runtime;

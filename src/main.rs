@@ -101,6 +101,11 @@ enum Command {
         #[arg(long)]
         loss_type: Option<String>,
     },
+    /// The probe workflow from one YAML file: extract -> train-probes -> evaluate -> steer towards a
+    /// class with the trained probe, and report whether the probe's own prediction moved.
+    ProbePipeline {
+        config: PathBuf,
+    },
     /// Run a YAML run config (model, generation, prompts, plugins with their settings, output folder).
     Run {
         config: PathBuf,
@@ -360,6 +365,11 @@ fn run(cli: Cli) -> Result<()> {
                 output_plot.display()
             );
             Ok(())
+        }
+        Command::ProbePipeline { config } => {
+            let config = musicgen_interp::pipeline::PipelineConfig::load(&config)?;
+            let mut m = load(&runtime, PathBuf::from(&config.model), verify)?;
+            musicgen_interp::pipeline::run(&mut m, &config, |line| println!("{line}")).map(|_| ())
         }
         Command::Run { .. } => run_config_file(&runtime, verify, run_config.expect("parsed above")),
         Command::Plugins => unreachable!("handled before the runtime starts"),

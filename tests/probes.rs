@@ -192,3 +192,49 @@ fn extract_train_evaluate_end_to_end_on_the_tiny_model() {
     assert!(log.contains("best layer"), "{log}");
     assert!(probes.join("eval.png").is_file() && probes.join("evaluation.csv").is_file());
 }
+
+#[test]
+fn probe_pipeline_runs_end_to_end_and_reports_the_steering_effect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let status = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo_dataset.py"))
+        .arg(&data)
+        .args(["--tracks", "3"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tmp.path().join("run");
+    let config = tmp.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "model: {}\ndata_dir: {}\noutput: {}\nextract:\n  steps: 4\ntrain:\n  loss: mse\nsteer:\n  target_class: 2\n  layers: [0, 1]\n  strengths: [10.0]\n  steps: 12\n  prompts: [a, b, c, d]\n",
+            common::fixture("tiny").display(),
+            data.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let log = cli(&["probe-pipeline", config.to_str().unwrap()]);
+    assert!(log.contains("extract: 12 segments") && log.contains("evaluate: best layer"), "{log}");
+    for f in ["extract/residuals_cond.npy", "probes/mse_weights.npy", "probes/split.json", "probes/evaluation.png", "steer/steering_report.csv", "steer/steered_0.wav", "steer/plain_0.wav", "pipeline.resolved.yaml"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("steer/steering_report.json")).unwrap()).unwrap();
+    for r in report.as_array().unwrap() {
+        let (before, after) = (r["target_share_before"].as_f64().unwrap(), r["target_share_after"].as_f64().unwrap());
+        // Strong steering along the probe's own direction moves its prediction to the target.
+        assert!(after >= before && after >= 0.75, "{r}");
+    }
+    // Unknown keys in the pipeline config name their line.
+    std::fs::write(&config, "model: m\ndata_dir: d\noutput: o\nsteer:\n  target_class: 1\n  strenghts: [1]\n  prompts: [a]\n").unwrap();
+    let e = cli_err(&["probe-pipeline", config.to_str().unwrap()]);
+    assert!(e.contains("unknown field `strenghts`") && e.contains("line 6"), "{e}");
+}
+
+#[test]
+fn example_pipeline_config_parses() {
+    musicgen_interp::pipeline::PipelineConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/probe-pipeline.yaml")).unwrap();
+}

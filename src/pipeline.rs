@@ -1,0 +1,270 @@
+//! The probe workflow end to end, from one YAML file (`musicgen-interp probe-pipeline CONFIG.yaml`):
+//! extract residuals of a labelled dataset -> train one probe per layer -> evaluate on the saved
+//! split -> steer towards a class with the trained probe's directions -> report whether steering
+//! moved the probe's own prediction on the steered clips (share classified as the target, before and
+//! after, with the same seeds). Each stage writes into its own sub-folder of `output`; extraction
+//! resumes, the other stages are quick and rerun.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array3, Axis};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{scan_folder, LabelMap, Shard};
+use crate::error::{Error, Result};
+use crate::extract::{ExtractSettings, DEFAULT_PROMPT};
+use crate::generate::{generate, GenerationRequest, SamplingConfig};
+use crate::hooks::{Hooks, Reduction, ResidualCapture};
+use crate::model::MusicGen;
+use crate::plugin::MethodPlugin;
+use crate::probe::{Stream, TrainOptions};
+use crate::store::write_atomic;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub model: String,
+    /// Labelled audio: class sub-folders or labels.csv.
+    pub data_dir: PathBuf,
+    /// `name=id,...` (default: the seed's four genres).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
+    pub output: PathBuf,
+    #[serde(default)]
+    pub extract: ExtractStage,
+    #[serde(default)]
+    pub train: TrainStage,
+    pub steer: SteerStage,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractStage {
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    #[serde(default = "default_reduction")]
+    pub reduction: Reduction,
+    #[serde(default = "default_prompt")]
+    pub prompt_template: String,
+    #[serde(default = "ten")]
+    pub segment_seconds: f64,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainStage {
+    #[serde(default = "mse")]
+    pub loss: String,
+    #[serde(default)]
+    pub epochs: Option<u64>,
+    #[serde(default = "default_probe")]
+    pub probe: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteerStage {
+    pub target_class: usize,
+    /// Layers to steer; empty = the best layer of the evaluation.
+    #[serde(default)]
+    pub layers: Vec<usize>,
+    pub strengths: Vec<f32>,
+    #[serde(default = "one")]
+    pub period: u64,
+    #[serde(default)]
+    pub offset: u64,
+    pub prompts: Vec<String>,
+    #[serde(default = "default_steer_steps")]
+    pub steps: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_steps() -> usize {
+    50
+}
+fn default_steer_steps() -> usize {
+    100
+}
+fn default_reduction() -> Reduction {
+    Reduction::Mean
+}
+fn default_prompt() -> String {
+    DEFAULT_PROMPT.into()
+}
+fn ten() -> f64 {
+    10.0
+}
+fn mse() -> String {
+    "mse".into()
+}
+fn default_probe() -> String {
+    "linear-probe".into()
+}
+fn one() -> u64 {
+    1
+}
+
+impl Default for ExtractStage {
+    fn default() -> Self {
+        ExtractStage { steps: default_steps(), reduction: default_reduction(), prompt_template: default_prompt(), segment_seconds: ten(), seed: 0 }
+    }
+}
+
+impl Default for TrainStage {
+    fn default() -> Self {
+        TrainStage { loss: mse(), epochs: None, probe: default_probe() }
+    }
+}
+
+impl PipelineConfig {
+    pub fn load(path: &Path) -> Result<PipelineConfig> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        serde_yaml::from_str(&text).map_err(|e| {
+            let at = e.location().map_or(String::new(), |l| format!(" (line {}, column {})", l.line(), l.column()));
+            Error::Input(format!("{}{at}: {e}", path.display()))
+        })
+    }
+}
+
+/// Share of clips the probe puts in the target class, per steered layer.
+#[derive(Clone, Debug, Serialize)]
+pub struct SteeringEffect {
+    pub layer: usize,
+    pub target_share_before: f64,
+    pub target_share_after: f64,
+}
+
+/// The probe's class for each clip at `layer`: residual (conditional row, mean over positions),
+/// L2-normalised, scored with `W[layer]`.
+fn classify(capture: &ResidualCapture, weights: &Array3<f32>, layer: usize, clips: usize) -> Result<Vec<usize>> {
+    let r = capture.result()?; // [points, rows, d]; point 0 is the embedding
+    let w = weights.index_axis(Axis(0), layer);
+    Ok((0..clips)
+        .map(|c| {
+            let x = r.index_axis(Axis(0), layer + 1).index_axis(Axis(0), c).to_owned();
+            let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            let scores = w.dot(&x.mapv(|v| v / norm).into_dimensionality::<ndarray::Ix1>().expect("vector"));
+            crate::generate::sampling::argmax(scores.view())
+        })
+        .collect())
+}
+
+/// Runs every stage; returns the steering effect per steered layer.
+pub fn run(model: &mut MusicGen, config: &PipelineConfig, mut say: impl FnMut(String)) -> Result<Vec<SteeringEffect>> {
+    let out = &config.output;
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    write_atomic(&out.join("pipeline.resolved.yaml"), serde_yaml::to_string(config).expect("yaml").as_bytes())?;
+    let labels = match &config.labels {
+        Some(spec) => LabelMap::parse(spec)?,
+        None => LabelMap::default(),
+    };
+    let num_classes = labels.num_classes();
+
+    // 1. extract (resumable)
+    let scan = scan_folder(&config.data_dir, &labels)?;
+    let defaults = model.manifest().generation.clone();
+    let e = &config.extract;
+    let settings = ExtractSettings {
+        model: config.model.clone(),
+        segment_seconds: e.segment_seconds,
+        min_seconds: 2.0,
+        prompt_template: e.prompt_template.clone(),
+        steps: e.steps,
+        reduction: e.reduction,
+        guidance_scale: defaults.guidance_scale,
+        top_k: defaults.top_k,
+        temperature: defaults.temperature,
+        seed: e.seed,
+    };
+    let ext_dir = out.join("extract");
+    let report = crate::extract::extract(model, &scan, &ext_dir, &settings, Shard::ALL, |_| {})?;
+    for (id, why) in &report.failed {
+        say(format!("extract: skipped {id}: {why}"));
+    }
+    let merged = crate::extract::merge(&ext_dir)?;
+    say(format!("extract: {} segments ({} new)", merged.labels.len(), report.extracted));
+
+    // 2. train
+    let probe_dir = out.join("probes");
+    let t = &config.train;
+    let options = TrainOptions {
+        num_classes,
+        loss: t.loss.clone(),
+        epochs: t.epochs,
+        stream: Stream::Cond,
+        test_fraction: 0.15,
+        seed: 42,
+        probe: t.probe.clone(),
+    };
+    crate::probe::train(&ext_dir, &probe_dir, &options, |_, _| {})?;
+    let weights_path = probe_dir.join(format!("{}_weights.npy", t.loss));
+
+    // 3. evaluate
+    let ev = crate::probe::evaluate(&ext_dir, &weights_path, &probe_dir.join("split.json"), &t.loss)?;
+    crate::probe::write_evaluation(&probe_dir, &ev)?;
+    crate::probe::plot(&probe_dir.join("evaluation.png"), &ev.metrics, &t.loss, ev.best)?;
+    say(format!("evaluate: best layer {} (test accuracy {:.3})", ev.best, ev.metrics[ev.best].accuracy));
+
+    // 4. steer with the probe's directions, and 5. measure with the probe itself
+    let s = &config.steer;
+    if s.target_class >= num_classes {
+        return Err(Error::Input(format!("steer.target_class {} is outside the {num_classes} classes", s.target_class)));
+    }
+    let layers = if s.layers.is_empty() { vec![ev.best] } else { s.layers.clone() };
+    let weights: Array3<f32> = ndarray_npy::read_npy(&weights_path).map_err(|e| Error::Input(format!("{}: {e}", weights_path.display())))?;
+    let steer_settings = serde_json::json!({
+        "weights": weights_path, "target_class": s.target_class, "layers": layers,
+        "strengths": s.strengths, "period": s.period, "offset": s.offset,
+    });
+    let request = GenerationRequest {
+        prompts: s.prompts.clone(),
+        audio_codes: None,
+        max_new_tokens: s.steps,
+        sampling: SamplingConfig { seed: s.seed, guidance_scale: defaults.guidance_scale, top_k: defaults.top_k, temperature: defaults.temperature },
+    };
+    let steer_dir = out.join("steer");
+    std::fs::create_dir_all(&steer_dir).map_err(Error::io(&steer_dir))?;
+    let n_layers = model.decoder.num_layers();
+    let clips = s.prompts.len();
+    let mut run_one = |steered: bool| -> Result<ResidualCapture> {
+        let mut capture = ResidualCapture::new(n_layers, Reduction::Mean);
+        let result = if steered {
+            let mut plugin = MethodPlugin::load("steering", &steer_settings.to_string())?;
+            let mut hooks: Vec<&mut dyn Hooks> = vec![&mut plugin, &mut capture];
+            generate(model, &request, &mut hooks, |_, _| {})?
+        } else {
+            generate(model, &request, &mut capture, |_, _| {})?
+        };
+        let wave = model.encodec.decode(result.codes.view())?;
+        let rate = model.manifest().audio.sample_rate;
+        for c in 0..clips {
+            let name = format!("{}_{c}.wav", if steered { "steered" } else { "plain" });
+            crate::audio::write_wav(&steer_dir.join(name), &wave.index_axis(Axis(0), c).index_axis(Axis(0), 0).to_vec(), rate)?;
+        }
+        Ok(capture)
+    };
+    let plain = run_one(false)?;
+    let steered = run_one(true)?;
+    let mut effects = Vec::new();
+    let mut csv = String::from("layer,target_class,clips,target_share_before,target_share_after\n");
+    for &l in &layers {
+        let share = |c: &ResidualCapture| -> Result<f64> {
+            Ok(classify(c, &weights, l, clips)?.iter().filter(|&&p| p == s.target_class).count() as f64 / clips as f64)
+        };
+        let effect = SteeringEffect { layer: l, target_share_before: share(&plain)?, target_share_after: share(&steered)? };
+        csv.push_str(&format!("{l},{},{clips},{:.4},{:.4}\n", s.target_class, effect.target_share_before, effect.target_share_after));
+        say(format!(
+            "steer: layer {l}: {:.0}% of clips classified as class {} before, {:.0}% after",
+            100.0 * effect.target_share_before,
+            s.target_class,
+            100.0 * effect.target_share_after
+        ));
+        effects.push(effect);
+    }
+    write_atomic(&steer_dir.join("steering_report.csv"), csv.as_bytes())?;
+    write_atomic(&steer_dir.join("steering_report.json"), serde_json::to_string_pretty(&effects).expect("json").as_bytes())?;
+    Ok(effects)
+}
