@@ -117,6 +117,19 @@ pub fn extract(
         if !shard.owns(position) {
             continue;
         }
+        if let Some(text) = &item.text {
+            // A prompt-set entry: one generation from the text alone.
+            let key = key_of(item, 0);
+            if out.join("segments").join(format!("{key}.npy")).is_file() {
+                report.already_done += 1;
+                continue;
+            }
+            let seed = settings.seed.wrapping_add(fnv(key.as_bytes()));
+            save_segment(model, out, settings, item, 0, text.clone(), None, (0.0, 0.0), seed, layers)?;
+            report.extracted += 1;
+            progress(&key);
+            continue;
+        }
         let wave = match loader.load(item, rate) {
             Ok(w) => w,
             Err(e) => {
@@ -136,37 +149,52 @@ pub fn extract(
             let prompt = settings.prompt_template.replace("{genre}", &item.label_name);
             let audio = Array3::from_shape_vec((1, 1, end - start), wave[start..end].to_vec()).expect("shape");
             let codes = model.encodec.encode(audio.view())?;
-            let request = GenerationRequest {
-                prompts: vec![prompt.clone()],
-                audio_codes: Some(codes),
-                max_new_tokens: settings.steps,
-                sampling: SamplingConfig {
-                    guidance_scale: settings.guidance_scale,
-                    top_k: settings.top_k,
-                    temperature: settings.temperature,
-                    seed,
-                },
-            };
-            let mut capture = ResidualCapture::new(layers, settings.reduction);
-            generate(model, &request, &mut capture, |_, _| {})?;
-            let record = SegmentRecord {
-                key: key.clone(),
-                item: item.id.clone(),
-                segment: k,
-                label: item.label,
-                label_name: item.label_name.clone(),
-                start_s: start as f64 / rate as f64,
-                end_s: end as f64 / rate as f64,
-                prompt,
-                points: capture.points().iter().map(|p| p.to_string()).collect(),
-            };
-            write_atomic(&out.join("segments").join(format!("{key}.json")), serde_json::to_string_pretty(&record).expect("json").as_bytes())?;
-            write_npy(&npy, &capture.result()?)?;
+            let span = (start as f64 / rate as f64, end as f64 / rate as f64);
+            save_segment(model, out, settings, item, k, prompt, Some(codes), span, seed, layers)?;
             report.extracted += 1;
             progress(&key);
         }
     }
     Ok(report)
+}
+
+/// Generates one segment (audio prompt `codes`, or text alone) with its residuals captured, and
+/// writes its record and array (the array last: its presence marks the segment done).
+#[allow(clippy::too_many_arguments)]
+fn save_segment(
+    model: &mut MusicGen,
+    out: &Path,
+    settings: &ExtractSettings,
+    item: &Item,
+    k: usize,
+    prompt: String,
+    codes: Option<Array3<i64>>,
+    (start_s, end_s): (f64, f64),
+    seed: u64,
+    layers: usize,
+) -> Result<()> {
+    let key = key_of(item, k);
+    let request = GenerationRequest {
+        prompts: vec![prompt.clone()],
+        audio_codes: codes,
+        max_new_tokens: settings.steps,
+        sampling: SamplingConfig { guidance_scale: settings.guidance_scale, top_k: settings.top_k, temperature: settings.temperature, seed },
+    };
+    let mut capture = ResidualCapture::new(layers, settings.reduction);
+    generate(model, &request, &mut capture, |_, _| {})?;
+    let record = SegmentRecord {
+        key: key.clone(),
+        item: item.id.clone(),
+        segment: k,
+        label: item.label,
+        label_name: item.label_name.clone(),
+        start_s,
+        end_s,
+        prompt,
+        points: capture.points().iter().map(|p| p.to_string()).collect(),
+    };
+    write_atomic(&out.join("segments").join(format!("{key}.json")), serde_json::to_string_pretty(&record).expect("json").as_bytes())?;
+    write_npy(&out.join("segments").join(format!("{key}.npy")), &capture.result()?)
 }
 
 /// The merged arrays of a finished extraction.

@@ -234,6 +234,9 @@ struct ExtractArgs {
     /// Read the Hugging Face dataset lewtun/music_genres from the local Hugging Face cache instead of --data-dir.
     #[arg(long)]
     lewtun: bool,
+    /// A prompt set instead of audio: CSV `text,label` or JSON [{"text", "label"}]; each prompt is generated from text alone.
+    #[arg(long, conflicts_with_all = ["data_dir", "lewtun"])]
+    prompts: Option<PathBuf>,
     /// Keep only these genres (comma-separated), e.g. Jazz,Rock.
     #[arg(long, value_delimiter = ',')]
     genres: Vec<String>,
@@ -665,7 +668,9 @@ fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
             None => data::LabelMap::default(),
         };
         let genres = (!args.genres.is_empty()).then_some(args.genres.as_slice());
-        let mut scan = if args.lewtun {
+        let mut scan = if let Some(prompts) = &args.prompts {
+            data::scan_prompts(prompts, &labels)?
+        } else if args.lewtun {
             data::lewtun::scan(&data::lewtun::cached_files(data::lewtun::REPO)?, &labels, genres)?
         } else {
             let mut scan = data::scan_folder(&args.data_dir.clone().ok_or_else(|| need("data-dir"))?, &labels)?;

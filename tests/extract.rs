@@ -181,3 +181,24 @@ fn lewtun_dataset_from_a_local_hub_cache() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not in the Hugging Face cache"));
 }
+
+#[test]
+fn prompt_sets_extract_from_text_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = tmp.path().join("prompts.csv");
+    std::fs::write(
+        &set,
+        "text,label\nA slow string quartet,Classical\n\"Bebop, with a walking bass\",Jazz\nDistorted guitars,Rock\nA polka,Polka\nAn organ fugue,Classical\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"));
+    c.args(["--device", "cpu", "extract", "--model"]).arg(fixture("tiny")).arg("--prompts").arg(&set).arg("--output-dir").arg(&out).args(["--steps", "6"]);
+    let log = run_ok(c);
+    assert!(log.contains("4 segments extracted") && log.contains("skipped 1 file(s) labelled \"Polka\""), "{log}");
+    let labels: Vec<i64> = npy::<i64>(out.join("labels.npy")).iter().copied().collect();
+    assert_eq!(labels, vec![0, 3, 2, 0]);
+    let records: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("segments.json")).unwrap()).unwrap();
+    assert_eq!(records[1]["prompt"], "Bebop, with a walking bass");
+    assert_eq!(npy::<f32>(out.join("residuals_cond.npy")).shape()[0], 4);
+}

@@ -78,7 +78,7 @@ pub fn scan(files: &[PathBuf], labels: &LabelMap, genres: Option<&[String]>) -> 
                 continue;
             }
             match labels.get(&genre) {
-                Some(label) => scan.items.push(Item { id: format!("{name}#{i:07}"), path: path.clone(), row: Some(i), label, label_name: genre }),
+                Some(label) => scan.items.push(Item { id: format!("{name}#{i:07}"), path: path.clone(), row: Some(i), text: None, label, label_name: genre }),
                 None => *scan.unknown_labels.entry(genre).or_default() += 1,
             }
         }

@@ -78,6 +78,9 @@ pub struct Item {
     /// Row of a parquet dataset (`lewtun/music_genres`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub row: Option<usize>,
+    /// A text prompt (prompt sets): generated from text alone, no audio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     pub label: i64,
     pub label_name: String,
 }
@@ -129,7 +132,7 @@ pub fn scan_folder(root: &Path, labels: &LabelMap) -> Result<Scan> {
     let mut scan = Scan::default();
     for (id, path, label_name) in raw {
         match labels.get(&label_name) {
-            Some(label) => scan.items.push(Item { id, path, row: None, label, label_name }),
+            Some(label) => scan.items.push(Item { id, path, row: None, text: None, label, label_name }),
             None => *scan.unknown_labels.entry(label_name).or_default() += 1,
         }
     }
@@ -142,6 +145,48 @@ pub fn scan_folder(root: &Path, labels: &LabelMap) -> Result<Scan> {
             skipped,
             labels.0.keys().collect::<Vec<_>>()
         )));
+    }
+    Ok(scan)
+}
+
+/// A prompt set: text prompts with labels, from a CSV (`text,label`; the text may be quoted) or a
+/// JSON list of `{"text": ..., "label": ...}`.
+pub fn scan_prompts(path: &Path, labels: &LabelMap) -> Result<Scan> {
+    let body = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let pairs: Vec<(String, String)> = if path.extension().is_some_and(|e| e == "json") {
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            text: String,
+            label: String,
+        }
+        let entries: Vec<Entry> = serde_json::from_str(&body).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+        entries.into_iter().map(|e| (e.text, e.label)).collect()
+    } else {
+        let mut v = Vec::new();
+        for (n, line) in body.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || (n == 0 && line.to_lowercase().starts_with("text,")) {
+                continue;
+            }
+            let (text, label) = line
+                .rsplit_once(',')
+                .ok_or_else(|| Error::Input(format!("{} line {}: expected `text,label`", path.display(), n + 1)))?;
+            v.push((text.trim().trim_matches('"').to_string(), label.trim().to_string()));
+        }
+        v
+    };
+    let mut scan = Scan::default();
+    for (i, (text, label_name)) in pairs.into_iter().enumerate() {
+        if text.is_empty() {
+            return Err(Error::Input(format!("{}: prompt {} is empty", path.display(), i + 1)));
+        }
+        match labels.get(&label_name) {
+            Some(label) => scan.items.push(Item { id: format!("prompt{i:06}"), path: path.to_path_buf(), row: None, text: Some(text), label, label_name }),
+            None => *scan.unknown_labels.entry(label_name).or_default() += 1,
+        }
+    }
+    if scan.items.is_empty() {
+        return Err(Error::Input(format!("{} holds no prompt with a label in the map", path.display())));
     }
     Ok(scan)
 }
