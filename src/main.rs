@@ -179,16 +179,8 @@ struct GenerateArgs {
     /// Decoder steps (N steps give N - codebooks + 1 new frames).
     #[arg(long)]
     steps: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Top-k sampling (1 = greedy).
-    #[arg(long)]
-    top_k: Option<usize>,
-    #[arg(long)]
-    temperature: Option<f32>,
-    /// Classifier-free guidance scale (1 = off).
-    #[arg(long)]
-    guidance_scale: Option<f32>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// The WAV to write (with several prompts: NAME_0.wav, NAME_1.wav, ...).
     #[arg(long)]
     output: PathBuf,
@@ -219,6 +211,32 @@ struct GenerateArgs {
     /// Shift of the steering phase, in steps.
     #[arg(long, default_value_t = 0)]
     offset: u64,
+}
+
+/// Sampling flags shared by the generating commands; unset ones take the bundle's defaults.
+#[derive(Args)]
+struct SamplingArgs {
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Top-k sampling (1 = greedy).
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Classifier-free guidance scale (1 = off).
+    #[arg(long)]
+    guidance_scale: Option<f32>,
+}
+
+impl SamplingArgs {
+    fn resolve(&self, defaults: &musicgen_interp::model::manifest::GenerationDefaults) -> SamplingConfig {
+        SamplingConfig {
+            guidance_scale: self.guidance_scale.unwrap_or(defaults.guidance_scale),
+            top_k: self.top_k.unwrap_or(defaults.top_k),
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            seed: self.seed,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -261,14 +279,8 @@ struct ExtractArgs {
     /// This host's share of the tracks, i/n (dealt round-robin in id order).
     #[arg(long, default_value = "0/1")]
     shard: musicgen_interp::data::Shard,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long)]
-    top_k: Option<usize>,
-    #[arg(long)]
-    temperature: Option<f32>,
-    #[arg(long)]
-    guidance_scale: Option<f32>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Only merge the segments already in --output-dir (after all shards finished).
     #[arg(long)]
     merge: bool,
@@ -476,13 +488,7 @@ fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs, mut plugins: 
     let mut m = load(runtime, args.model.clone(), verify)?;
     let man = m.manifest().clone();
     let k = man.decoder.num_codebooks;
-    let defaults = &man.generation;
-    let sampling = SamplingConfig {
-        guidance_scale: args.guidance_scale.unwrap_or(defaults.guidance_scale),
-        top_k: args.top_k.unwrap_or(defaults.top_k),
-        temperature: args.temperature.unwrap_or(defaults.temperature),
-        seed: args.seed,
-    };
+    let sampling = args.sampling.resolve(&man.generation);
     let steps = match (args.steps, args.duration) {
         (Some(n), _) => n,
         (None, d) => {
@@ -519,7 +525,7 @@ fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs, mut plugins: 
         "output": args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")),
         "prompts": args.text,
         "steps": steps,
-        "seed": args.seed,
+        "seed": args.sampling.seed,
     })
     .to_string();
     for p in plugins.iter_mut() {
@@ -626,10 +632,7 @@ fn run_config_file(runtime: &Runtime, verify: Verify, config: RunConfig) -> Resu
         audio_duration: config.audio.as_ref().and_then(|a| a.duration),
         duration: g.duration,
         steps: g.steps,
-        seed: config.seed,
-        top_k: g.top_k,
-        temperature: g.temperature,
-        guidance_scale: g.guidance_scale,
+        sampling: SamplingArgs { seed: config.seed, top_k: g.top_k, temperature: g.temperature, guidance_scale: g.guidance_scale },
         output: out.join("clip.wav"),
         save_codes: config.save_codes.then(|| out.join("codes.npy")),
         save_residuals: None,
@@ -689,7 +692,7 @@ fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
             scan.items.truncate(n);
         }
         let mut m = load(runtime, model_spec.clone(), verify)?;
-        let defaults = m.manifest().generation.clone();
+        let sampling = args.sampling.resolve(&m.manifest().generation);
         let settings = extract::ExtractSettings {
             model: model_spec.display().to_string(),
             segment_seconds: args.segment_seconds,
@@ -697,10 +700,10 @@ fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
             prompt_template: args.prompt_template.clone(),
             steps: args.steps,
             reduction: args.reduction,
-            guidance_scale: args.guidance_scale.unwrap_or(defaults.guidance_scale),
-            top_k: args.top_k.unwrap_or(defaults.top_k),
-            temperature: args.temperature.unwrap_or(defaults.temperature),
-            seed: args.seed,
+            guidance_scale: sampling.guidance_scale,
+            top_k: sampling.top_k,
+            temperature: sampling.temperature,
+            seed: sampling.seed,
         };
         let owned = scan.items.iter().enumerate().filter(|(i, _)| args.shard.owns(*i)).count();
         let bar = indicatif::ProgressBar::new_spinner().with_message(format!("{owned} tracks of shard {}/{}", args.shard.index, args.shard.count));

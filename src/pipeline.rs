@@ -122,10 +122,7 @@ impl Default for TrainStage {
 impl PipelineConfig {
     pub fn load(path: &Path) -> Result<PipelineConfig> {
         let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        serde_yaml::from_str(&text).map_err(|e| {
-            let at = e.location().map_or(String::new(), |l| format!(" (line {}, column {})", l.line(), l.column()));
-            Error::Input(format!("{}{at}: {e}", path.display()))
-        })
+        crate::config::parse_yaml(&text, path)
     }
 }
 

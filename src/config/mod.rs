@@ -98,6 +98,14 @@ fn empty_map() -> serde_yaml::Value {
     serde_yaml::Value::Mapping(Default::default())
 }
 
+/// Parses YAML into `T`; errors name `origin`, the problem, and its line and column.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, origin: &Path) -> Result<T> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let at = e.location().map_or(String::new(), |l| format!(" (line {}, column {})", l.line(), l.column()));
+        Error::Input(format!("{}{at}: {e}", origin.display()))
+    })
+}
+
 impl PluginConfig {
     /// The settings as the JSON string a plugin receives.
     pub fn settings_json(&self) -> Result<String> {
@@ -108,10 +116,7 @@ impl PluginConfig {
 impl RunConfig {
     /// Parses YAML; errors name the file, the problem, and its line and column.
     pub fn parse(text: &str, origin: &Path) -> Result<RunConfig> {
-        let config: RunConfig = serde_yaml::from_str(text).map_err(|e| {
-            let at = e.location().map_or(String::new(), |l| format!(" (line {}, column {})", l.line(), l.column()));
-            Error::Input(format!("{}{at}: {}", origin.display(), e))
-        })?;
+        let config: RunConfig = parse_yaml(text, origin)?;
         if config.prompts.is_empty() || config.prompts.iter().any(|p| p.trim().is_empty()) {
             return Err(Error::Input(format!("{}: `prompts` needs at least one non-empty text prompt", origin.display())));
         }
