@@ -106,6 +106,22 @@ enum Command {
     ProbePipeline {
         config: PathBuf,
     },
+    /// DecoderLens (early exit): for each layer k = 1..L, generate with the decoder exited after
+    /// layer k (final LayerNorm and heads on its residual, tokens fed back); one WAV per layer.
+    DecoderLens {
+        #[arg(long)]
+        model: PathBuf,
+        /// Text prompt(s); one clip per prompt and layer.
+        #[arg(long, required = true)]
+        text: Vec<String>,
+        /// Seconds per clip.
+        #[arg(long, default_value_t = 4.0)]
+        duration: f64,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        #[arg(long)]
+        output_dir: PathBuf,
+    },
     /// Run a YAML run config (model, generation, prompts, plugins with their settings, output folder).
     Run {
         config: PathBuf,
@@ -386,6 +402,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut m = load(&runtime, PathBuf::from(&config.model), verify)?;
             musicgen_interp::pipeline::run(&mut m, &config, |line| println!("{line}")).map(|_| ())
         }
+        Command::DecoderLens { model, text, duration, sampling, output_dir } => decoder_lens(&runtime, verify, model, text, duration, sampling, &output_dir),
         Command::Run { .. } => run_config_file(&runtime, verify, run_config.expect("parsed above")),
         Command::Plugins => unreachable!("handled before the runtime starts"),
         Command::Compare { model, reference, text, steps } => {
@@ -729,5 +746,29 @@ fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
     }
     let merged = extract::merge(&args.output_dir)?;
     println!("merged {} segments: residuals_cond.npy {:?}", merged.labels.len(), merged.cond.shape());
+    Ok(())
+}
+
+fn decoder_lens(runtime: &Runtime, verify: Verify, model: PathBuf, text: Vec<String>, duration: f64, sampling: SamplingArgs, out: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.to_path_buf(), source: e })?;
+    let mut m = load(runtime, model, verify)?;
+    let man = m.manifest().clone();
+    let steps = (duration * man.audio.frame_rate).round() as usize + man.decoder.num_codebooks - 1;
+    let request = GenerationRequest { prompts: text.clone(), audio_codes: None, max_new_tokens: steps, sampling: sampling.resolve(&man.generation) };
+    let layers = m.decoder.num_layers();
+    let bar = indicatif::ProgressBar::new((layers * steps) as u64);
+    for k in 1..=layers {
+        let out_k = musicgen_interp::generate::generate_early_exit(&mut m, &request, k, &mut musicgen_interp::hooks::NoHooks, |_, _| bar.inc(1))?;
+        let wave = m.encodec.decode(out_k.codes.view())?;
+        for (i, _) in text.iter().enumerate() {
+            let name = if text.len() == 1 { format!("layer_{k:02}.wav") } else { format!("prompt{i}_layer_{k:02}.wav") };
+            musicgen_interp::audio::write_wav(&out.join(name), &wave.slice(s![i, 0, ..]).to_vec(), man.audio.sample_rate)?;
+        }
+        write_npy(&out.join(format!("codes_layer_{k:02}.npy")), &out_k.codes)?;
+    }
+    bar.finish_and_clear();
+    let prompts = serde_json::json!({"prompts": text, "steps": steps, "seed": request.sampling.seed, "layers": layers});
+    musicgen_interp::store::write_atomic(&out.join("decoder_lens.json"), serde_json::to_string_pretty(&prompts).expect("json").as_bytes())?;
+    println!("wrote {layers} early-exit clips per prompt into {}", out.display());
     Ok(())
 }

@@ -45,6 +45,19 @@ pub fn generate(
     model: &mut MusicGen,
     request: &GenerationRequest,
     hooks: &mut dyn Hooks,
+    progress: impl FnMut(usize, usize),
+) -> Result<Generation> {
+    let layers = model.decoder.num_layers();
+    generate_early_exit(model, request, layers, hooks, progress)
+}
+
+/// A generation whose decoder exits after its first `layers` layers at every step (DecoderLens):
+/// the final LayerNorm and the heads read that layer's residual, and the sampled tokens are fed back.
+pub fn generate_early_exit(
+    model: &mut MusicGen,
+    request: &GenerationRequest,
+    layers: usize,
+    hooks: &mut dyn Hooks,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Generation> {
     let b = request.prompts.len();
@@ -101,7 +114,7 @@ pub fn generate(
         let from = state.past_len();
         let input = seq.slice(s![.., .., from..pos]);
         let rows = if copies == 1 { input.to_owned() } else { concatenate(Axis(0), &vec![input; copies]).expect("rows") };
-        let out = model.decoder.forward(&mut state, rows.view(), hooks)?;
+        let out = model.decoder.forward_to(&mut state, rows.view(), hooks, layers)?;
         let last = out.logits.index_axis(Axis(2), out.logits.shape()[2] - 1);
         let logits = if sampling.guided() { sampling::guide(last, sampling.guidance_scale) } else { last.to_owned() };
         let next = sampler.sample(logits.view());

@@ -175,6 +175,17 @@ impl Decoder {
     /// One forward over `input_ids` `[rows, codebooks, positions]` at the state's next positions
     /// (the first call is the prefill), running `hooks` at every hook point.
     pub fn forward(&mut self, state: &mut DecoderState, input_ids: ArrayView3<'_, i64>, hooks: &mut dyn Hooks) -> Result<ForwardOutput> {
+        let layers = self.layers.len();
+        self.forward_to(state, input_ids, hooks, layers)
+    }
+
+    /// A forward through the first `layers` layers only, then the head on that residual: the early
+    /// exit of DecoderLens. Layers past the exit are not run and their cache is not written, so a
+    /// state must keep one exit depth for all its forwards.
+    pub fn forward_to(&mut self, state: &mut DecoderState, input_ids: ArrayView3<'_, i64>, hooks: &mut dyn Hooks, layers: usize) -> Result<ForwardOutput> {
+        if layers == 0 || layers > self.layers.len() {
+            return Err(Error::Input(format!("exit after {layers} layers: the decoder has 1..={}", self.layers.len())));
+        }
         let (rows, codebooks, t) = input_ids.dim();
         let c = self.config.clone();
         if rows != state.rows || codebooks != c.num_codebooks || t == 0 {
@@ -221,7 +232,7 @@ impl Decoder {
         hooks.on_residual(&ctx, HookPoint::ResidPre(0), hidden.view_mut()).map_err(hook_error(HookPoint::ResidPre(0)))?;
 
         let zeros = Array3::<f32>::zeros((rows, t, c.d_model));
-        for (l, layer) in self.layers.iter_mut().enumerate() {
+        for (l, layer) in self.layers.iter_mut().enumerate().take(layers) {
             let mut edits = LayerEdits::new(rows, t, c.d_model);
             hooks.edit_components(&ctx, l, &mut edits).map_err(|e| Error::Hook {
                 hook: format!("edit_components(layer {l})"),
@@ -272,7 +283,7 @@ impl Decoder {
             drop(outputs);
             hidden = resid_post;
             hooks.on_residual(&ctx, HookPoint::ResidPost(l), hidden.view_mut()).map_err(hook_error(HookPoint::ResidPost(l)))?;
-            if l + 1 < c.num_layers {
+            if l + 1 < layers {
                 let point = HookPoint::ResidPre(l + 1);
                 hooks.on_residual(&ctx, point, hidden.view_mut()).map_err(hook_error(point))?;
             }
