@@ -122,6 +122,19 @@ enum Command {
         #[arg(long)]
         output_dir: PathBuf,
     },
+    /// Write the paper's concept prompt sets (template with moods and tempi) as a prompt set CSV
+    /// (`text,label`), usable by `extract --prompts`.
+    ConceptPrompts {
+        /// Concepts (default: all ten).
+        #[arg(long, value_delimiter = ',')]
+        concepts: Vec<String>,
+        #[arg(long, default_value_t = musicgen_interp::data::concepts::DEFAULT_PROMPTS_PER_CONCEPT)]
+        n_prompts_per_concept: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Run a YAML run config (model, generation, prompts, plugins with their settings, output folder).
     Run {
         config: PathBuf,
@@ -403,6 +416,20 @@ fn run(cli: Cli) -> Result<()> {
             musicgen_interp::pipeline::run(&mut m, &config, |line| println!("{line}")).map(|_| ())
         }
         Command::DecoderLens { model, text, duration, sampling, output_dir } => decoder_lens(&runtime, verify, model, text, duration, sampling, &output_dir),
+        Command::ConceptPrompts { concepts, n_prompts_per_concept, seed, output } => {
+            use musicgen_interp::data::concepts;
+            let names: Vec<&str> = if concepts.is_empty() { concepts::all() } else { concepts.iter().map(|c| concepts::concept(c)).collect::<Result<_>>()? };
+            check_parent(&output)?;
+            let mut csv = String::from("text,label\n");
+            for c in &names {
+                for p in concepts::prompts(c, n_prompts_per_concept, seed)? {
+                    csv.push_str(&format!("\"{p}\",{c}\n"));
+                }
+            }
+            musicgen_interp::store::write_atomic(&output, csv.as_bytes())?;
+            println!("wrote {} prompts for {} concepts to {}", names.len() * n_prompts_per_concept, names.len(), output.display());
+            Ok(())
+        }
         Command::Run { .. } => run_config_file(&runtime, verify, run_config.expect("parsed above")),
         Command::Plugins => unreachable!("handled before the runtime starts"),
         Command::Compare { model, reference, text, steps } => {

@@ -202,3 +202,24 @@ fn prompt_sets_extract_from_text_alone() {
     assert_eq!(records[1]["prompt"], "Bebop, with a walking bass");
     assert_eq!(npy::<f32>(out.join("residuals_cond.npy")).shape()[0], 4);
 }
+
+#[test]
+fn concept_prompt_sets_feed_extraction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = tmp.path().join("concepts.csv");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"));
+    c.args(["concept-prompts", "--concepts", "piano,Jazz", "--n-prompts-per-concept", "3", "--output"]).arg(&set);
+    run_ok(c);
+    let text = std::fs::read_to_string(&set).unwrap();
+    assert_eq!(text.lines().count(), 1 + 6);
+    assert!(text.lines().nth(1).unwrap().contains("with a piano melody. Use a "), "{text}");
+    let out = tmp.path().join("out");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"));
+    c.args(["--device", "cpu", "extract", "--model"]).arg(fixture("tiny")).arg("--prompts").arg(&set).arg("--output-dir").arg(&out);
+    c.args(["--labels", "piano=0,jazz=1", "--steps", "4"]);
+    assert!(run_ok(c).contains("6 segments extracted"));
+    assert_eq!(npy::<i64>(out.join("labels.npy")).iter().copied().collect::<Vec<_>>(), vec![0, 0, 0, 1, 1, 1]);
+    let mut bad = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"));
+    let e = bad.args(["concept-prompts", "--concepts", "polka", "--output"]).arg(tmp.path().join("x.csv")).output().unwrap();
+    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("unknown concept"));
+}

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+pub mod concepts;
 pub mod lewtun;
 
 /// Decodes items' audio to mono at a rate, reading parquet datasets forward in row order.
