@@ -114,6 +114,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
             audio_codes: None,
             max_new_tokens: steps,
             sampling: SamplingConfig { seed: 0, ..SamplingConfig::default() },
+            ..Default::default()
         };
         let out = generate(model, &request, &mut NoHooks, |_, _| {})?;
         let rust = steps as f64 / out.decode_time.as_secs_f64();
@@ -206,7 +207,7 @@ pub fn fidelity(candidate: &mut MusicGen, reference: &mut MusicGen, prompt: &str
         return Err(Error::Input("the two bundles are different model sizes".into()));
     }
     let sampling = SamplingConfig { guidance_scale: 3.0, top_k: 1, temperature: 1.0, seed: 0 };
-    let request = GenerationRequest { prompts: vec![prompt.into()], audio_codes: None, max_new_tokens: steps, sampling };
+    let request = GenerationRequest { prompts: vec![prompt.into()], audio_codes: None, max_new_tokens: steps, sampling, ..Default::default() };
     let generated = generate(reference, &request, &mut NoHooks, |_, _| {})?;
     let len = generated.sequence.shape()[2] - 1;
     let input = generated.sequence.slice(ndarray::s![.., .., ..len]).to_owned();
@@ -268,6 +269,7 @@ pub fn hook_overhead(model: &mut MusicGen, steps: usize) -> Result<(f64, f64, us
         audio_codes: None,
         max_new_tokens: steps,
         sampling: SamplingConfig { seed: 0, ..SamplingConfig::default() },
+        ..Default::default()
     };
     let (mut plain, mut hooked) = (Vec::new(), Vec::new());
     for _ in 0..3 {

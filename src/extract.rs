@@ -179,6 +179,7 @@ fn save_segment(
         audio_codes: codes,
         max_new_tokens: settings.steps,
         sampling: SamplingConfig { guidance_scale: settings.guidance_scale, top_k: settings.top_k, temperature: settings.temperature, seed },
+        ..Default::default()
     };
     let mut capture = ResidualCapture::new(layers, settings.reduction);
     generate(model, &request, &mut capture, |_, _| {})?;

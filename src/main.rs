@@ -122,6 +122,10 @@ enum Command {
         #[arg(long)]
         output_dir: PathBuf,
     },
+    /// Interchange interventions (ISMIR 2024): concept means of every site, then for each (original,
+    /// desired) concept pair, prompt and site an adjust / replace intervention on the conditional
+    /// rows, scored by an audio classifier against a same-seed baseline. Resumable, shardable.
+    Intervene(InterveneArgs),
     /// Write the paper's concept prompt sets (template with moods and tempi) as a prompt set CSV
     /// (`text,label`), usable by `extract --prompts`.
     ConceptPrompts {
@@ -183,6 +187,105 @@ enum Command {
         #[arg(long)]
         save: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct InterveneArgs {
+    /// A YAML file with every setting (configs/intervene.yaml); the flags below build one otherwise.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Bundle folder, checkpoint folder, or hub id.
+    #[arg(long, conflicts_with = "model_size")]
+    model: Option<String>,
+    /// The seed's --model-size: facebook/musicgen-{small,medium,large} from the Hugging Face cache.
+    #[arg(long, value_parser = ["small", "medium", "large"])]
+    model_size: Option<String>,
+    /// Only pairs whose original concept is this one (name, or index 0-9 in the paper's order).
+    #[arg(long)]
+    fixed_concept: Option<String>,
+    /// Concepts taking part (default: all ten).
+    #[arg(long, value_delimiter = ',')]
+    concepts: Vec<String>,
+    #[arg(long, default_value_t = musicgen_interp::data::concepts::DEFAULT_PROMPTS_PER_CONCEPT)]
+    n_prompts_per_concept: usize,
+    /// Reuse the concept means in this folder (refused if another model, prompt set or sampling made them).
+    #[arg(long)]
+    pre_computed_means: Option<PathBuf>,
+    /// Write the best and worst intervention's clip for each prompt.
+    #[arg(long)]
+    save_extremes: bool,
+    /// adjust, replace, or both.
+    #[arg(long, value_delimiter = ',', default_value = "adjust,replace")]
+    modes: Vec<String>,
+    /// Sites such as blocks.3.mlp (default: every component of every layer).
+    #[arg(long, value_delimiter = ',')]
+    sites: Vec<String>,
+    /// Seconds per clip.
+    #[arg(long, default_value_t = 4.0)]
+    duration: f64,
+    /// Interventions generated together.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// The audio classifier judging the clips (ONNX; input mono audio [clips, samples]).
+    #[arg(long)]
+    judge_model: Option<PathBuf>,
+    /// Its label map (CSV with a `name` or `display_name` column, in output order).
+    #[arg(long)]
+    judge_labels: Option<PathBuf>,
+    /// The sample rate the classifier expects.
+    #[arg(long, default_value_t = 16000)]
+    judge_sample_rate: u32,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// This host's share of the run, i/n (a job array's index and size).
+    #[arg(long, default_value = "0/1")]
+    shard: musicgen_interp::data::Shard,
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+}
+
+impl InterveneArgs {
+    fn config(self) -> Result<musicgen_interp::interchange::InterveneConfig> {
+        use musicgen_interp::interchange::InterveneConfig;
+        if let Some(path) = &self.config {
+            return InterveneConfig::load(path);
+        }
+        let need = |what: &str| Error::Input(format!("intervene needs --{what} (or --config FILE)"));
+        let model = match (self.model, self.model_size) {
+            (Some(m), _) => m,
+            (None, Some(size)) => format!("facebook/musicgen-{size}"),
+            (None, None) => return Err(need("model")),
+        };
+        let fixed_concept = self.fixed_concept.map(|c| match c.parse::<usize>() {
+            Ok(i) => musicgen_interp::data::concepts::all().get(i).map(|s| s.to_string()).unwrap_or(c),
+            Err(_) => c,
+        });
+        let judge = musicgen_interp::judge::JudgeConfig::onnx(
+            self.judge_model.ok_or_else(|| need("judge-model"))?,
+            self.judge_labels.ok_or_else(|| need("judge-labels"))?,
+            self.judge_sample_rate,
+        );
+        Ok(InterveneConfig {
+            model,
+            concepts: self.concepts,
+            fixed_concept,
+            n_prompts_per_concept: self.n_prompts_per_concept,
+            prompt_seed: 0,
+            duration: self.duration,
+            seed: self.sampling.seed,
+            top_k: self.sampling.top_k,
+            temperature: self.sampling.temperature,
+            guidance_scale: self.sampling.guidance_scale,
+            modes: self.modes.iter().map(|m| m.parse()).collect::<Result<_>>()?,
+            sites: self.sites,
+            batch_size: self.batch_size,
+            means_batch_size: 8,
+            pre_computed_means: self.pre_computed_means,
+            save_extremes: self.save_extremes,
+            judge,
+            output: self.output_dir.ok_or_else(|| need("output-dir"))?,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -415,6 +518,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut m = load(&runtime, PathBuf::from(&config.model), verify)?;
             musicgen_interp::pipeline::run(&mut m, &config, |line| println!("{line}")).map(|_| ())
         }
+        Command::Intervene(args) => intervene(&runtime, verify, args),
         Command::DecoderLens { model, text, duration, sampling, output_dir } => decoder_lens(&runtime, verify, model, text, duration, sampling, &output_dir),
         Command::ConceptPrompts { concepts, n_prompts_per_concept, seed, output } => {
             use musicgen_interp::data::concepts;
@@ -559,7 +663,7 @@ fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs, mut plugins: 
             Some(ndarray::concatenate(Axis(0), &views).expect("rows"))
         }
     };
-    let request = GenerationRequest { prompts: args.text.clone(), audio_codes, max_new_tokens: steps, sampling };
+    let request = GenerationRequest { prompts: args.text.clone(), audio_codes, max_new_tokens: steps, sampling, ..Default::default() };
     let mut capture = args.save_residuals.as_ref().map(|_| ResidualCapture::new(m.decoder.num_layers(), args.residual_reduction));
     let bar = indicatif::ProgressBar::new(steps as u64).with_style(
         indicatif::ProgressStyle::with_template("{spinner} decoding {pos}/{len} steps [{elapsed_precise}] {per_sec} eta {eta}")
@@ -781,7 +885,7 @@ fn decoder_lens(runtime: &Runtime, verify: Verify, model: PathBuf, text: Vec<Str
     let mut m = load(runtime, model, verify)?;
     let man = m.manifest().clone();
     let steps = (duration * man.audio.frame_rate).round() as usize + man.decoder.num_codebooks - 1;
-    let request = GenerationRequest { prompts: text.clone(), audio_codes: None, max_new_tokens: steps, sampling: sampling.resolve(&man.generation) };
+    let request = GenerationRequest { prompts: text.clone(), audio_codes: None, max_new_tokens: steps, sampling: sampling.resolve(&man.generation), ..Default::default() };
     let layers = m.decoder.num_layers();
     let bar = indicatif::ProgressBar::new((layers * steps) as u64);
     for k in 1..=layers {
@@ -797,5 +901,33 @@ fn decoder_lens(runtime: &Runtime, verify: Verify, model: PathBuf, text: Vec<Str
     let prompts = serde_json::json!({"prompts": text, "steps": steps, "seed": request.sampling.seed, "layers": layers});
     musicgen_interp::store::write_atomic(&out.join("decoder_lens.json"), serde_json::to_string_pretty(&prompts).expect("json").as_bytes())?;
     println!("wrote {layers} early-exit clips per prompt into {}", out.display());
+    Ok(())
+}
+
+fn intervene(runtime: &Runtime, verify: Verify, args: InterveneArgs) -> Result<()> {
+    use musicgen_interp::interchange::Interchange;
+    let shard = args.shard;
+    let config = args.config()?;
+    let needed = config.concepts()?;
+    let mut judge = musicgen_interp::judge::Judge::load(&config.judge, runtime.library(), &needed)?;
+    let mut m = load(runtime, PathBuf::from(&config.model), verify)?;
+    let mut run = Interchange::new(&mut m, &mut judge, config)?;
+    eprintln!("{} concept pairs", run.pairs().len());
+    let bar = indicatif::ProgressBar::new_spinner();
+    let report = run.run(shard, |what| {
+        bar.set_message(what.to_string());
+        bar.tick()
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    println!(
+        "means computed for {} concepts; {} intervention batches run, {} already done, {} left to other shards",
+        report.means_computed, report.units_done, report.units_skipped, report.units_left_to_other_shards
+    );
+    if report.merged {
+        println!("every batch is done: wrote results/, summary.csv and plots/");
+    } else {
+        println!("results are merged when every shard is done (run any shard again to merge)");
+    }
     Ok(())
 }

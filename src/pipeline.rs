@@ -221,6 +221,7 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, mut say: impl FnMut(St
         audio_codes: None,
         max_new_tokens: s.steps,
         sampling: SamplingConfig { seed: s.seed, guidance_scale: defaults.guidance_scale, top_k: defaults.top_k, temperature: defaults.temperature },
+        ..Default::default()
     };
     let steer_dir = out.join("steer");
     std::fs::create_dir_all(&steer_dir).map_err(Error::io(&steer_dir))?;

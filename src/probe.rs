@@ -320,45 +320,13 @@ pub fn write_evaluation(dir: &Path, e: &Evaluation) -> Result<()> {
 /// A PNG of test accuracy and loss against layer, written atomically.
 pub fn plot(path: &Path, metrics: &[LayerMetrics], loss_kind: &str, best: usize) -> Result<()> {
     use plotters::prelude::*;
-    static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-    static REGISTER: std::sync::Once = std::sync::Once::new();
-    REGISTER.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    });
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = parent.join(format!(".plot-{}.png", std::process::id()));
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let root = BitMapBackend::new(&tmp, (900, 520)).into_drawing_area();
-        root.fill(&WHITE)?;
+    let acc: Vec<(f64, f64)> = metrics.iter().map(|m| (m.layer as f64, m.accuracy)).collect();
+    let loss: Vec<(f64, f64)> = metrics.iter().map(|m| (m.layer as f64, m.loss)).collect();
+    crate::plot::png(path, (900, 520), |root| {
         let (top, bottom) = root.split_vertically(260);
-        let n = metrics.len().max(1) as f64;
-        let max_loss = metrics.iter().map(|m| m.loss).fold(1e-9, f64::max) * 1.1;
-        let mut acc = ChartBuilder::on(&top)
-            .caption(format!("probe test accuracy by layer (best: layer {best})"), ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(-0.5..(n - 0.5), 0.0..1.05)?;
-        acc.configure_mesh().x_desc("layer").y_desc("accuracy").x_label_formatter(&|v| format!("{}", v.round() as i64)).draw()?;
-        acc.draw_series(LineSeries::new(metrics.iter().map(|m| (m.layer as f64, m.accuracy)), &BLUE))?;
-        acc.draw_series(metrics.iter().map(|m| Circle::new((m.layer as f64, m.accuracy), 3, BLUE.filled())))?;
-        let mut lo = ChartBuilder::on(&bottom)
-            .caption(format!("test loss ({loss_kind}) by layer"), ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(-0.5..(n - 0.5), 0.0..max_loss)?;
-        lo.configure_mesh().x_desc("layer").y_desc("loss").x_label_formatter(&|v| format!("{}", v.round() as i64)).draw()?;
-        lo.draw_series(LineSeries::new(metrics.iter().map(|m| (m.layer as f64, m.loss)), &RED))?;
-        lo.draw_series(metrics.iter().map(|m| Circle::new((m.layer as f64, m.loss), 3, RED.filled())))?;
-        root.present()?;
-        Ok(())
-    };
-    draw().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::Input(format!("plotting {}: {e}", path.display()))
-    })?;
-    std::fs::rename(&tmp, path).map_err(Error::io(path))
+        crate::plot::by_layer(&top, &format!("probe test accuracy by layer (best: layer {best})"), "accuracy", &[("accuracy".into(), acc, BLUE)])?;
+        crate::plot::by_layer(&bottom, &format!("test loss ({loss_kind}) by layer"), "loss", &[("loss".into(), loss, RED)])
+    })
 }
 
 #[cfg(test)]

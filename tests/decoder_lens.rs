@@ -24,6 +24,7 @@ fn early_exit_codes_match_a_truncated_transformers_decoder() {
             audio_codes: None,
             max_new_tokens: steps,
             sampling: SamplingConfig { guidance_scale: 3.0, top_k: 1, temperature: 1.0, seed: 0 },
+            ..Default::default()
         };
         let mut distinct = std::collections::BTreeSet::new();
         for k in 1..=layers {

@@ -32,6 +32,7 @@ fn greedy_case(preset: &str, case: &str) {
         audio_codes,
         max_new_tokens: steps,
         sampling: SamplingConfig { guidance_scale: 3.0, top_k: 1, temperature: 1.0, seed: 0 },
+        ..Default::default()
     };
     let out = generate(&mut m, &request, &mut NoHooks, |_, _| {}).unwrap();
     assert_eq!(out.steps, steps);

@@ -17,7 +17,7 @@ use crate::hooks::Hooks;
 use crate::model::MusicGen;
 
 /// What to generate.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct GenerationRequest {
     /// One text prompt per batch row.
     pub prompts: Vec<String>,
@@ -26,6 +26,13 @@ pub struct GenerationRequest {
     /// Decoder steps after the prompt (`N` steps give `N - codebooks + 1` new frames).
     pub max_new_tokens: usize,
     pub sampling: SamplingConfig,
+    /// The random stream each batch row draws from (default: row `i` draws stream `i`). Rows given
+    /// the same stream draw the same random numbers, so two runs of one prompt that differ only by
+    /// an intervention differ by the intervention, not by sampling noise, whatever their batch.
+    pub row_streams: Option<Vec<u64>>,
+    /// Condition on the text encoder's layer `j` (1-based, through its final LayerNorm) instead of
+    /// its last layer: the original DecoderLens over the encoder. `None` is the normal model.
+    pub text_layer: Option<usize>,
 }
 
 /// What came out.
@@ -68,7 +75,12 @@ pub fn generate_early_exit(
         return Err(Error::Input("nothing to generate: max_new_tokens is 0".into()));
     }
     let sampling = &request.sampling;
-    let mut sampler = Sampler::new(sampling.clone())?;
+    let streams = match &request.row_streams {
+        Some(s) if s.len() != b => return Err(Error::Input(format!("{} row streams for {b} prompts", s.len()))),
+        Some(s) => s.clone(),
+        None => (0..b as u64).collect(),
+    };
+    let mut sampler = Sampler::with_streams(sampling.clone(), &streams)?;
     let cfg = model.decoder.config.clone();
     let k = cfg.num_codebooks;
 
@@ -96,10 +108,20 @@ pub fn generate_early_exit(
 
     let prompts: Vec<&str> = request.prompts.iter().map(String::as_str).collect();
     let text = model.text.encode(&prompts)?;
+    let states = match request.text_layer {
+        None => text.last_hidden_state.view(),
+        Some(j) => {
+            let layers = text.normed_hidden_states.shape()[0] - 1;
+            if j == 0 || j > layers {
+                return Err(Error::Input(format!("text encoder layer {j} does not exist: it has layers 1..={layers}")));
+            }
+            text.normed_hidden_states.index_axis(Axis(0), j)
+        }
+    };
     let mut state = if sampling.guided() {
-        model.decoder.start_guided(text.last_hidden_state.view(), text.attention_mask.view())?
+        model.decoder.start_guided(states, text.attention_mask.view())?
     } else {
-        model.decoder.start(text.last_hidden_state.view(), text.attention_mask.view(), 0..b)?
+        model.decoder.start(states, text.attention_mask.view(), 0..b)?
     };
     let copies = state.rows() / b;
 

@@ -8,7 +8,7 @@ use rand_chacha::ChaCha20Rng;
 use crate::error::{Error, Result};
 
 /// How the next token is chosen.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingConfig {
     /// Classifier-free guidance scale; 1.0 (or less) turns guidance off.
     pub guidance_scale: f32,
@@ -53,33 +53,49 @@ pub fn guide(logits: ArrayView3<'_, f32>, scale: f32) -> Array3<f32> {
     out
 }
 
-/// A seeded sampler; the same seed and logits give the same tokens on every machine.
+/// A seeded sampler; the same seed and logits give the same tokens on every machine. Each batch row
+/// draws from its own ChaCha stream of the seed, so a row's draws do not depend on the other rows.
 pub struct Sampler {
     config: SamplingConfig,
-    rng: ChaCha20Rng,
+    rngs: Vec<ChaCha20Rng>,
     scratch: Vec<(f32, usize)>,
 }
 
 impl Sampler {
+    /// Row `i` draws from stream `i`.
     pub fn new(config: SamplingConfig) -> Result<Sampler> {
+        Sampler::with_streams(config, &[])
+    }
+
+    /// Row `i` draws from stream `streams[i]` (rows past the list: stream = row index).
+    pub fn with_streams(config: SamplingConfig, streams: &[u64]) -> Result<Sampler> {
         config.check()?;
-        let rng = ChaCha20Rng::seed_from_u64(config.seed);
-        Ok(Sampler { config, rng, scratch: Vec::new() })
+        let rngs = streams.iter().map(|&s| Self::stream(config.seed, s)).collect();
+        Ok(Sampler { config, rngs, scratch: Vec::new() })
+    }
+
+    fn stream(seed: u64, stream: u64) -> ChaCha20Rng {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        rng
     }
 
     /// One token per row and codebook from `[B, K, V]` (already guided) logits.
     pub fn sample(&mut self, logits: ArrayView3<'_, f32>) -> ndarray::Array2<i64> {
         let (b, k, _) = logits.dim();
+        while self.rngs.len() < b {
+            self.rngs.push(Self::stream(self.config.seed, self.rngs.len() as u64));
+        }
         let mut out = ndarray::Array2::<i64>::zeros((b, k));
         for bi in 0..b {
             for cb in 0..k {
-                out[[bi, cb]] = self.one(logits.index_axis(Axis(0), bi).index_axis(Axis(0), cb)) as i64;
+                out[[bi, cb]] = self.one(bi, logits.index_axis(Axis(0), bi).index_axis(Axis(0), cb)) as i64;
             }
         }
         out
     }
 
-    fn one(&mut self, logits: ArrayView1<'_, f32>) -> usize {
+    fn one(&mut self, row: usize, logits: ArrayView1<'_, f32>) -> usize {
         if self.config.top_k == 1 {
             return argmax(logits);
         }
@@ -95,7 +111,7 @@ impl Sampler {
         let max = kept.iter().map(|p| p.0).fold(f32::NEG_INFINITY, f32::max);
         let weights: Vec<f64> = kept.iter().map(|&(v, _)| ((v - max) as f64).exp()).collect();
         let total: f64 = weights.iter().sum();
-        let mut u = self.rng.random::<f64>() * total;
+        let mut u = self.rngs[row].random::<f64>() * total;
         for (w, &(_, i)) in weights.iter().zip(&kept) {
             if u < *w {
                 return i;
@@ -143,6 +159,20 @@ mod tests {
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
+        // A row's draws depend on its stream, not on its place in the batch.
+        let two = Array3::from_shape_fn((2, 4, 50), |(_, k, v)| ((v * 7 + k * 3) % 11) as f32);
+        let config = SamplingConfig { guidance_scale: 1.0, top_k: 5, temperature: 1.0, seed: 3 };
+        let mut pair = Sampler::with_streams(config.clone(), &[9, 9]).unwrap();
+        let mut alone = Sampler::with_streams(config.clone(), &[9]).unwrap();
+        for _ in 0..10 {
+            let p = pair.sample(two.view());
+            let a = alone.sample(logits.view());
+            assert_eq!(p.row(0), a.row(0));
+            assert_eq!(p.row(1), a.row(0));
+        }
+        let mut other = Sampler::with_streams(config, &[9, 10]).unwrap();
+        let draws: Vec<_> = (0..10).map(|_| other.sample(two.view())).collect();
+        assert!(draws.iter().any(|d| d.row(0) != d.row(1)), "different streams draw differently");
         // Only codes whose logit is among the 5 largest (value 10 and ties at the 5th) are drawn.
         for tokens in draw(3) {
             for (cb, &t) in tokens.iter().enumerate() {

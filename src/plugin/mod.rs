@@ -21,6 +21,7 @@ pub const ABI_VERSION: u32 = sdk::ABI_VERSION;
 pub enum Kind {
     Method,
     Probe,
+    Judge,
 }
 
 /// A loaded plugin library.
@@ -67,6 +68,7 @@ impl Library {
         let kind = match d.kind {
             sdk::KIND_METHOD if !d.method.is_null() => Kind::Method,
             sdk::KIND_PROBE if !d.probe.is_null() => Kind::Probe,
+            sdk::KIND_JUDGE if !d.judge.is_null() => Kind::Judge,
             k => return Err(bad(format!("unknown plugin kind {k}"))),
         };
         let name = unsafe { sdk::read_c(d.name) }.unwrap_or_default();
@@ -198,7 +200,7 @@ impl MethodPlugin {
     pub fn load(spec: &str, config_json: &str) -> Result<MethodPlugin> {
         let lib = Library::open(&resolve(spec)?)?;
         if lib.kind != Kind::Method {
-            return Err(Error::Plugin { plugin: lib.name.clone(), reason: "is a probe model, not a method".into() });
+            return Err(Error::Plugin { plugin: lib.name.clone(), reason: format!("is a {:?} plugin, not a method", lib.kind) });
         }
         let instance = lib.create(config_json)?;
         let m = unsafe { &*lib.descriptor().method };
@@ -323,7 +325,7 @@ impl ProbePlugin {
     pub fn load(spec: &str, config_json: &str) -> Result<ProbePlugin> {
         let lib = Library::open(&resolve(spec)?)?;
         if lib.kind != Kind::Probe {
-            return Err(Error::Plugin { plugin: lib.name.clone(), reason: "is a method, not a probe model".into() });
+            return Err(Error::Plugin { plugin: lib.name.clone(), reason: format!("is a {:?} plugin, not a probe model", lib.kind) });
         }
         Ok(ProbePlugin { instance: lib.create(config_json)? })
     }
@@ -377,5 +379,55 @@ impl ProbePlugin {
         let p = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| Error::Input("path contains NUL".into()))?;
         let status = (self.vtable().load)(self.instance.ptr, p.as_ptr());
         self.instance.check(status, || "load".into())
+    }
+}
+
+/// A judge plugin instance: class probabilities of audio clips.
+pub struct JudgePlugin {
+    instance: Instance,
+    labels: Vec<String>,
+    sample_rate: u32,
+}
+
+impl JudgePlugin {
+    pub fn load(spec: &str, config_json: &str) -> Result<JudgePlugin> {
+        let lib = Library::open(&resolve(spec)?)?;
+        if lib.kind != Kind::Judge {
+            return Err(Error::Plugin { plugin: lib.name.clone(), reason: format!("is a {:?} plugin, not a judge", lib.kind) });
+        }
+        let instance = lib.create(config_json)?;
+        let j = unsafe { &*lib.descriptor().judge };
+        let labels: Vec<String> = unsafe { sdk::read_c((j.labels)(instance.ptr)) }.unwrap_or_default().lines().map(str::to_string).collect();
+        let sample_rate = (j.sample_rate)(instance.ptr);
+        instance.check(if sample_rate > 0 { sdk::OK } else { sdk::ERROR }, || "sample rate".into())?;
+        if labels.is_empty() {
+            return Err(Error::Plugin { plugin: lib.name.clone(), reason: "names no labels".into() });
+        }
+        Ok(JudgePlugin { instance, labels, sample_rate })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.instance.lib.name
+    }
+
+    /// Class names in output order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The rate the judge wants its audio at.
+    pub fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+
+    /// `[clips, samples]` at [`Self::sample_rate`] -> `[clips, labels]` probabilities.
+    pub fn judge(&mut self, audio: ndarray::ArrayView2<'_, f32>) -> Result<ndarray::Array2<f32>> {
+        let audio = audio.as_standard_layout();
+        let m = sdk::Matrix { data: audio.as_ptr(), rows: audio.nrows() as u64, cols: audio.ncols() as u64 };
+        let mut out = ndarray::Array2::<f32>::zeros((audio.nrows(), self.labels.len()));
+        let j = unsafe { &*self.instance.lib.descriptor().judge };
+        let status = (j.judge)(self.instance.ptr, m, out.as_mut_ptr());
+        self.instance.check(status, || "judging clips".into())?;
+        Ok(out)
     }
 }

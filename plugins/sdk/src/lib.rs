@@ -6,9 +6,9 @@
 //! pointers over plain C types ([`TensorMut`], [`Tensor`], [`Matrix`], [`HookContext`]). Nothing
 //! else crosses the boundary: no Rust trait objects, no allocator hand-offs.
 //!
-//! Authors do not write any of that: implement [`Method`] (hooks during generation) or
-//! [`ProbeModel`] (fit / predict / save / load on features) and call [`export_method!`] or
-//! [`export_probe!`]. Panics are caught at the boundary and reported as errors with the panic's
+//! Authors do not write any of that: implement [`Method`] (hooks during generation),
+//! [`ProbeModel`] (fit / predict / save / load on features) or [`Judge`] (class probabilities of
+//! audio clips) and call [`export_method!`], [`export_probe!`] or [`export_judge!`]. Panics are caught at the boundary and reported as errors with the panic's
 //! message; an `Err(String)` is reported the same way. See `plugins/README.md` for a guide.
 
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -18,7 +18,8 @@ pub use ndarray;
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3};
 
 /// The plugin ABI version this SDK speaks. A host refuses plugins whose descriptor says otherwise.
-pub const ABI_VERSION: u32 = 1;
+/// Version 2 added the judge kind (and the descriptor's `judge` field).
+pub const ABI_VERSION: u32 = 2;
 
 /// The symbol every plugin exports: `extern "C" fn() -> *const PluginDescriptor`.
 pub const ENTRY_SYMBOL: &[u8] = b"musicgen_interp_plugin\0";
@@ -30,6 +31,7 @@ pub const ERROR: i32 = 1;
 /// [`PluginDescriptor::kind`] values.
 pub const KIND_METHOD: u32 = 1;
 pub const KIND_PROBE: u32 = 2;
+pub const KIND_JUDGE: u32 = 3;
 
 /// An activation `[rows, positions, width]`, row-major, that the plugin may change in place.
 #[repr(C)]
@@ -112,6 +114,18 @@ pub struct ProbeVTable {
     pub load: extern "C" fn(instance: *mut c_void, path: *const c_char) -> i32,
 }
 
+/// Function pointers of a judge plugin: an audio classifier.
+#[repr(C)]
+pub struct JudgeVTable {
+    /// The sample rate the judge wants its audio at (the host resamples).
+    pub sample_rate: extern "C" fn(instance: *mut c_void) -> u32,
+    /// Class names, one per line, in output order (valid until `destroy`).
+    pub labels: extern "C" fn(instance: *mut c_void) -> *const c_char,
+    /// `audio`: `[clips, samples]` mono at `sample_rate`; writes `clips x labels` probabilities
+    /// (each row sums to 1) to `out`.
+    pub judge: extern "C" fn(instance: *mut c_void, audio: Matrix, out: *mut f32) -> i32,
+}
+
 /// What [`ENTRY_SYMBOL`] returns. `abi_version` must stay the first field in every ABI version.
 #[repr(C)]
 pub struct PluginDescriptor {
@@ -129,6 +143,8 @@ pub struct PluginDescriptor {
     pub method: *const MethodVTable,
     /// Non-null for `KIND_PROBE`.
     pub probe: *const ProbeVTable,
+    /// Non-null for `KIND_JUDGE`.
+    pub judge: *const JudgeVTable,
 }
 
 // The descriptor holds only pointers to statics.
@@ -136,6 +152,7 @@ unsafe impl Sync for PluginDescriptor {}
 unsafe impl Send for PluginDescriptor {}
 unsafe impl Sync for MethodVTable {}
 unsafe impl Sync for ProbeVTable {}
+unsafe impl Sync for JudgeVTable {}
 
 /// Which layer component an edit is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,6 +226,19 @@ pub trait ProbeModel: Sized + 'static {
     fn scores(&mut self, features: ArrayView2<'_, f32>) -> Result<ndarray::Array2<f32>, String>;
     fn save(&mut self, path: &str) -> Result<(), String>;
     fn load(&mut self, path: &str) -> Result<(), String>;
+}
+
+/// A judge: class probabilities of audio clips (an audio classifier), used to score generations.
+pub trait Judge: Sized + 'static {
+    const NAME: &'static str;
+    const VERSION: &'static str;
+    fn create(config: &str) -> Result<Self, String>;
+    /// The sample rate `judge` expects.
+    fn sample_rate(&self) -> u32;
+    /// Class names in output order.
+    fn labels(&self) -> Vec<String>;
+    /// `[clips, samples]` mono audio at `sample_rate()` -> `[clips, labels]` probabilities.
+    fn judge(&mut self, audio: ArrayView2<'_, f32>) -> Result<ndarray::Array2<f32>, String>;
 }
 
 /// What an instance pointer points to (SDK-internal; public for the export macros).
@@ -392,6 +422,7 @@ macro_rules! export_method {
                     create, destroy, last_error,
                     method: &VTABLE,
                     probe: std::ptr::null(),
+                    judge: std::ptr::null(),
                 })
             }
         };
@@ -460,6 +491,69 @@ macro_rules! export_probe {
                     create, destroy, last_error,
                     method: std::ptr::null(),
                     probe: &VTABLE,
+                    judge: std::ptr::null(),
+                })
+            }
+        };
+    };
+}
+
+/// Exports a [`Judge`] implementation as this library's plugin.
+#[macro_export]
+macro_rules! export_judge {
+    ($t:ty) => {
+        const _: () = {
+            use $crate::rt;
+            use std::ffi::{c_char, c_void};
+            fn labels_of(j: &$t) -> Vec<String> {
+                <$t as $crate::Judge>::labels(j)
+            }
+            extern "C" fn create(config: *const c_char) -> *mut c_void {
+                rt::create::<$t>(config, <$t as $crate::Judge>::create, labels_of)
+            }
+            extern "C" fn destroy(i: *mut c_void) {
+                rt::destroy::<$t>(i)
+            }
+            extern "C" fn last_error(i: *mut c_void) -> *const c_char {
+                rt::last_error::<$t>(i)
+            }
+            extern "C" fn sample_rate(i: *mut c_void) -> u32 {
+                let mut rate = 0;
+                rt::call::<$t>(i, |p| {
+                    rate = $crate::Judge::sample_rate(p);
+                    Ok(())
+                });
+                rate
+            }
+            extern "C" fn labels(i: *mut c_void) -> *const c_char {
+                rt::hook_points::<$t>(i)
+            }
+            extern "C" fn judge(i: *mut c_void, audio: $crate::Matrix, out: *mut f32) -> i32 {
+                rt::call::<$t>(i, |p| {
+                    let probs = $crate::Judge::judge(p, rt::matrix(audio))?;
+                    let classes = $crate::Judge::labels(p).len();
+                    if probs.dim() != (audio.rows as usize, classes) {
+                        return Err(format!("judge returned {:?} probabilities for {} clips and {classes} labels", probs.dim(), audio.rows));
+                    }
+                    let probs = probs.as_standard_layout();
+                    let flat = probs.as_slice().expect("standard layout");
+                    unsafe { std::ptr::copy_nonoverlapping(flat.as_ptr(), out, flat.len()) };
+                    Ok(())
+                })
+            }
+            static VTABLE: $crate::JudgeVTable = $crate::JudgeVTable { sample_rate, labels, judge };
+            static DESCRIPTOR: std::sync::OnceLock<$crate::PluginDescriptor> = std::sync::OnceLock::new();
+            #[no_mangle]
+            pub extern "C" fn musicgen_interp_plugin() -> *const $crate::PluginDescriptor {
+                DESCRIPTOR.get_or_init(|| $crate::PluginDescriptor {
+                    abi_version: $crate::ABI_VERSION,
+                    kind: $crate::KIND_JUDGE,
+                    name: $crate::leak_c(<$t as $crate::Judge>::NAME),
+                    version: $crate::leak_c(<$t as $crate::Judge>::VERSION),
+                    create, destroy, last_error,
+                    method: std::ptr::null(),
+                    probe: std::ptr::null(),
+                    judge: &VTABLE,
                 })
             }
         };

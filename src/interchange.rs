@@ -1,0 +1,717 @@
+//! Interchange interventions (ISMIR 2024, seed B 2), driven by the `interchange` method plugin and
+//! scored by a judge plugin.
+//!
+//! 1. **Means.** For every concept, generate its prompts (in batches) with the plugin in `means`
+//!    mode: the time-aligned mean output of every site (self-attention, cross-attention, MLP of every
+//!    layer), conditional and unconditional rows apart, `[layers, 3, positions, 2, d_model]`, saved as
+//!    `means/{concept}.npy` with `means/{concept}.json` saying which model, prompts and sampling made
+//!    it. A cache made by another model, prompt set or sampling is refused, never reused.
+//! 2. **Baseline.** Every prompt of an original concept is generated once without intervention
+//!    (`baseline/{concept}/p{i}.json`: the judge's probabilities, and the WAV).
+//! 3. **Interventions.** For each ordered pair (original, desired) and each prompt of the original
+//!    concept, the interventions (modes x sites) are generated in batches of `batch_size` rows, all
+//!    rows the same prompt and the same random stream as its baseline, so a score difference is the
+//!    intervention's and not sampling noise; the judge scores every clip and each (pair, prompt,
+//!    batch) is written at once to `parts/` (a finished one is never recomputed: runs resume).
+//! 4. **Merge.** When every part is there: `results/{original}__{desired}.csv` (one row per prompt,
+//!    mode and site), `summary.csv` (means per pair, mode and site), plots of effectiveness and
+//!    precision by layer and component, and with `save_extremes` the best and worst clip per prompt.
+//!
+//! `--shard i/n` deals (pair, prompt) units round-robin, so hosts of a job array share a run in one
+//! output folder; the merge is the same whoever runs it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, Axis};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::data::{concepts, Shard};
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenerationRequest, SamplingConfig};
+use crate::hooks::Component;
+use crate::judge::{effectiveness, precision, Judge, JudgeConfig};
+use crate::model::MusicGen;
+use crate::plugin::MethodPlugin;
+use crate::store::write_atomic;
+
+/// How an intervention changes a site's output on the conditional rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Add `mean_desired[t] - mean_original[t]`.
+    Adjust,
+    /// Set the output to `mean_desired[t]`.
+    Replace,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Adjust => "adjust",
+            Mode::Replace => "replace",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Mode> {
+        match s.trim() {
+            "adjust" => Ok(Mode::Adjust),
+            "replace" => Ok(Mode::Replace),
+            other => Err(Error::Input(format!("unknown intervention mode {other:?}: adjust or replace"))),
+        }
+    }
+}
+
+/// A site: one component of one layer, named `blocks.{layer}.{attn|cross_attn|mlp}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Site {
+    pub layer: usize,
+    pub component: Component,
+}
+
+impl std::fmt::Display for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "blocks.{}.{}", self.layer, self.component.name())
+    }
+}
+
+impl std::str::FromStr for Site {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Site> {
+        let bad = || Error::Input(format!("site {s:?}: expected blocks.LAYER.attn, blocks.LAYER.cross_attn or blocks.LAYER.mlp"));
+        let rest = s.trim().strip_prefix("blocks.").ok_or_else(bad)?;
+        let (layer, c) = rest.split_once('.').ok_or_else(bad)?;
+        let component = Component::ALL.into_iter().find(|x| x.name() == c).ok_or_else(bad)?;
+        Ok(Site { layer: layer.parse().map_err(|_| bad())?, component })
+    }
+}
+
+fn default_prompts() -> usize {
+    concepts::DEFAULT_PROMPTS_PER_CONCEPT
+}
+fn default_duration() -> f64 {
+    4.0
+}
+fn default_modes() -> Vec<Mode> {
+    vec![Mode::Adjust, Mode::Replace]
+}
+fn default_batch() -> usize {
+    8
+}
+
+/// An interchange run (the `intervene` command's flags, or its YAML config). Defaults in the docs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterveneConfig {
+    /// Bundle folder, checkpoint folder or hub id.
+    pub model: String,
+    /// Concepts taking part (default: all ten).
+    #[serde(default)]
+    pub concepts: Vec<String>,
+    /// Only the pairs whose original concept is this one (default: all ordered pairs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_concept: Option<String>,
+    /// Prompts per concept (default 100), drawn from the paper's template.
+    #[serde(default = "default_prompts")]
+    pub n_prompts_per_concept: usize,
+    /// Seed of the prompt draws (default 0).
+    #[serde(default)]
+    pub prompt_seed: u64,
+    /// Seconds per clip (default 4).
+    #[serde(default = "default_duration")]
+    pub duration: f64,
+    /// Sampling seed (default 0); unset top_k / temperature / guidance_scale take the bundle's.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_scale: Option<f32>,
+    /// Intervention modes (default both: adjust, replace).
+    #[serde(default = "default_modes")]
+    pub modes: Vec<Mode>,
+    /// Sites, e.g. `blocks.3.mlp` (default: all three components of every layer).
+    #[serde(default)]
+    pub sites: Vec<String>,
+    /// Interventions generated together in one batch (default 8).
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Prompts per batch when computing means and baselines (default 8).
+    #[serde(default = "default_batch")]
+    pub means_batch_size: usize,
+    /// A folder of concept means computed before (by a run of the same model, prompts and sampling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_computed_means: Option<PathBuf>,
+    /// Write the best and worst intervention's audio for each prompt.
+    #[serde(default)]
+    pub save_extremes: bool,
+    pub judge: JudgeConfig,
+    pub output: PathBuf,
+}
+
+impl InterveneConfig {
+    pub fn load(path: &Path) -> Result<InterveneConfig> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        crate::config::parse_yaml(&text, path)
+    }
+
+    /// The run's concepts, checked (an unknown one is an error naming the ten).
+    pub fn concepts(&self) -> Result<Vec<&'static str>> {
+        if self.concepts.is_empty() {
+            return Ok(concepts::all());
+        }
+        self.concepts.iter().map(|c| concepts::concept(c)).collect()
+    }
+
+    fn sampling(&self, model: &MusicGen) -> SamplingConfig {
+        let d = &model.manifest().generation;
+        SamplingConfig {
+            guidance_scale: self.guidance_scale.unwrap_or(d.guidance_scale),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            temperature: self.temperature.unwrap_or(d.temperature),
+            seed: self.seed,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub means_computed: usize,
+    pub units_done: usize,
+    pub units_skipped: usize,
+    pub units_left_to_other_shards: usize,
+    pub merged: bool,
+}
+
+/// One scored intervention (a row of the results CSV).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Score {
+    pub original: String,
+    pub desired: String,
+    pub prompt: usize,
+    pub mode: Mode,
+    pub site: Site,
+    pub p0_original: f64,
+    pub p0_desired: f64,
+    pub p1_original: f64,
+    pub p1_desired: f64,
+    pub effectiveness: f64,
+    pub precision: f64,
+}
+
+const CSV_HEADER: &str = "original,desired,prompt,mode,site,layer,component,p0_original,p0_desired,p1_original,p1_desired,effectiveness,precision\n";
+
+impl Score {
+    fn csv(&self) -> String {
+        format!(
+            "{},{},{},{},{},{},{},{:.8e},{:.8e},{:.8e},{:.8e},{:.8e},{:.8e}\n",
+            self.original,
+            self.desired,
+            self.prompt,
+            self.mode.name(),
+            self.site,
+            self.site.layer,
+            self.site.component.name(),
+            self.p0_original,
+            self.p0_desired,
+            self.p1_original,
+            self.p1_desired,
+            self.effectiveness,
+            self.precision
+        )
+    }
+
+    fn parse(line: &str) -> Result<Score> {
+        let f: Vec<&str> = line.split(',').collect();
+        let bad = || Error::Input(format!("results line {line:?} is not a score row"));
+        if f.len() != 13 {
+            return Err(bad());
+        }
+        let num = |i: usize| f[i].parse::<f64>().map_err(|_| bad());
+        Ok(Score {
+            original: f[0].into(),
+            desired: f[1].into(),
+            prompt: f[2].parse().map_err(|_| bad())?,
+            mode: f[3].parse()?,
+            site: f[4].parse()?,
+            p0_original: num(7)?,
+            p0_desired: num(8)?,
+            p1_original: num(9)?,
+            p1_desired: num(10)?,
+            effectiveness: num(11)?,
+            precision: num(12)?,
+        })
+    }
+}
+
+fn sha(parts: impl IntoIterator<Item = String>) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a means file was made from; a cache whose metadata differs is refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MeansMeta {
+    pub concept: String,
+    /// Hash of the bundle's file checksums.
+    pub model: String,
+    /// Hash of the concept's prompts.
+    pub prompts: String,
+    pub n_prompts: usize,
+    pub positions: usize,
+    pub sampling: SamplingConfig,
+    pub layout: String,
+}
+
+/// The random stream of prompt `i` of concept `c`: its baseline and all its interventions share it.
+fn stream(concept: &str, prompt: usize) -> u64 {
+    let c = concepts::all().iter().position(|x| *x == concept).unwrap_or(0) as u64;
+    (c << 32) | prompt as u64
+}
+
+fn io_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))
+}
+
+fn pair_name(o: &str, d: &str) -> String {
+    format!("{o}__{d}")
+}
+
+/// A run in progress: the model, the judge, the resolved settings.
+pub struct Interchange<'a> {
+    model: &'a mut MusicGen,
+    judge: &'a mut Judge,
+    config: InterveneConfig,
+    pairs: Vec<(&'static str, &'static str)>,
+    prompts: BTreeMap<&'static str, Vec<String>>,
+    interventions: Vec<(Mode, Site)>,
+    steps: usize,
+    sampling: SamplingConfig,
+    fingerprint: String,
+    means_dir: PathBuf,
+}
+
+impl<'a> Interchange<'a> {
+    /// Checks the settings against the model and the judge (unknown concepts, sites past the last
+    /// layer) before anything is generated.
+    pub fn new(model: &'a mut MusicGen, judge: &'a mut Judge, config: InterveneConfig) -> Result<Interchange<'a>> {
+        let concepts = config.concepts()?;
+        if concepts.len() < 2 {
+            return Err(Error::Input("interchange needs at least two concepts".into()));
+        }
+        let fixed = config.fixed_concept.as_deref().map(concepts::concept).transpose()?;
+        if let Some(f) = fixed {
+            if !concepts.contains(&f) {
+                return Err(Error::Input(format!("fixed concept {f} is not among the run's concepts ({})", concepts.join(", "))));
+            }
+        }
+        let pairs: Vec<_> = concepts
+            .iter()
+            .flat_map(|&o| concepts.iter().map(move |&d| (o, d)))
+            .filter(|(o, d)| o != d && fixed.is_none_or(|f| f == *o))
+            .collect();
+        if config.n_prompts_per_concept == 0 || config.batch_size == 0 || config.means_batch_size == 0 {
+            return Err(Error::Input("n_prompts_per_concept, batch_size and means_batch_size must be positive".into()));
+        }
+        if config.modes.is_empty() {
+            return Err(Error::Input("no intervention mode given (adjust, replace)".into()));
+        }
+        let layers = model.decoder.num_layers();
+        let sites: Vec<Site> = if config.sites.is_empty() {
+            (0..layers).flat_map(|layer| Component::ALL.map(|component| Site { layer, component })).collect()
+        } else {
+            config.sites.iter().map(|s| s.parse()).collect::<Result<_>>()?
+        };
+        if let Some(s) = sites.iter().find(|s| s.layer >= layers) {
+            return Err(Error::Input(format!("site {s}: the model has layers 0..{layers}")));
+        }
+        let mut modes = config.modes.clone();
+        modes.sort();
+        modes.dedup();
+        let interventions = modes.iter().flat_map(|&m| sites.iter().map(move |&s| (m, s))).collect();
+        let man = model.manifest();
+        if !(config.duration > 0.0) {
+            return Err(Error::Input(format!("duration must be positive, got {}", config.duration)));
+        }
+        let steps = (config.duration * man.audio.frame_rate).round() as usize + man.decoder.num_codebooks - 1;
+        if steps + 1 > man.decoder.max_position_embeddings {
+            return Err(Error::Input(format!("{} s needs {} positions; the model has {}", config.duration, steps + 1, man.decoder.max_position_embeddings)));
+        }
+        let fingerprint = sha(man.files.iter().map(|(k, v)| format!("{k}:{}", v.sha256)));
+        let prompts = concepts.iter().map(|&c| Ok((c, concepts::prompts(c, config.n_prompts_per_concept, config.prompt_seed)?))).collect::<Result<_>>()?;
+        let sampling = config.sampling(model);
+        sampling.check()?;
+        let means_dir = config.pre_computed_means.clone().unwrap_or_else(|| config.output.join("means"));
+        Ok(Interchange { model, judge, config, pairs, prompts, interventions, steps, sampling, fingerprint, means_dir })
+    }
+
+    pub fn pairs(&self) -> &[(&'static str, &'static str)] {
+        &self.pairs
+    }
+
+    /// Every (pair, prompt, batch) unit, in the order a single host runs them.
+    fn units(&self) -> Vec<(usize, usize, usize)> {
+        let n = self.config.n_prompts_per_concept;
+        let chunks = self.interventions.len().div_ceil(self.config.batch_size);
+        (0..self.pairs.len()).flat_map(|p| (0..n).flat_map(move |i| (0..chunks).map(move |c| (p, i, c)))).collect()
+    }
+
+    fn part_path(&self, pair: usize, prompt: usize, chunk: usize) -> PathBuf {
+        let (o, d) = self.pairs[pair];
+        self.config.output.join("parts").join(pair_name(o, d)).join(format!("p{prompt:04}_b{chunk:03}.csv"))
+    }
+
+    fn owns(shard: Shard, n_prompts: usize, pair: usize, prompt: usize) -> bool {
+        shard.owns(pair * n_prompts + prompt)
+    }
+
+    /// Runs this shard's share, then merges if every unit of every shard is done.
+    pub fn run(&mut self, shard: Shard, mut progress: impl FnMut(&str)) -> Result<Report> {
+        let out = self.config.output.clone();
+        io_dir(&out)?;
+        write_atomic(&out.join("intervene.resolved.yaml"), serde_yaml::to_string(&self.config).expect("yaml").as_bytes())?;
+        let mut csv = String::from("concept,prompt,text\n");
+        for (c, ps) in &self.prompts {
+            for (i, p) in ps.iter().enumerate() {
+                csv.push_str(&format!("{c},{i},\"{p}\"\n"));
+            }
+        }
+        write_atomic(&out.join("prompts.csv"), csv.as_bytes())?;
+
+        let mut report = Report::default();
+        let n = self.config.n_prompts_per_concept;
+        let units = self.units();
+        let mine: Vec<_> = units.iter().copied().filter(|&(p, i, _)| Self::owns(shard, n, p, i)).collect();
+        report.units_left_to_other_shards = units.len() - mine.len();
+        let todo: Vec<_> = mine.iter().copied().filter(|&(p, i, c)| !self.part_path(p, i, c).is_file()).collect();
+        report.units_skipped = mine.len() - todo.len();
+
+        // Means of every concept a pending unit needs.
+        let mut needed: Vec<&'static str> = todo.iter().flat_map(|&(p, _, _)| [self.pairs[p].0, self.pairs[p].1]).collect();
+        needed.sort();
+        needed.dedup();
+        for c in needed {
+            if self.ensure_means(c, &mut progress)? {
+                report.means_computed += 1;
+            }
+        }
+        // Baselines of every prompt a pending unit needs.
+        let mut prompts: Vec<(&'static str, usize)> = todo.iter().map(|&(p, i, _)| (self.pairs[p].0, i)).collect();
+        prompts.sort();
+        prompts.dedup();
+        self.ensure_baselines(&prompts, &mut progress)?;
+
+        for (k, &(p, i, c)) in todo.iter().enumerate() {
+            let (o, d) = self.pairs[p];
+            progress(&format!("{o} -> {d}, prompt {i}, batch {c} ({}/{})", k + 1, todo.len()));
+            self.run_unit(p, i, c)?;
+            report.units_done += 1;
+        }
+        if units.iter().all(|&(p, i, c)| self.part_path(p, i, c).is_file()) {
+            self.merge()?;
+            report.merged = true;
+        }
+        Ok(report)
+    }
+
+    fn means_paths(&self, concept: &str) -> (PathBuf, PathBuf) {
+        (self.means_dir.join(format!("{concept}.npy")), self.means_dir.join(format!("{concept}.json")))
+    }
+
+    fn means_meta(&self, concept: &'static str) -> MeansMeta {
+        MeansMeta {
+            concept: concept.into(),
+            model: self.fingerprint.clone(),
+            prompts: sha(self.prompts[concept].iter().cloned()),
+            n_prompts: self.config.n_prompts_per_concept,
+            positions: self.steps,
+            sampling: self.sampling.clone(),
+            layout: "[layer, component (attn, cross_attn, mlp), position, cond/uncond, d_model]".into(),
+        }
+    }
+
+    /// Loads (after checking) or computes a concept's means; true when computed.
+    fn ensure_means(&mut self, concept: &'static str, progress: &mut impl FnMut(&str)) -> Result<bool> {
+        let (npy, json) = self.means_paths(concept);
+        let want = self.means_meta(concept);
+        if json.is_file() && npy.is_file() {
+            let text = std::fs::read_to_string(&json).map_err(Error::io(&json))?;
+            let have: MeansMeta = serde_json::from_str(&text).map_err(|e| Error::Input(format!("{}: {e}", json.display())))?;
+            let differs = [
+                (have.model != want.model, "another model"),
+                (have.prompts != want.prompts || have.n_prompts != want.n_prompts, "another prompt set"),
+                (have.positions != want.positions, "another clip length"),
+                (have.sampling != want.sampling, "other sampling settings"),
+            ];
+            if let Some((_, what)) = differs.iter().find(|(d, _)| *d) {
+                return Err(Error::Input(format!(
+                    "the mean activations in {} were computed with {what} than this run; refusing to reuse them (use another output folder, delete them, or point --pre-computed-means at means of this model and prompt set)",
+                    npy.display()
+                )));
+            }
+            return Ok(false);
+        }
+        if self.config.pre_computed_means.is_some() {
+            return Err(Error::Input(format!("--pre-computed-means {}: no means for concept {concept} ({} missing)", self.means_dir.display(), npy.display())));
+        }
+        io_dir(&self.means_dir)?;
+        let settings = serde_json::json!({
+            "mode": "means",
+            "layers": self.model.decoder.num_layers(),
+            "positions": self.steps,
+            "output": npy,
+        });
+        let mut plugin = MethodPlugin::load("interchange", &settings.to_string())?;
+        plugin.run_start(&serde_json::json!({"concept": concept}).to_string())?;
+        let prompts = self.prompts[concept].clone();
+        for (b, batch) in prompts.chunks(self.config.means_batch_size).enumerate() {
+            progress(&format!("means of {concept}: prompts {}..{} of {}", b * self.config.means_batch_size, b * self.config.means_batch_size + batch.len(), prompts.len()));
+            let first = b * self.config.means_batch_size;
+            let request = GenerationRequest {
+                prompts: batch.to_vec(),
+                max_new_tokens: self.steps,
+                sampling: self.sampling.clone(),
+                row_streams: Some((first..first + batch.len()).map(|i| stream(concept, i)).collect()),
+                ..Default::default()
+            };
+            generate(self.model, &request, &mut plugin, |_, _| {})?;
+        }
+        plugin.run_end()?;
+        write_atomic(&json, serde_json::to_string_pretty(&want).expect("json").as_bytes())?;
+        Ok(true)
+    }
+
+    fn baseline_path(&self, concept: &str, prompt: usize) -> PathBuf {
+        self.config.output.join("baseline").join(concept).join(format!("p{prompt:04}.json"))
+    }
+
+    fn ensure_baselines(&mut self, prompts: &[(&'static str, usize)], progress: &mut impl FnMut(&str)) -> Result<()> {
+        let todo: Vec<_> = prompts.iter().copied().filter(|&(c, i)| !self.baseline_path(c, i).is_file()).collect();
+        for batch in todo.chunks(self.config.means_batch_size) {
+            progress(&format!("baselines: {} clips", batch.len()));
+            let request = GenerationRequest {
+                prompts: batch.iter().map(|&(c, i)| self.prompts[c][i].clone()).collect(),
+                max_new_tokens: self.steps,
+                sampling: self.sampling.clone(),
+                row_streams: Some(batch.iter().map(|&(c, i)| stream(c, i)).collect()),
+                ..Default::default()
+            };
+            let (probs, wave) = self.generate_and_judge(&request, &mut crate::hooks::NoHooks)?;
+            let rate = self.model.manifest().audio.sample_rate;
+            for (row, &(c, i)) in batch.iter().enumerate() {
+                let path = self.baseline_path(c, i);
+                io_dir(path.parent().expect("has parent"))?;
+                crate::audio::write_wav(&path.with_extension("wav"), &wave.row(row).to_vec(), rate)?;
+                let body = serde_json::json!({"concept": c, "prompt": i, "text": self.prompts[c][i], "probabilities": probs.row(row).to_vec()});
+                write_atomic(&path, body.to_string().as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn baseline(&self, concept: &str, prompt: usize) -> Result<Vec<f32>> {
+        let path = self.baseline_path(concept, prompt);
+        let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+        serde_json::from_value(v["probabilities"].clone()).map_err(|e| Error::Input(format!("{}: {e}", path.display())))
+    }
+
+    /// Generates `request` with `hooks`, decodes, and judges: (probabilities, waveforms `[rows, samples]`).
+    fn generate_and_judge(&mut self, request: &GenerationRequest, hooks: &mut dyn crate::hooks::Hooks) -> Result<(Array2<f32>, Array2<f32>)> {
+        let out = generate(self.model, request, hooks, |_, _| {})?;
+        // One clip per decode (and per judge call): a clip's numbers never depend on its batch.
+        let mut rows = Vec::new();
+        for r in 0..out.codes.shape()[0] {
+            rows.push(self.model.encodec.decode(out.codes.slice(ndarray::s![r..r + 1, .., ..]))?.index_axis_move(Axis(0), 0).index_axis_move(Axis(0), 0));
+        }
+        let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
+        let wave = ndarray::stack(Axis(0), &views).map_err(|e| Error::Input(format!("decoded clips differ in length: {e}")))?;
+        let rate = self.model.manifest().audio.sample_rate;
+        let probs = self.judge.probabilities(wave.view(), rate)?;
+        Ok((probs, wave))
+    }
+
+    /// One (pair, prompt, batch of interventions): generate, judge, score, write the part.
+    fn run_unit(&mut self, pair: usize, prompt: usize, chunk: usize) -> Result<()> {
+        let (o, d) = self.pairs[pair];
+        let batch: Vec<(Mode, Site)> = self.interventions.chunks(self.config.batch_size).nth(chunk).expect("chunk in range").to_vec();
+        let rows: Vec<serde_json::Value> = batch
+            .iter()
+            .map(|(m, s)| serde_json::json!({"layer": s.layer, "component": s.component.name(), "kind": m.name()}))
+            .collect();
+        let settings = serde_json::json!({
+            "mode": "intervene",
+            "original": self.means_paths(o).0,
+            "desired": self.means_paths(d).0,
+            "rows": rows,
+        });
+        let mut plugin = MethodPlugin::load("interchange", &settings.to_string())?;
+        let request = GenerationRequest {
+            prompts: vec![self.prompts[o][prompt].clone(); batch.len()],
+            max_new_tokens: self.steps,
+            sampling: self.sampling.clone(),
+            row_streams: Some(vec![stream(o, prompt); batch.len()]),
+            ..Default::default()
+        };
+        let (p1, wave) = self.generate_and_judge(&request, &mut plugin)?;
+        let p0 = ndarray::Array1::from(self.baseline(o, prompt)?);
+        let scores: Vec<Score> = batch
+            .iter()
+            .enumerate()
+            .map(|(r, &(mode, site))| {
+                let row = p1.row(r);
+                let (p0o, p0d) = (self.judge.concept_probability(p0.view(), o), self.judge.concept_probability(p0.view(), d));
+                let (p1o, p1d) = (self.judge.concept_probability(row, o), self.judge.concept_probability(row, d));
+                Score {
+                    original: o.into(),
+                    desired: d.into(),
+                    prompt,
+                    mode,
+                    site,
+                    p0_original: p0o,
+                    p0_desired: p0d,
+                    p1_original: p1o,
+                    p1_desired: p1d,
+                    effectiveness: effectiveness(p0o, p0d, p1o, p1d),
+                    precision: precision(row, p0.view()),
+                }
+            })
+            .collect();
+        let path = self.part_path(pair, prompt, chunk);
+        let dir = path.parent().expect("has parent").to_path_buf();
+        io_dir(&dir)?;
+        if self.config.save_extremes {
+            // This batch's best and worst clips; the merge keeps the prompt's overall best and worst.
+            let rate = self.model.manifest().audio.sample_rate;
+            let by = |a: &&Score, b: &&Score| a.effectiveness.total_cmp(&b.effectiveness);
+            for s in [scores.iter().max_by(by), scores.iter().min_by(by)].into_iter().flatten() {
+                let r = scores.iter().position(|x| x == s).expect("present");
+                crate::audio::write_wav(&dir.join(extreme_name(prompt, s)), &wave.row(r).to_vec(), rate)?;
+            }
+        }
+        let body: String = std::iter::once(CSV_HEADER.to_string()).chain(scores.iter().map(Score::csv)).collect();
+        write_atomic(&path, body.as_bytes())
+    }
+
+    /// Joins every part into the result files, the summary and the plots.
+    pub fn merge(&self) -> Result<()> {
+        let out = &self.config.output;
+        let results = out.join("results");
+        let plots = out.join("plots");
+        io_dir(&results)?;
+        io_dir(&plots)?;
+        let mut all: Vec<Score> = Vec::new();
+        for &(o, d) in &self.pairs {
+            let dir = out.join("parts").join(pair_name(o, d));
+            let mut scores = Vec::new();
+            for (p, i, c) in self.units() {
+                if self.pairs[p] != (o, d) {
+                    continue;
+                }
+                let path = self.part_path(p, i, c);
+                let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+                for line in text.lines().skip(1).filter(|l| !l.is_empty()) {
+                    scores.push(Score::parse(line)?);
+                }
+            }
+            scores.sort_by(|a, b| (a.prompt, a.mode, a.site).cmp(&(b.prompt, b.mode, b.site)));
+            let body: String = std::iter::once(CSV_HEADER.to_string()).chain(scores.iter().map(Score::csv)).collect();
+            write_atomic(&results.join(format!("{}.csv", pair_name(o, d))), body.as_bytes())?;
+            if self.config.save_extremes {
+                let ex = out.join("extremes").join(pair_name(o, d));
+                io_dir(&ex)?;
+                for i in 0..self.config.n_prompts_per_concept {
+                    let of_prompt: Vec<&Score> = scores.iter().filter(|s| s.prompt == i).collect();
+                    let by = |a: &&&Score, b: &&&Score| a.effectiveness.total_cmp(&b.effectiveness);
+                    for (tag, s) in [("best", of_prompt.iter().max_by(by)), ("worst", of_prompt.iter().min_by(by))] {
+                        let Some(s) = s else { continue };
+                        let from = dir.join(extreme_name(i, s));
+                        let to = ex.join(format!("p{i:04}_{tag}_{}_{}.wav", s.mode.name(), s.site));
+                        let bytes = std::fs::read(&from).map_err(Error::io(&from))?;
+                        write_atomic(&to, &bytes)?;
+                    }
+                }
+            }
+            for mode in [Mode::Adjust, Mode::Replace] {
+                let of_mode: Vec<&Score> = scores.iter().filter(|s| s.mode == mode).collect();
+                if !of_mode.is_empty() {
+                    plot_scores(&plots.join(format!("{}_{}.png", pair_name(o, d), mode.name())), &format!("{o} -> {d}, {}", mode.name()), &of_mode)?;
+                }
+            }
+            all.extend(scores);
+        }
+        // Summary: mean and standard deviation per pair, mode and site.
+        let mut groups: BTreeMap<(String, String, Mode, Site), Vec<&Score>> = BTreeMap::new();
+        for s in &all {
+            groups.entry((s.original.clone(), s.desired.clone(), s.mode, s.site)).or_default().push(s);
+        }
+        let mut csv = String::from("original,desired,mode,site,layer,component,n,effectiveness_mean,effectiveness_std,precision_mean,precision_std\n");
+        for ((o, d, mode, site), v) in &groups {
+            let (em, es) = mean_std(v.iter().map(|s| s.effectiveness));
+            let (pm, ps) = mean_std(v.iter().map(|s| s.precision));
+            csv.push_str(&format!("{o},{d},{},{site},{},{},{},{em:.6e},{es:.6e},{pm:.6e},{ps:.6e}\n", mode.name(), site.layer, site.component.name(), v.len()));
+        }
+        write_atomic(&out.join("summary.csv"), csv.as_bytes())?;
+        for mode in [Mode::Adjust, Mode::Replace] {
+            let of_mode: Vec<&Score> = all.iter().filter(|s| s.mode == mode).collect();
+            if !of_mode.is_empty() {
+                plot_scores(&plots.join(format!("all_pairs_{}.png", mode.name())), &format!("all pairs, {}", mode.name()), &of_mode)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn extreme_name(prompt: usize, s: &Score) -> String {
+    format!("p{prompt:04}_{}_{}.wav", s.mode.name(), s.site)
+}
+
+fn mean_std(xs: impl Iterator<Item = f64>) -> (f64, f64) {
+    let v: Vec<f64> = xs.collect();
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    (m, (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt())
+}
+
+/// Mean effectiveness and precision by layer, one line per component.
+fn plot_scores(path: &Path, title: &str, scores: &[&Score]) -> Result<()> {
+    use plotters::prelude::{BLUE, GREEN, RED};
+    let colours = [BLUE, RED, GREEN];
+    let series = |f: fn(&Score) -> f64| -> Vec<(String, Vec<(f64, f64)>, plotters::prelude::RGBColor)> {
+        Component::ALL
+            .iter()
+            .zip(colours)
+            .filter_map(|(&c, colour)| {
+                let mut by_layer: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+                for s in scores.iter().filter(|s| s.site.component == c) {
+                    by_layer.entry(s.site.layer).or_default().push(f(s));
+                }
+                (!by_layer.is_empty()).then(|| (c.name().to_string(), by_layer.iter().map(|(&l, v)| (l as f64, mean_std(v.iter().copied()).0)).collect(), colour))
+            })
+            .collect()
+    };
+    let eff = series(|s| s.effectiveness);
+    let prec = series(|s| s.precision);
+    crate::plot::png(path, (900, 620), |root| {
+        let (top, bottom) = root.split_vertically(310);
+        crate::plot::by_layer(&top, &format!("{title}: effectiveness by layer"), "effectiveness", &eff)?;
+        crate::plot::by_layer(&bottom, &format!("{title}: precision (-KL) by layer"), "precision", &prec)
+    })
+}
+
+/// Reads a merged results CSV (for tests and notebooks).
+pub fn read_results(path: &Path) -> Result<Vec<Score>> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    text.lines().skip(1).filter(|l| !l.is_empty()).map(Score::parse).collect()
+}

@@ -1,0 +1,296 @@
+//! Interchange interventions and the classifier judge:
+//! - adjust / replace at a self-attention, a cross-attention and an MLP site give greedy codes equal
+//!   to PyTorch forward hooks (onnx/reference_interchange.py), on both tiny configs;
+//! - the `means` mode's time-aligned means equal numpy's over the same generations, batched unevenly;
+//! - interventions batched into one generation give the same codes and scores as one by one;
+//! - runs resume, shards merge into what one host writes, foreign mean caches are refused;
+//! - the ONNX judge matches the classifier's own outputs, and refuses a label map lacking a concept.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{s, Array2, Array5, Ix2, Ix3, Ix5};
+
+use common::{assert_close, fixture, load, npy};
+use musicgen_interp::data::Shard;
+use musicgen_interp::generate::{generate, GenerationRequest, SamplingConfig};
+use musicgen_interp::interchange::{read_results, Interchange, InterveneConfig, Mode};
+use musicgen_interp::judge::{Judge, JudgeConfig};
+use musicgen_interp::plugin::MethodPlugin;
+
+fn greedy() -> SamplingConfig {
+    SamplingConfig { guidance_scale: 3.0, top_k: 1, temperature: 1.0, seed: 0 }
+}
+
+fn cases(preset: &str) -> (PathBuf, serde_json::Value) {
+    let dir = fixture(preset).join("reference/interchange");
+    let cases = serde_json::from_slice(&std::fs::read(dir.join("cases.json")).unwrap()).unwrap();
+    (dir, cases)
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn classifier() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/classifier")
+}
+
+fn judge_config(labels: &str) -> JudgeConfig {
+    JudgeConfig::onnx(classifier().join("classifier.onnx"), classifier().join(labels), 16000)
+}
+
+fn judge(concepts: &[&str]) -> Judge {
+    let rt = common::runtime();
+    Judge::load(&judge_config("labels.csv"), rt.library(), concepts).expect("judge")
+}
+
+#[test]
+fn adjust_and_replace_match_pytorch_forward_hooks() {
+    for preset in common::PRESETS {
+        let (dir, cases) = cases(preset);
+        let prompts = strings(&cases["prompts"]);
+        let steps = cases["steps"].as_u64().unwrap() as usize;
+        let mut m = load(preset);
+        let plain = npy::<i64>(dir.join("codes_plain.npy")).into_dimensionality::<Ix3>().unwrap();
+        let mut checked = 0;
+        for mode in strings(&cases["modes"]) {
+            for site in cases["sites"].as_array().unwrap() {
+                let (layer, component) = (site["layer"].as_u64().unwrap(), site["component"].as_str().unwrap());
+                let row = serde_json::json!({"layer": layer, "component": component, "kind": mode});
+                let settings = serde_json::json!({
+                    "mode": "intervene",
+                    "original": dir.join("means_a.npy"),
+                    "desired": dir.join("means_b.npy"),
+                    "rows": vec![row; prompts.len()],
+                });
+                let mut plugin = MethodPlugin::load("interchange", &settings.to_string()).unwrap();
+                let request = GenerationRequest { prompts: prompts.clone(), max_new_tokens: steps, sampling: greedy(), ..Default::default() };
+                let out = generate(&mut m, &request, &mut plugin, |_, _| {}).unwrap();
+                let want = npy::<i64>(dir.join(format!("codes_{mode}_{layer}_{component}.npy"))).into_dimensionality::<Ix3>().unwrap();
+                let differ = out.codes.iter().zip(want.iter()).filter(|(a, b)| a != b).count();
+                assert_eq!(differ, 0, "{preset} {mode} blocks.{layer}.{component}: {differ} of {} codes differ from PyTorch", want.len());
+                assert_ne!(out.codes, plain, "{preset} {mode} blocks.{layer}.{component} changed nothing");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 6, "{preset}: expected adjust and replace at three kinds of site, ran {checked}");
+    }
+}
+
+#[test]
+fn means_are_time_aligned_and_weighted_over_uneven_batches() {
+    for preset in common::PRESETS {
+        let (dir, cases) = cases(preset);
+        let prompts = strings(&cases["means_prompts"]);
+        let steps = cases["steps"].as_u64().unwrap() as usize;
+        let mut m = load(preset);
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("means.npy");
+        let settings = serde_json::json!({"mode": "means", "layers": m.decoder.num_layers(), "positions": steps, "output": out});
+        let mut plugin = MethodPlugin::load("interchange", &settings.to_string()).unwrap();
+        plugin.run_start("{}").unwrap();
+        // Batches of two and one: each generation counts once, whatever its batch.
+        for batch in [&prompts[..2], &prompts[2..]] {
+            let request = GenerationRequest { prompts: batch.to_vec(), max_new_tokens: steps, sampling: greedy(), ..Default::default() };
+            generate(&mut m, &request, &mut plugin, |_, _| {}).unwrap();
+        }
+        plugin.run_end().unwrap();
+        let got: Array5<f32> = ndarray_npy::read_npy(&out).unwrap();
+        let want = npy::<f32>(dir.join("means_ref.npy")).into_dimensionality::<Ix5>().unwrap();
+        // The reference also holds the last position, which no forward feeds (all zeros there).
+        assert_close(&format!("{preset} means"), &got, &want.slice(s![.., .., ..steps, .., ..]), 1e-5);
+    }
+}
+
+#[test]
+fn batched_interventions_equal_one_by_one() {
+    // Sampled (top-k 250), not greedy: every row of a prompt draws from the prompt's stream.
+    let dir = cases("tiny").0;
+    let mut m = load("tiny");
+    let rows = [("attn", 0, "adjust"), ("mlp", 1, "replace"), ("cross_attn", 1, "adjust")];
+    let settings = |rows: &[(&str, u64, &str)]| {
+        let rows: Vec<_> = rows.iter().map(|(c, l, k)| serde_json::json!({"layer": l, "component": c, "kind": k})).collect();
+        serde_json::json!({"mode": "intervene", "original": dir.join("means_a.npy"), "desired": dir.join("means_b.npy"), "rows": rows}).to_string()
+    };
+    let sampling = SamplingConfig { guidance_scale: 3.0, top_k: 250, temperature: 1.0, seed: 11 };
+    let request = |n: usize| GenerationRequest {
+        prompts: vec!["slow jazz with a trumpet".to_string(); n],
+        max_new_tokens: 20,
+        sampling: sampling.clone(),
+        row_streams: Some(vec![7; n]),
+        ..Default::default()
+    };
+    let mut batched = MethodPlugin::load("interchange", &settings(&rows)).unwrap();
+    let together = generate(&mut m, &request(3), &mut batched, |_, _| {}).unwrap().codes;
+    for (r, row) in rows.iter().enumerate() {
+        let mut alone = MethodPlugin::load("interchange", &settings(&[*row])).unwrap();
+        let one = generate(&mut m, &request(1), &mut alone, |_, _| {}).unwrap().codes;
+        assert_eq!(together.slice(s![r, .., ..]), one.slice(s![0, .., ..]), "intervention {row:?} batched vs alone");
+    }
+    assert_ne!(together.slice(s![0, .., ..]), together.slice(s![1, .., ..]), "different interventions should give different music");
+}
+
+fn config(out: &Path, batch_size: usize) -> InterveneConfig {
+    InterveneConfig {
+        model: fixture("tiny").display().to_string(),
+        concepts: vec!["jazz".into(), "rock".into(), "piano".into()],
+        fixed_concept: None,
+        n_prompts_per_concept: 2,
+        prompt_seed: 0,
+        duration: 0.3,
+        seed: 5,
+        top_k: None,
+        temperature: None,
+        guidance_scale: None,
+        modes: vec![Mode::Adjust, Mode::Replace],
+        sites: vec!["blocks.0.attn".into(), "blocks.1.cross_attn".into(), "blocks.1.mlp".into()],
+        batch_size,
+        means_batch_size: 2,
+        pre_computed_means: None,
+        save_extremes: true,
+        judge: judge_config("labels.csv"),
+        output: out.to_path_buf(),
+    }
+}
+
+fn run(c: InterveneConfig, shard: Shard) -> musicgen_interp::interchange::Report {
+    let mut m = load("tiny");
+    let mut j = judge(&["jazz", "rock", "piano"]);
+    let mut ic = Interchange::new(&mut m, &mut j, c).unwrap();
+    ic.run(shard, |_| {}).unwrap()
+}
+
+fn results(dir: &Path) -> Vec<musicgen_interp::interchange::Score> {
+    let mut all = Vec::new();
+    for pair in ["jazz__rock", "jazz__piano", "rock__jazz", "rock__piano", "piano__jazz", "piano__rock"] {
+        all.extend(read_results(&dir.join("results").join(format!("{pair}.csv"))).unwrap());
+    }
+    all
+}
+
+fn assert_same_scores(a: &[musicgen_interp::interchange::Score], b: &[musicgen_interp::interchange::Score], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x, y, "{what}");
+    }
+}
+
+#[test]
+fn runs_resume_shard_merge_and_batch_consistently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let single = tmp.path().join("single");
+    let r = run(config(&single, 4), Shard::ALL);
+    // 6 pairs x 2 prompts x ceil(6 interventions / 4) batches.
+    assert_eq!((r.units_done, r.units_skipped, r.means_computed), (24, 0, 3));
+    assert!(r.merged);
+    let base = results(&single);
+    assert_eq!(base.len(), 6 * 2 * 6);
+    assert!(base.iter().all(|s| s.effectiveness.is_finite() && s.precision <= 1e-12), "precision is -KL <= 0");
+    assert!(base.iter().any(|s| s.effectiveness != 0.0), "interventions changed the judge's view");
+    for f in ["summary.csv", "plots/all_pairs_adjust.png", "plots/jazz__rock_replace.png", "prompts.csv", "means/jazz.npy", "means/jazz.json"] {
+        assert!(single.join(f).is_file(), "{f}");
+    }
+    let extremes = std::fs::read_dir(single.join("extremes/jazz__rock")).unwrap().count();
+    assert_eq!(extremes, 2 * 2, "best and worst clip per prompt");
+
+    // Resume: a finished batch is not recomputed; a lost one is, and the results do not move.
+    std::fs::remove_file(single.join("parts/rock__piano/p0001_b000.csv")).unwrap();
+    let again = run(config(&single, 4), Shard::ALL);
+    assert_eq!((again.units_done, again.units_skipped, again.means_computed), (1, 23, 0));
+    assert_same_scores(&results(&single), &base, "resumed run");
+
+    // One by one (batch 1), reusing the means: the same scores.
+    let one = tmp.path().join("one");
+    let mut c = config(&one, 1);
+    c.pre_computed_means = Some(single.join("means"));
+    let r = run(c, Shard::ALL);
+    assert_eq!((r.units_done, r.means_computed), (6 * 2 * 6, 0));
+    assert_same_scores(&results(&one), &base, "batch 1 vs batch 4");
+
+    // Two shards into one folder: the second to finish merges the same files.
+    let sharded = tmp.path().join("sharded");
+    let a = run(config(&sharded, 4), "0/2".parse().unwrap());
+    assert!(!a.merged && a.units_done == 12 && a.units_left_to_other_shards == 12);
+    let b = run(config(&sharded, 4), "1/2".parse().unwrap());
+    assert!(b.merged && b.units_done == 12);
+    assert_same_scores(&results(&sharded), &base, "sharded run");
+    assert_eq!(std::fs::read(sharded.join("summary.csv")).unwrap(), std::fs::read(single.join("summary.csv")).unwrap());
+}
+
+#[test]
+fn foreign_mean_caches_unknown_concepts_and_incomplete_label_maps_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("first");
+    let mut c = config(&first, 8);
+    c.concepts = vec!["jazz".into(), "rock".into()];
+    c.sites = vec!["blocks.0.mlp".into()];
+    let mut m = load("tiny");
+    let mut j = judge(&["jazz", "rock"]);
+    Interchange::new(&mut m, &mut j, c.clone()).unwrap().run(Shard::ALL, |_| {}).unwrap();
+
+    let refuse = |model: &str, change: &dyn Fn(&mut InterveneConfig), want: &str| {
+        let mut c2 = c.clone();
+        c2.output = tmp.path().join(format!("second-{}", want.replace(' ', "-")));
+        c2.pre_computed_means = Some(first.join("means"));
+        change(&mut c2);
+        let mut m = load(model);
+        let mut j = judge(&["jazz", "rock"]);
+        let err = Interchange::new(&mut m, &mut j, c2).unwrap().run(Shard::ALL, |_| {}).unwrap_err().to_string();
+        assert!(err.contains(want) && err.contains("refusing"), "{err}");
+    };
+    refuse("tiny2", &|c| c.model = fixture("tiny2").display().to_string(), "another model");
+    refuse("tiny", &|c| c.prompt_seed = 9, "another prompt set");
+    refuse("tiny", &|c| c.n_prompts_per_concept = 3, "another prompt set");
+    refuse("tiny", &|c| c.seed = 6, "other sampling settings");
+
+    // An unknown concept, through the command line.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_musicgen-interp"))
+        .args(["--device", "cpu", "intervene", "--model", fixture("tiny").to_str().unwrap(), "--concepts", "jazz,polka"])
+        .args(["--judge-model", classifier().join("classifier.onnx").to_str().unwrap(), "--judge-labels", classifier().join("labels.csv").to_str().unwrap()])
+        .args(["--output-dir", tmp.path().join("polka").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown concept \"polka\""), "{err}");
+    assert!(!tmp.path().join("polka").exists(), "nothing written for a refused run");
+
+    // A label map without the trumpet concept's label.
+    let rt = common::runtime();
+    let err = Judge::load(&judge_config("labels_no_trumpet.csv"), rt.library(), &["jazz", "trumpet"]).err().unwrap().to_string();
+    assert!(err.contains("concept trumpet") && err.contains("\"Trumpet\""), "{err}");
+    // A concept the mapping does not cover.
+    let mut cfg = judge_config("labels.csv");
+    cfg.concepts.remove("rock");
+    let err = Judge::load(&cfg, rt.library(), &["rock"]).err().unwrap().to_string();
+    assert!(err.contains("no classifier labels for concept rock"), "{err}");
+}
+
+#[test]
+fn onnx_judge_matches_the_classifier_and_resamples() {
+    let input = npy::<f32>(classifier().join("reference_input.npy")).into_dimensionality::<Ix2>().unwrap();
+    let logits = npy::<f32>(classifier().join("reference_logits.npy")).into_dimensionality::<Ix2>().unwrap();
+    let mut softmax = logits.clone();
+    for mut row in softmax.rows_mut() {
+        let max = row.fold(f32::MIN, |a, &b| a.max(b));
+        row.mapv_inplace(|x| (x - max).exp());
+        let total = row.sum();
+        row.mapv_inplace(|x| x / total);
+    }
+    let mut j = judge(&["jazz"]);
+    assert_eq!(j.labels().len(), 12);
+    assert_eq!(j.labels()[3], "Violin, fiddle");
+    let probs = j.probabilities(input.view(), 16000).unwrap();
+    assert_close("judge probabilities vs the classifier's softmax", &probs, &softmax, 1e-5);
+    // Clips at another rate are resampled to the judge's 16 kHz first: a 440 Hz sine at 32 kHz is
+    // judged as at 16 kHz (up to the resampler's edges), and exactly as its explicit resampling.
+    let sine: Vec<f32> = input.row(0).to_vec();
+    let up = musicgen_interp::audio::resample(&sine, 16000, 32000).unwrap();
+    let up = Array2::from_shape_vec((1, up.len()), up).unwrap();
+    let judged = j.probabilities(up.view(), 32000).unwrap();
+    assert_close("sine judged at 32 kHz vs at 16 kHz", &judged.row(0), &softmax.row(0), 2e-2);
+    let down = musicgen_interp::audio::resample(&up.row(0).to_vec(), 32000, 16000).unwrap();
+    let down = Array2::from_shape_vec((1, down.len()), down).unwrap();
+    assert_eq!(judged, j.probabilities(down.view(), 16000).unwrap());
+}
