@@ -3,7 +3,8 @@
 #   - .venv: the exporter's Python environment (torch, transformers, onnx) and the onnxruntime
 #     library the Rust runtime loads (from the PyPI onnxruntime wheel; onnxruntime-gpu with --gpu);
 #   - the Rust build (release);
-#   - models/tiny: a test-sized random-weight bundle (models/small too with --small: ~2 GB).
+#   - models/tiny: a test-sized random-weight bundle (models/small too with --small: ~2 GB);
+#   - models/classifier: a small random-weight ONNX audio classifier for the demo configs.
 # Usage: bash scripts/setup.sh [--gpu] [--small]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +53,11 @@ if [ ! -f models/tiny/random_directions.npy ]; then
   # Demo steering weights for configs/steering.yaml: random [layers, 4 classes, d_model] directions
   # (real ones come from `train-probes`).
   .venv/bin/python -c "import json, numpy as np; m = json.load(open('models/tiny/manifest.json'))['decoder']; np.save('models/tiny/random_directions.npy', np.random.default_rng(0).standard_normal((m['num_layers'], 4, m['d_model'])).astype(np.float32))"
+fi
+if [ ! -f models/classifier/classifier.onnx ]; then
+  # A small random-weight audio classifier with AudioSet-style labels, the judge of the demo configs
+  # (configs/intervene.yaml, configs/decoder-lens.yaml); use a real one (e.g. PaSST) for real work.
+  .venv/bin/python onnx/make_classifier.py --out models/classifier
 fi
 if [ "$small" = 1 ]; then export_bundle small; fi
 echo "== ready: ./target/release/musicgen-interp info --model models/tiny"

@@ -5,6 +5,7 @@ pub mod audio;
 pub mod bench;
 pub mod config;
 pub mod data;
+pub mod decoder_lens;
 pub mod error;
 pub mod extract;
 pub mod generate;

@@ -106,22 +106,11 @@ enum Command {
     ProbePipeline {
         config: PathBuf,
     },
-    /// DecoderLens (early exit): for each layer k = 1..L, generate with the decoder exited after
-    /// layer k (final LayerNorm and heads on its residual, tokens fed back); one WAV per layer.
-    DecoderLens {
-        #[arg(long)]
-        model: PathBuf,
-        /// Text prompt(s); one clip per prompt and layer.
-        #[arg(long, required = true)]
-        text: Vec<String>,
-        /// Seconds per clip.
-        #[arg(long, default_value_t = 4.0)]
-        duration: f64,
-        #[command(flatten)]
-        sampling: SamplingArgs,
-        #[arg(long)]
-        output_dir: PathBuf,
-    },
+    /// DecoderLens: for each layer k = 1..L, generation with the decoder exited after layer k (the
+    /// `decoder-lens` plugin; final LayerNorm and heads on its residual, tokens fed back), one WAV per
+    /// prompt and layer; the layers' self-similarity; with a judge, NDCG of the prompt's concept per
+    /// layer; `--text-layers`: the decoder cross-attending to each text-encoder layer instead.
+    DecoderLens(DecoderLensArgs),
     /// Interchange interventions (ISMIR 2024): concept means of every site, then for each (original,
     /// desired) concept pair, prompt and site an adjust / replace intervention on the conditional
     /// rows, scored by an audio classifier against a same-seed baseline. Resumable, shardable.
@@ -189,6 +178,87 @@ enum Command {
     },
 }
 
+/// The judge flags shared by decoder-lens and intervene.
+#[derive(Args)]
+struct JudgeArgs {
+    /// An audio classifier judging the clips (ONNX; input mono audio [clips, samples]).
+    #[arg(long)]
+    judge_model: Option<PathBuf>,
+    /// Its label map (CSV with a `name` or `display_name` column, in output order).
+    #[arg(long)]
+    judge_labels: Option<PathBuf>,
+    /// The sample rate the classifier expects.
+    #[arg(long, default_value_t = 16000)]
+    judge_sample_rate: u32,
+}
+
+impl JudgeArgs {
+    fn config(self) -> Result<Option<musicgen_interp::judge::JudgeConfig>> {
+        match (self.judge_model, self.judge_labels) {
+            (Some(m), Some(l)) => Ok(Some(musicgen_interp::judge::JudgeConfig::onnx(m, l, self.judge_sample_rate))),
+            (None, None) => Ok(None),
+            _ => Err(Error::Input("--judge-model and --judge-labels go together".into())),
+        }
+    }
+}
+
+#[derive(Args)]
+struct DecoderLensArgs {
+    /// A YAML file with every setting (configs/decoder-lens.yaml); the flags below build one otherwise.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    model: Option<String>,
+    /// Text prompt(s) of your own; `--concept` names their concept for NDCG.
+    #[arg(long)]
+    text: Vec<String>,
+    #[arg(long)]
+    concept: Option<String>,
+    /// Or the paper's prompt sets of these concepts.
+    #[arg(long, value_delimiter = ',')]
+    concepts: Vec<String>,
+    #[arg(long, default_value_t = musicgen_interp::data::concepts::DEFAULT_PROMPTS_PER_CONCEPT)]
+    n_prompts_per_concept: usize,
+    /// Seconds per clip.
+    #[arg(long, default_value_t = 4.0)]
+    duration: f64,
+    /// Also the original DecoderLens: the decoder cross-attends to each text-encoder layer.
+    #[arg(long)]
+    text_layers: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    judge: JudgeArgs,
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+}
+
+impl DecoderLensArgs {
+    fn config(self) -> Result<musicgen_interp::decoder_lens::DecoderLensConfig> {
+        if let Some(path) = &self.config {
+            return musicgen_interp::decoder_lens::DecoderLensConfig::load(path);
+        }
+        let need = |what: &str| Error::Input(format!("decoder-lens needs --{what} (or --config FILE)"));
+        Ok(musicgen_interp::decoder_lens::DecoderLensConfig {
+            model: self.model.ok_or_else(|| need("model"))?,
+            prompts: self.text,
+            concept: self.concept,
+            concepts: self.concepts,
+            n_prompts_per_concept: self.n_prompts_per_concept,
+            prompt_seed: 0,
+            duration: self.duration,
+            seed: self.sampling.seed,
+            top_k: self.sampling.top_k,
+            temperature: self.sampling.temperature,
+            guidance_scale: self.sampling.guidance_scale,
+            text_layers: self.text_layers,
+            batch_size: 8,
+            judge: self.judge.config()?,
+            output: self.output_dir.ok_or_else(|| need("output-dir"))?,
+        })
+    }
+}
+
 #[derive(Args)]
 struct InterveneArgs {
     /// A YAML file with every setting (configs/intervene.yaml); the flags below build one otherwise.
@@ -226,15 +296,8 @@ struct InterveneArgs {
     /// Interventions generated together.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
-    /// The audio classifier judging the clips (ONNX; input mono audio [clips, samples]).
-    #[arg(long)]
-    judge_model: Option<PathBuf>,
-    /// Its label map (CSV with a `name` or `display_name` column, in output order).
-    #[arg(long)]
-    judge_labels: Option<PathBuf>,
-    /// The sample rate the classifier expects.
-    #[arg(long, default_value_t = 16000)]
-    judge_sample_rate: u32,
+    #[command(flatten)]
+    judge: JudgeArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
     /// This host's share of the run, i/n (a job array's index and size).
@@ -260,11 +323,7 @@ impl InterveneArgs {
             Ok(i) => musicgen_interp::data::concepts::all().get(i).map(|s| s.to_string()).unwrap_or(c),
             Err(_) => c,
         });
-        let judge = musicgen_interp::judge::JudgeConfig::onnx(
-            self.judge_model.ok_or_else(|| need("judge-model"))?,
-            self.judge_labels.ok_or_else(|| need("judge-labels"))?,
-            self.judge_sample_rate,
-        );
+        let judge = self.judge.config()?.ok_or_else(|| need("judge-model and --judge-labels"))?;
         Ok(InterveneConfig {
             model,
             concepts: self.concepts,
@@ -519,7 +578,7 @@ fn run(cli: Cli) -> Result<()> {
             musicgen_interp::pipeline::run(&mut m, &config, |line| println!("{line}")).map(|_| ())
         }
         Command::Intervene(args) => intervene(&runtime, verify, args),
-        Command::DecoderLens { model, text, duration, sampling, output_dir } => decoder_lens(&runtime, verify, model, text, duration, sampling, &output_dir),
+        Command::DecoderLens(args) => decoder_lens(&runtime, verify, args),
         Command::ConceptPrompts { concepts, n_prompts_per_concept, seed, output } => {
             use musicgen_interp::data::concepts;
             let names: Vec<&str> = if concepts.is_empty() { concepts::all() } else { concepts.iter().map(|c| concepts::concept(c)).collect::<Result<_>>()? };
@@ -880,27 +939,32 @@ fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
     Ok(())
 }
 
-fn decoder_lens(runtime: &Runtime, verify: Verify, model: PathBuf, text: Vec<String>, duration: f64, sampling: SamplingArgs, out: &std::path::Path) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.to_path_buf(), source: e })?;
-    let mut m = load(runtime, model, verify)?;
-    let man = m.manifest().clone();
-    let steps = (duration * man.audio.frame_rate).round() as usize + man.decoder.num_codebooks - 1;
-    let request = GenerationRequest { prompts: text.clone(), audio_codes: None, max_new_tokens: steps, sampling: sampling.resolve(&man.generation), ..Default::default() };
-    let layers = m.decoder.num_layers();
-    let bar = indicatif::ProgressBar::new((layers * steps) as u64);
-    for k in 1..=layers {
-        let out_k = musicgen_interp::generate::generate_early_exit(&mut m, &request, k, &mut musicgen_interp::hooks::NoHooks, |_, _| bar.inc(1))?;
-        let wave = m.encodec.decode(out_k.codes.view())?;
-        for (i, _) in text.iter().enumerate() {
-            let name = if text.len() == 1 { format!("layer_{k:02}.wav") } else { format!("prompt{i}_layer_{k:02}.wav") };
-            musicgen_interp::audio::write_wav(&out.join(name), &wave.slice(s![i, 0, ..]).to_vec(), man.audio.sample_rate)?;
-        }
-        write_npy(&out.join(format!("codes_layer_{k:02}.npy")), &out_k.codes)?;
-    }
+fn decoder_lens(runtime: &Runtime, verify: Verify, args: DecoderLensArgs) -> Result<()> {
+    let config = args.config()?;
+    let mut judge = match &config.judge {
+        Some(j) => Some(musicgen_interp::judge::Judge::load(j, runtime.library(), &config.judged_concepts()?)?),
+        None => None,
+    };
+    let mut m = load(runtime, PathBuf::from(&config.model), verify)?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    let report = musicgen_interp::decoder_lens::run(&mut m, judge.as_mut(), &config, |what| {
+        bar.set_message(what.to_string());
+        bar.tick()
+    });
     bar.finish_and_clear();
-    let prompts = serde_json::json!({"prompts": text, "steps": steps, "seed": request.sampling.seed, "layers": layers});
-    musicgen_interp::store::write_atomic(&out.join("decoder_lens.json"), serde_json::to_string_pretty(&prompts).expect("json").as_bytes())?;
-    println!("wrote {layers} early-exit clips per prompt into {}", out.display());
+    let report = report?;
+    let layers = report.self_similarity.nrows();
+    println!("{} clips in {}; self-similarity of {layers} layers in self_similarity.npy/.png", report.clips, config.output.display());
+    if let Some(by_layer) = &report.ndcg_by_layer {
+        for (k, v) in by_layer.iter().enumerate() {
+            println!("exit after layer {:>3}: NDCG {v:.4}", k + 1);
+        }
+    }
+    if let Some(by_text) = &report.ndcg_by_text_layer {
+        for (j, v) in by_text.iter().enumerate() {
+            println!("text encoder layer {:>3}: NDCG {v:.4}", j + 1);
+        }
+    }
     Ok(())
 }
 

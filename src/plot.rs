@@ -46,7 +46,15 @@ pub fn by_layer(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, t
         .x_label_area_size(30)
         .y_label_area_size(60)
         .build_cartesian_2d(-0.5..(max_x + 0.5), (lo - pad)..(hi + pad))?;
-    chart.configure_mesh().x_desc("layer").y_desc(y_desc).x_label_formatter(&|v| format!("{}", v.round() as i64)).draw()?;
+    let small = (hi - lo).abs() < 0.05 || hi.abs().max(lo.abs()) < 0.01;
+    chart
+        .configure_mesh()
+        .x_desc("layer")
+        .y_desc(y_desc)
+        .x_labels((max_x as usize + 2).min(30))
+        .x_label_formatter(&|v| if (v - v.round()).abs() < 1e-6 { format!("{}", v.round() as i64) } else { String::new() })
+        .y_label_formatter(&|v| if small { format!("{v:.2e}") } else { format!("{v:.3}") })
+        .draw()?;
     for (name, points, colour) in series {
         let c = *colour;
         chart
@@ -63,21 +71,29 @@ pub fn by_layer(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, t
 
 /// A square matrix as a heatmap (blue low, red high) with its value range in the caption.
 pub fn heatmap(path: &Path, title: &str, m: ndarray::ArrayView2<'_, f32>) -> Result<()> {
+    if m.nrows() < 2 {
+        return Err(Error::Input(format!("{title}: a heatmap needs at least two rows")));
+    }
     let n = m.nrows();
     let (lo, hi) = m.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
     let span = (hi - lo).max(1e-9);
     png(path, (640, 600), |root| {
+        use plotters::coord::ranged1d::{IntoSegmentedCoord, SegmentValue};
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("{title} (min {lo:.3}, max {hi:.3})"), ("sans-serif", 16))
+            .caption(format!("{title} (min {lo:.4}, max {hi:.4})"), ("sans-serif", 16))
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(40)
-            .build_cartesian_2d(0..n, 0..n)?;
-        chart.configure_mesh().disable_mesh().x_desc("layer").y_desc("layer").draw()?;
+            .build_cartesian_2d((0..n - 1).into_segmented(), (0..n - 1).into_segmented())?;
+        let label = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) => format!("{}", i + 1),
+            _ => String::new(),
+        };
+        chart.configure_mesh().disable_mesh().x_desc("layer").y_desc("layer").x_label_formatter(&label).y_label_formatter(&label).draw()?;
         chart.draw_series((0..n).flat_map(|i| (0..n).map(move |j| (i, j))).map(|(i, j)| {
             let t = (m[[i, j]] - lo) / span;
             let colour = RGBColor((255.0 * t) as u8, 64, (255.0 * (1.0 - t)) as u8);
-            Rectangle::new([(j, i), (j + 1, i + 1)], colour.filled())
+            Rectangle::new([(SegmentValue::Exact(j), SegmentValue::Exact(i)), (SegmentValue::Exact(j + 1), SegmentValue::Exact(i + 1))], colour.filled())
         }))?;
         Ok(())
     })

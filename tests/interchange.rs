@@ -294,3 +294,16 @@ fn onnx_judge_matches_the_classifier_and_resamples() {
     let down = Array2::from_shape_vec((1, down.len()), down).unwrap();
     assert_eq!(judged, j.probabilities(down.view(), 16000).unwrap());
 }
+
+#[test]
+fn example_configs_parse_and_bad_keys_name_their_line() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let c = InterveneConfig::load(&root.join("configs/intervene.yaml")).unwrap();
+    assert_eq!(c.concepts.len(), 4);
+    musicgen_interp::decoder_lens::DecoderLensConfig::load(&root.join("configs/decoder-lens.yaml")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.yaml");
+    std::fs::write(&bad, "model: m\noutput: o\nbatch_sise: 3\njudge:\n  settings: {}\n").unwrap();
+    let err = InterveneConfig::load(&bad).unwrap_err().to_string();
+    assert!(err.contains("unknown field `batch_sise`") && err.contains("line 3"), "{err}");
+}

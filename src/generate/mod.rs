@@ -47,14 +47,15 @@ pub struct Generation {
     pub decode_time: Duration,
 }
 
-/// Runs a generation with `hooks` on every forward; `progress(step, total)` after each step.
+/// Runs a generation with `hooks` on every forward; `progress(step, total)` after each step. A hook
+/// that asks for an early exit ([`Hooks::exit_after`], the DecoderLens plugin) gets one.
 pub fn generate(
     model: &mut MusicGen,
     request: &GenerationRequest,
     hooks: &mut dyn Hooks,
     progress: impl FnMut(usize, usize),
 ) -> Result<Generation> {
-    let layers = model.decoder.num_layers();
+    let layers = hooks.exit_after().unwrap_or(model.decoder.num_layers());
     generate_early_exit(model, request, layers, hooks, progress)
 }
 

@@ -222,6 +222,12 @@ pub trait Hooks {
     fn step_end(&mut self, _step: usize) -> Result<()> {
         Ok(())
     }
+
+    /// Asks the generation loop to exit the decoder after this many layers (DecoderLens): the final
+    /// LayerNorm and heads read that layer's residual. `None` (the default) runs every layer.
+    fn exit_after(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// No hooks: the plain forward.
@@ -249,6 +255,9 @@ impl<H: Hooks> Hooks for Vec<H> {
     fn step_end(&mut self, step: usize) -> Result<()> {
         self.iter_mut().try_for_each(|h| h.step_end(step))
     }
+    fn exit_after(&self) -> Option<usize> {
+        self.iter().filter_map(|h| h.exit_after()).min()
+    }
 }
 
 macro_rules! forward_hooks {
@@ -268,6 +277,9 @@ macro_rules! forward_hooks {
             }
             fn step_end(&mut self, step: usize) -> Result<()> {
                 (**self).step_end(step)
+            }
+            fn exit_after(&self) -> Option<usize> {
+                (**self).exit_after()
             }
         }
     )*};

@@ -314,6 +314,11 @@ impl Hooks for MethodPlugin {
         let status = (self.vtable().step_end)(self.instance.ptr, step as u64);
         self.instance.check(status, || format!("end of step {step}"))
     }
+
+    fn exit_after(&self) -> Option<usize> {
+        let k = (self.vtable().exit_after)(self.instance.ptr);
+        (k > 0).then_some(k as usize)
+    }
 }
 
 /// A probe-model plugin instance.

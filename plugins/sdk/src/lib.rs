@@ -18,7 +18,7 @@ pub use ndarray;
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3};
 
 /// The plugin ABI version this SDK speaks. A host refuses plugins whose descriptor says otherwise.
-/// Version 2 added the judge kind (and the descriptor's `judge` field).
+/// Version 2 added the judge kind (the descriptor's `judge` field) and the methods' `exit_after`.
 pub const ABI_VERSION: u32 = 2;
 
 /// The symbol every plugin exports: `extern "C" fn() -> *const PluginDescriptor`.
@@ -99,6 +99,9 @@ pub struct MethodVTable {
     pub run_start: extern "C" fn(instance: *mut c_void, info: *const c_char) -> i32,
     pub step_end: extern "C" fn(instance: *mut c_void, step: u64) -> i32,
     pub run_end: extern "C" fn(instance: *mut c_void) -> i32,
+    /// Layers the decoder runs before the final LayerNorm and heads; 0 = all (DecoderLens's early
+    /// exit is a plugin that answers k).
+    pub exit_after: extern "C" fn(instance: *mut c_void) -> u64,
 }
 
 /// Function pointers of a probe-model plugin.
@@ -212,6 +215,11 @@ pub trait Method: Sized + 'static {
     }
     fn run_end(&mut self) -> Result<(), String> {
         Ok(())
+    }
+    /// Exit the decoder after this many layers (final LayerNorm and heads on that layer's residual,
+    /// tokens fed back): DecoderLens. `None` runs every layer.
+    fn exit_after(&self) -> Option<usize> {
+        None
     }
 }
 
@@ -408,8 +416,16 @@ macro_rules! export_method {
             extern "C" fn run_end(i: *mut c_void) -> i32 {
                 rt::call::<$t>(i, |p| $crate::Method::run_end(p))
             }
+            extern "C" fn exit_after(i: *mut c_void) -> u64 {
+                let mut k = 0;
+                rt::call::<$t>(i, |p| {
+                    k = $crate::Method::exit_after(p).unwrap_or(0) as u64;
+                    Ok(())
+                });
+                k
+            }
             static VTABLE: $crate::MethodVTable = $crate::MethodVTable {
-                hook_points, on_residual, on_component, edit_components, run_start, step_end, run_end,
+                hook_points, on_residual, on_component, edit_components, run_start, step_end, run_end, exit_after,
             };
             static DESCRIPTOR: std::sync::OnceLock<$crate::PluginDescriptor> = std::sync::OnceLock::new();
             #[no_mangle]

@@ -1,0 +1,284 @@
+//! DecoderLens (ISMIR 2024, seed B 1), run through the `decoder-lens` method plugin:
+//! - for each layer k = 1..L, every prompt is generated with the decoder exited after layer k (one
+//!   WAV per prompt and layer, fixed seed);
+//! - the self-similarity of layers: cosine similarity between the time-averaged residual streams
+//!   after each layer (the full model's generation, conditional rows), averaged over prompts
+//!   (`self_similarity.npy` + PNG);
+//! - with a judge: per layer, how highly the classifier ranks the prompt's concept in the early-exit
+//!   clip (NDCG; `ndcg.csv`, `ndcg_by_layer.csv`, `ndcg.png`);
+//! - optionally the original DecoderLens over the text encoder: the decoder cross-attends to text
+//!   encoder layer j (through its final LayerNorm) instead of the last, one WAV per prompt and j.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{s, Array2, Array3, Axis};
+use serde::{Deserialize, Serialize};
+
+use crate::data::concepts;
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenerationRequest, SamplingConfig};
+use crate::hooks::{Hooks, Reduction, ResidualCapture};
+use crate::judge::{ndcg, Judge, JudgeConfig};
+use crate::model::MusicGen;
+use crate::plugin::MethodPlugin;
+use crate::store::{write_atomic, write_npy};
+
+fn default_prompts() -> usize {
+    concepts::DEFAULT_PROMPTS_PER_CONCEPT
+}
+fn default_duration() -> f64 {
+    4.0
+}
+fn default_batch() -> usize {
+    8
+}
+
+/// A DecoderLens run (the `decoder-lens` command's flags, or its YAML config).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderLensConfig {
+    /// Bundle folder, checkpoint folder or hub id.
+    pub model: String,
+    /// Prompts of your own (then `concept` names their concept, for NDCG)...
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concept: Option<String>,
+    /// ... or the paper's prompt sets of these concepts.
+    #[serde(default)]
+    pub concepts: Vec<String>,
+    /// Prompts per concept (default 100).
+    #[serde(default = "default_prompts")]
+    pub n_prompts_per_concept: usize,
+    #[serde(default)]
+    pub prompt_seed: u64,
+    /// Seconds per clip (default 4).
+    #[serde(default = "default_duration")]
+    pub duration: f64,
+    /// Sampling seed (default 0); unset top_k / temperature / guidance_scale take the bundle's.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_scale: Option<f32>,
+    /// Also run the original DecoderLens over the text encoder's layers.
+    #[serde(default)]
+    pub text_layers: bool,
+    /// Prompts generated together (default 8).
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// The classifier for NDCG (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeConfig>,
+    pub output: PathBuf,
+}
+
+impl DecoderLensConfig {
+    pub fn load(path: &Path) -> Result<DecoderLensConfig> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        crate::config::parse_yaml(&text, path)
+    }
+
+    /// The prompts and their concepts (checked).
+    pub fn prompt_set(&self) -> Result<Vec<(String, Option<&'static str>)>> {
+        if !self.prompts.is_empty() {
+            if !self.concepts.is_empty() {
+                return Err(Error::Input("give prompts or concepts, not both".into()));
+            }
+            let concept = self.concept.as_deref().map(concepts::concept).transpose()?;
+            if self.prompts.iter().any(|p| p.trim().is_empty()) {
+                return Err(Error::Input("empty text prompt".into()));
+            }
+            return Ok(self.prompts.iter().map(|p| (p.clone(), concept)).collect());
+        }
+        if self.concepts.is_empty() {
+            return Err(Error::Input("decoder-lens needs prompts (--text) or concepts (--concepts)".into()));
+        }
+        let mut out = Vec::new();
+        for c in &self.concepts {
+            let c = concepts::concept(c)?;
+            out.extend(concepts::prompts(c, self.n_prompts_per_concept, self.prompt_seed)?.into_iter().map(|p| (p, Some(c))));
+        }
+        Ok(out)
+    }
+
+    /// The concepts a judge must know.
+    pub fn judged_concepts(&self) -> Result<Vec<&'static str>> {
+        let mut c: Vec<&'static str> = self.prompt_set()?.into_iter().filter_map(|p| p.1).collect();
+        c.sort();
+        c.dedup();
+        Ok(c)
+    }
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct LensReport {
+    /// `[layers, layers]`.
+    pub self_similarity: Array2<f32>,
+    /// Mean NDCG per decoder exit layer (1-based order), if judged.
+    pub ndcg_by_layer: Option<Vec<f64>>,
+    /// Mean NDCG per text-encoder layer, if run and judged.
+    pub ndcg_by_text_layer: Option<Vec<f64>>,
+    pub clips: usize,
+}
+
+fn clip_name(n_prompts: usize, prompt: usize, what: &str, k: usize) -> String {
+    if n_prompts == 1 { format!("{what}_{k:02}.wav") } else { format!("prompt{prompt:03}_{what}_{k:02}.wav") }
+}
+
+/// Runs DecoderLens; `judge` scores NDCG when given.
+pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &DecoderLensConfig, mut progress: impl FnMut(&str)) -> Result<LensReport> {
+    let prompts = config.prompt_set()?;
+    if config.batch_size == 0 {
+        return Err(Error::Input("batch_size must be positive".into()));
+    }
+    let man = model.manifest().clone();
+    if !(config.duration > 0.0) {
+        return Err(Error::Input(format!("duration must be positive, got {}", config.duration)));
+    }
+    let steps = (config.duration * man.audio.frame_rate).round() as usize + man.decoder.num_codebooks - 1;
+    let d = &man.generation;
+    let sampling = SamplingConfig {
+        guidance_scale: config.guidance_scale.unwrap_or(d.guidance_scale),
+        top_k: config.top_k.unwrap_or(d.top_k),
+        temperature: config.temperature.unwrap_or(d.temperature),
+        seed: config.seed,
+    };
+    let out = &config.output;
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    write_atomic(&out.join("decoder_lens.resolved.yaml"), serde_yaml::to_string(config).expect("yaml").as_bytes())?;
+    let mut csv = String::from("prompt,concept,text\n");
+    for (i, (p, c)) in prompts.iter().enumerate() {
+        csv.push_str(&format!("{i},{},\"{p}\"\n", c.unwrap_or("")));
+    }
+    write_atomic(&out.join("prompts.csv"), csv.as_bytes())?;
+
+    let layers = model.decoder.num_layers();
+    let rate = man.audio.sample_rate;
+    let n = prompts.len();
+    // Residual means of the full model (for the self-similarity), conditional rows: [layers, prompts, d].
+    let mut means = Array3::<f32>::zeros((layers, n, man.decoder.d_model));
+    let mut ndcg_rows = String::from("variant,layer,prompt,concept,ndcg\n");
+    let mut ndcg_layer: Vec<Vec<f64>> = vec![Vec::new(); layers];
+    let text_layers = if config.text_layers { man.text_encoder.num_layers } else { 0 };
+    let mut ndcg_text: Vec<Vec<f64>> = vec![Vec::new(); text_layers];
+    let runs: Vec<(&str, usize)> = (1..=layers).map(|k| ("layer", k)).chain((1..=text_layers).map(|j| ("text_layer", j))).collect();
+    for (what, k) in runs {
+        for (b, batch) in prompts.chunks(config.batch_size).enumerate() {
+            let first = b * config.batch_size;
+            progress(&format!("{what} {k}: prompts {first}..{} of {n}", first + batch.len()));
+            let request = GenerationRequest {
+                prompts: batch.iter().map(|p| p.0.clone()).collect(),
+                max_new_tokens: steps,
+                sampling: sampling.clone(),
+                row_streams: Some((first as u64..(first + batch.len()) as u64).collect()),
+                text_layer: (what == "text_layer").then_some(k),
+                ..Default::default()
+            };
+            let exit = if what == "layer" { k } else { layers };
+            let mut lens = MethodPlugin::load("decoder-lens", &serde_json::json!({"exit_after": exit}).to_string())?;
+            let full = what == "layer" && k == layers;
+            let mut capture = ResidualCapture::new(layers, Reduction::Mean);
+            let mut hooks: Vec<&mut dyn Hooks> = vec![&mut lens];
+            if full {
+                hooks.push(&mut capture);
+            }
+            let g = generate(model, &request, &mut hooks, |_, _| {})?;
+            drop(hooks);
+            if full {
+                let r = capture.result()?;
+                // Points: embed, then each layer's output; rows: conditional first.
+                for l in 0..layers {
+                    for row in 0..batch.len() {
+                        means.slice_mut(s![l, first + row, ..]).assign(&r.slice(s![l + 1, row, ..]));
+                    }
+                }
+            }
+            if what == "layer" {
+                write_npy(&out.join(format!("codes_layer_{k:02}_batch{b:03}.npy")), &g.codes)?;
+            }
+            for row in 0..batch.len() {
+                let wave = model.encodec.decode(g.codes.slice(s![row..row + 1, .., ..]))?;
+                let samples: Vec<f32> = wave.slice(s![0, 0, ..]).to_vec();
+                crate::audio::write_wav(&out.join(clip_name(n, first + row, what, k)), &samples, rate)?;
+                let (Some(j), Some(concept)) = (judge.as_deref_mut(), batch[row].1) else { continue };
+                let probs = j.probabilities(ndarray::ArrayView2::from_shape((1, samples.len()), &samples).expect("one row"), rate)?;
+                let score = ndcg(probs.row(0), j.concept_labels(concept));
+                ndcg_rows.push_str(&format!("{what},{k},{},{concept},{score:.6}\n", first + row));
+                if what == "layer" { ndcg_layer[k - 1].push(score) } else { ndcg_text[k - 1].push(score) }
+            }
+        }
+    }
+
+    let sim = self_similarity(&means);
+    write_npy(&out.join("self_similarity.npy"), &sim)?;
+    write_npy(&out.join("residual_means.npy"), &means)?;
+    if layers >= 2 {
+        crate::plot::heatmap(&out.join("self_similarity.png"), "cosine similarity of time-averaged layer outputs", sim.view())?;
+    }
+
+    let judged = judge.is_some() && prompts.iter().any(|p| p.1.is_some());
+    let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (by_layer, by_text) = if judged {
+        write_atomic(&out.join("ndcg.csv"), ndcg_rows.as_bytes())?;
+        let by_layer: Vec<f64> = ndcg_layer.iter().map(mean).collect();
+        let by_text: Vec<f64> = ndcg_text.iter().map(mean).collect();
+        let mut csv = String::from("variant,layer,ndcg_mean,clips\n");
+        for (k, v) in by_layer.iter().enumerate() {
+            csv.push_str(&format!("layer,{},{v:.6},{}\n", k + 1, ndcg_layer[k].len()));
+        }
+        for (j, v) in by_text.iter().enumerate() {
+            csv.push_str(&format!("text_layer,{},{v:.6},{}\n", j + 1, ndcg_text[j].len()));
+        }
+        write_atomic(&out.join("ndcg_by_layer.csv"), csv.as_bytes())?;
+        plot_ndcg(&out.join("ndcg.png"), &by_layer, &by_text)?;
+        (Some(by_layer), config.text_layers.then_some(by_text))
+    } else {
+        (None, None)
+    };
+    Ok(LensReport { self_similarity: sim, ndcg_by_layer: by_layer, ndcg_by_text_layer: by_text, clips: n * (layers + text_layers) })
+}
+
+/// Cosine similarity between layers of `[layers, prompts, d]`, averaged over prompts.
+pub fn self_similarity(means: &Array3<f32>) -> Array2<f32> {
+    let (layers, n, _) = means.dim();
+    let mut sim = Array2::<f32>::zeros((layers, layers));
+    for p in 0..n {
+        let m = means.index_axis(Axis(1), p);
+        let norms: Vec<f32> = m.rows().into_iter().map(|r| r.dot(&r).sqrt().max(1e-12)).collect();
+        for a in 0..layers {
+            for b in 0..layers {
+                sim[[a, b]] += m.row(a).dot(&m.row(b)) / (norms[a] * norms[b]) / n as f32;
+            }
+        }
+    }
+    sim
+}
+
+fn plot_ndcg(path: &Path, by_layer: &[f64], by_text: &[f64]) -> Result<()> {
+    use plotters::prelude::{BLUE, RED};
+    let line = |v: &[f64]| v.iter().enumerate().map(|(i, &x)| ((i + 1) as f64, x)).collect::<Vec<_>>();
+    let mut series = vec![("decoder exit layer".to_string(), line(by_layer), BLUE)];
+    if !by_text.is_empty() {
+        series.push(("text encoder layer".to_string(), line(by_text), RED));
+    }
+    crate::plot::png(path, (900, 400), |root| crate::plot::by_layer(&root, "NDCG of the prompt's concept by layer (DecoderLens)", "NDCG", &series))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_similarity_is_cosine_averaged_over_prompts() {
+        // Two layers, two prompts: parallel vectors for prompt 0, orthogonal for prompt 1.
+        let m = Array3::from_shape_vec((2, 2, 2), vec![1.0, 0.0, 0.0, 1.0, 2.0, 0.0, 1.0, 0.0]).unwrap();
+        let s = self_similarity(&m);
+        assert!((s[[0, 0]] - 1.0).abs() < 1e-6 && (s[[1, 1]] - 1.0).abs() < 1e-6);
+        assert!((s[[0, 1]] - 0.5).abs() < 1e-6 && (s[[1, 0]] - 0.5).abs() < 1e-6);
+    }
+}
