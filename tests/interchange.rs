@@ -296,11 +296,7 @@ fn onnx_judge_matches_the_classifier_and_resamples() {
 }
 
 #[test]
-fn example_configs_parse_and_bad_keys_name_their_line() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let c = InterveneConfig::load(&root.join("configs/intervene.yaml")).unwrap();
-    assert_eq!(c.concepts.len(), 4);
-    musicgen_interp::decoder_lens::DecoderLensConfig::load(&root.join("configs/decoder-lens.yaml")).unwrap();
+fn bad_config_keys_name_their_line() {
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.yaml");
     std::fs::write(&bad, "model: m\noutput: o\nbatch_sise: 3\njudge:\n  settings: {}\n").unwrap();

@@ -224,16 +224,23 @@ fn example_configs_parse() {
     let mut n = 0;
     for entry in std::fs::read_dir(Path::new(ROOT).join("configs")).unwrap().flatten() {
         if entry.path().extension().is_some_and(|e| e == "yaml") {
-            // Run configs; the probe workflow has its own schema.
-            if entry.file_name().to_string_lossy().starts_with("probe-pipeline") {
-                musicgen_interp::pipeline::PipelineConfig::load(&entry.path()).unwrap_or_else(|e| panic!("{e}"));
+            // Run configs; the probe workflow, DecoderLens and interchange runs have their own schemas.
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let p = entry.path();
+            let parsed = if name.starts_with("probe-pipeline") {
+                musicgen_interp::pipeline::PipelineConfig::load(&p).map(drop)
+            } else if name.starts_with("decoder-lens") {
+                musicgen_interp::decoder_lens::DecoderLensConfig::load(&p).map(drop)
+            } else if name.starts_with("intervene") {
+                musicgen_interp::interchange::InterveneConfig::load(&p).map(drop)
             } else {
-                musicgen_interp::config::RunConfig::load(&entry.path()).unwrap_or_else(|e| panic!("{e}"));
-            }
+                musicgen_interp::config::RunConfig::load(&p).map(drop)
+            };
+            parsed.unwrap_or_else(|e| panic!("{name}: {e}"));
             n += 1;
         }
     }
-    assert!(n >= 2);
+    assert!(n >= 5);
 }
 
 #[test]
