@@ -40,9 +40,15 @@ class Bundle:
         self.layers = [load(g) for g in graphs["decoder_layers"]]
         self.head = load(graphs["decoder_head"])
         self.enc = load(graphs["encodec_encode"])
-        self.dec = load(graphs["encodec_decode"])
+        self.dec_latent = load(graphs["encodec_decode_latent"])
+        self.dec_upsample = load(graphs["encodec_decode_upsample"])
         d = self.manifest["decoder"]
         self.L, self.D, self.H, self.hd = d["num_layers"], d["d_model"], d["num_heads"], d["head_dim"]
+
+    def decode(self, codes):
+        """EnCodec decode through its two graphs: codes -> latent -> audio."""
+        (latent,) = self.dec_latent.run(None, {"codes": codes})
+        return self.dec_upsample.run(None, {"latent": latent})
 
     def encode_text(self, ids, mask):
         last, hidden, normed = self.text.run(None, {"input_ids": ids, "attention_mask": mask})
@@ -182,7 +188,7 @@ def check(bundle_dir, reference_dir=None, capacity=None, garbage=False, verbose=
     audio = np.load(ref / em["audio"])
     (codes_out,) = b.enc.run(None, {"audio": audio})
     want_codes = np.load(ref / em["codes"])
-    (decoded,) = b.dec.run(None, {"codes": want_codes})
+    (decoded,) = b.decode(want_codes)
     report["encodec"] = {
         "codes_equal": bool(codes_out.shape == want_codes.shape and np.array_equal(codes_out, want_codes)),
         "codes_mismatches": int((codes_out != want_codes).sum()) if codes_out.shape == want_codes.shape else -1,

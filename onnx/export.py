@@ -27,9 +27,9 @@ sys.path.insert(0, str(HERE))
 
 from mg_fs import swap_in  # noqa: E402
 
-EXPORTER_VERSION = "0.1.0"
+EXPORTER_VERSION = "0.2.0"
 FORMAT = "musicgen-interp-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 OPSET = 17
 MAX_IR_VERSION = 10  # onnxruntime 1.31 rejects newer IR versions
 EXTERNAL_DATA_BYTES = 100 * 1024 * 1024  # graphs larger than this keep their weights in NAME.onnx.data
@@ -304,6 +304,8 @@ def graph_specs(model):
     hop = model.audio_encoder.config.hop_length
     audio = torch.randn(B, 1, 3 * hop + hop // 3, generator=g) * 0.3
     codes = torch.randint(0, V, (B, K, 4), generator=g)
+    with torch.no_grad():
+        latent = W.EncodecDecodeLatent(model.audio_encoder).eval()(codes)
 
     bt = {0: "B", 1: "T"}
     specs = [
@@ -402,12 +404,20 @@ def graph_specs(model):
             {"audio": {0: "B", 2: "N"}, "codes": {0: "B", 2: "F"}},
         ),
         (
-            "encodec_decode",
-            W.EncodecDecode(model.audio_encoder),
+            "encodec_decode_latent",
+            W.EncodecDecodeLatent(model.audio_encoder),
             (codes,),
             ["codes"],
+            ["latent"],
+            {"codes": {0: "B", 2: "F"}, "latent": {0: "B", 2: "F"}},
+        ),
+        (
+            "encodec_decode_upsample",
+            W.EncodecDecodeUpsample(model.audio_encoder),
+            (latent,),
+            ["latent"],
             ["audio"],
-            {"codes": {0: "B", 2: "F"}, "audio": {0: "B", 2: "N"}},
+            {"latent": {0: "B", 2: "F"}, "audio": {0: "B", 2: "N"}},
         ),
     ]
     return specs
@@ -487,6 +497,7 @@ def manifest(model, source, graph_files, tokenizer_file, folder: Path):
     dcfg = model.config.decoder
     tcfg = model.config.text_encoder
     acfg = model.config.audio_encoder
+    context, hop = W.decode_context_frames(model.audio_encoder)
     L = dcfg.num_hidden_layers
     gen = model.generation_config
     generation = {
@@ -537,6 +548,8 @@ def manifest(model, source, graph_files, tokenizer_file, folder: Path):
             "channels": dcfg.audio_channels,
             "num_codebooks": W.musicgen_num_quantizers(model.audio_encoder),
             "codebook_size": acfg.codebook_size,
+            "hop_length": hop,
+            "decode_context_frames": context,
         },
         "generation": generation,
         "graphs": {
@@ -546,7 +559,8 @@ def manifest(model, source, graph_files, tokenizer_file, folder: Path):
             "decoder_layers": [f"decoder_layer_{l}.onnx" for l in range(L)],
             "decoder_head": "decoder_head.onnx",
             "encodec_encode": "encodec_encode.onnx",
-            "encodec_decode": "encodec_decode.onnx",
+            "encodec_decode_latent": "encodec_decode_latent.onnx",
+            "encodec_decode_upsample": "encodec_decode_upsample.onnx",
         },
         "tokenizer": tokenizer_file,
         "hook_points": hooks,

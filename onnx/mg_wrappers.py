@@ -11,6 +11,8 @@ tensors, no Python branches on sizes), so every batch/time dimension stays dynam
 
 import math
 
+import numpy as np
+
 import torch
 from torch import nn
 from torch.onnx.operators import shape_as_tensor
@@ -356,17 +358,62 @@ class EncodecEncode(nn.Module):
         return torch.stack(codes, dim=1)
 
 
-class EncodecDecode(nn.Module):
-    """codes [B,K,F] -> audio [B,1,N'], as audio_encoder.decode(codes[None], [None]) gives it."""
+def _lstm_end(decoder):
+    """Index just past the LSTM in EnCodec's decoder: before it, the part that sees the whole sequence;
+    after it, a stack of convolutions with a finite receptive field."""
+    idx = [i for i, layer in enumerate(decoder.layers) if isinstance(layer, EncodecLSTM)]
+    if len(idx) != 1:
+        raise TypeError(f"expected one LSTM in EnCodec's decoder, found {len(idx)}")
+    return idx[0] + 1
+
+
+class EncodecDecodeLatent(nn.Module):
+    """codes [B,K,F] -> latent [B,C,F]: the quantizer's embeddings summed, the first convolution and
+    the LSTM of EnCodec's decoder (frame rate; cheap, and it must see the whole sequence)."""
 
     def __init__(self, audio_encoder):
         super().__init__()
         self.decoder = audio_encoder.decoder
         self.quantizer = audio_encoder.quantizer
         self.num_quantizers = musicgen_num_quantizers(audio_encoder)
+        self.end = _lstm_end(audio_encoder.decoder)
 
     def forward(self, codes):
         emb = self.quantizer.layers[0].decode(codes[:, 0])
         for k in range(1, self.num_quantizers):
             emb = emb + self.quantizer.layers[k].decode(codes[:, k])
-        return _run_seanet(self.decoder.layers, emb)
+        return _run_seanet(self.decoder.layers[: self.end], emb)
+
+
+class EncodecDecodeUpsample(nn.Module):
+    """latent [B,C,F] -> audio [B,1,F*hop]: the rest of EnCodec's decoder, convolutions only, so the
+    host can decode long clips in overlapping chunks with the memory of a short one. Both parts
+    together are audio_encoder.decode(codes[None], [None])."""
+
+    def __init__(self, audio_encoder):
+        super().__init__()
+        self.decoder = audio_encoder.decoder
+        self.start = _lstm_end(audio_encoder.decoder)
+
+    def forward(self, latent):
+        return _run_seanet(self.decoder.layers[self.start :], latent)
+
+
+def decode_context_frames(audio_encoder, frames=48):
+    """Frames of latent either side that can change an output frame of EncodecDecodeUpsample (its
+    receptive field, measured by perturbing one frame), plus a margin of 2."""
+    import torch
+
+    up = EncodecDecodeUpsample(audio_encoder).eval()
+    hop = int(np.prod(audio_encoder.config.upsampling_ratios))
+    channels = EncodecDecodeLatent(audio_encoder).eval()(torch.zeros(1, musicgen_num_quantizers(audio_encoder), 1, dtype=torch.long)).shape[1]
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, channels, frames, generator=g)
+    mid = frames // 2
+    with torch.no_grad():
+        base = up(z)
+        z[:, :, mid] += 1.0
+        changed = torch.nonzero((up(z) - base).abs()[0, 0] > 0).flatten()
+    lo, hi = int(changed.min()), int(changed.max())
+    radius = max(mid * hop - lo, hi - ((mid + 1) * hop - 1))
+    return int(np.ceil(radius / hop)) + 2, hop

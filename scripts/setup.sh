@@ -41,8 +41,11 @@ fi
 echo "== building (release)"
 cargo build --release --workspace --quiet
 
-export_bundle() { # NAME
-  if [ ! -f "models/$1/manifest.json" ]; then
+format_version=$(sed -n 's/^FORMAT_VERSION = \([0-9]*\)$/\1/p' onnx/export.py)
+export_bundle() { # NAME (again when the bundle was written in an older format)
+  have=$(.venv/bin/python -c "import json, sys; print(json.load(open(sys.argv[1]))['format_version'])" "models/$1/manifest.json" 2>/dev/null || true)
+  if [ "$have" != "$format_version" ]; then
+    rm -rf "models/$1"
     echo "== exporting the random-weight '$1' bundle to models/$1"
     .venv/bin/python onnx/export.py --preset "$1" --random-weights --seed 0 --out "models/$1"
   fi

@@ -117,8 +117,10 @@ def test_manifest(bundle):
     import onnx
 
     man = json.loads((bundle / "manifest.json").read_text())
-    assert man["format"] == "musicgen-interp-bundle" and man["format_version"] == 1
+    assert man["format"] == "musicgen-interp-bundle" and man["format_version"] == 2
     assert man["source"]["kind"] == "random" and man["source"]["seed"] == 0
+    audio = man["audio"]
+    assert audio["hop_length"] * audio["frame_rate"] == audio["sample_rate"] and 1 <= audio["decode_context_frames"] <= 16
     L = man["decoder"]["num_layers"]
     assert len(man["graphs"]["decoder_layers"]) == L
     assert len(man["hook_points"]) == 2 + 5 * L
@@ -171,7 +173,8 @@ def test_graph_interfaces(bundle):
         )
     assert sig(g["decoder_head"]) == ([("hidden", F32, 3)], [("normed", F32, 3), ("logits", F32, 4)])
     assert sig(g["encodec_encode"]) == ([("audio", F32, 3)], [("codes", I64, 3)])
-    assert sig(g["encodec_decode"]) == ([("codes", I64, 3)], [("audio", F32, 3)])
+    assert sig(g["encodec_decode_latent"]) == ([("codes", I64, 3)], [("latent", F32, 3)])
+    assert sig(g["encodec_decode_upsample"]) == ([("latent", F32, 3)], [("audio", F32, 3)])
 
 
 # ------------------------------------------------------------------ other shapes, against transformers
@@ -218,7 +221,8 @@ def test_encodec_other_lengths(bundle, hf_models):
     import torch
 
     ae = hf_models(bundle / "hf").audio_encoder
-    enc, dec = session(bundle / "encodec_encode.onnx"), session(bundle / "encodec_decode.onnx")
+    enc = session(bundle / "encodec_encode.onnx")
+    latent_graph, upsample_graph = session(bundle / "encodec_decode_latent.onnx"), session(bundle / "encodec_decode_upsample.onnx")
     rng = np.random.default_rng(3)
     hop = ae.config.hop_length
     for B, N in [(1, 1), (2, 100), (1, hop + 1), (2, 3 * hop)]:
@@ -230,9 +234,35 @@ def test_encodec_other_lengths(bundle, hf_models):
     for B, F in [(1, 1), (2, 2), (1, 3), (2, 7)]:  # short inputs take EnCodec's reflect-padding branch
         codes = rng.integers(0, ae.config.codebook_size, size=(B, K, F)).astype(np.int64)
         want = ae.decode(torch.from_numpy(codes)[None], [None]).audio_values.numpy()
-        (got,) = dec.run(None, {"codes": codes})
+        (latent,) = latent_graph.run(None, {"codes": codes})
+        (got,) = upsample_graph.run(None, {"latent": latent})
         assert got.shape == want.shape == (B, 1, F * hop), (B, F)
         assert np.abs(got - want).max() <= TOL, (B, F)
+
+
+def test_encodec_upsample_decodes_in_chunks_with_the_manifests_context(bundle, hf_models):
+    """Decoding the latent in overlapping chunks (decode_context_frames either side, the rest cut
+    away) gives transformers' full decode: how the runtime decodes long clips in little memory."""
+    import torch
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    ctx, hop = manifest["audio"]["decode_context_frames"], manifest["audio"]["hop_length"]
+    ae = hf_models(bundle / "hf").audio_encoder
+    latent_graph, upsample_graph = session(bundle / "encodec_decode_latent.onnx"), session(bundle / "encodec_decode_upsample.onnx")
+    K = ae.quantizer.get_num_quantizers_for_bandwidth(ae.config.target_bandwidths[0])
+    F, chunk = 41, 7
+    codes = np.random.default_rng(5).integers(0, ae.config.codebook_size, size=(1, K, F)).astype(np.int64)
+    want = ae.decode(torch.from_numpy(codes)[None], [None]).audio_values.numpy()
+    (latent,) = latent_graph.run(None, {"codes": codes})
+    pieces = []
+    for a in range(0, F, chunk):
+        b = min(F, a + chunk)
+        lo, hi = max(0, a - ctx), min(F, b + ctx)
+        (audio,) = upsample_graph.run(None, {"latent": np.ascontiguousarray(latent[:, :, lo:hi])})
+        pieces.append(audio[:, :, (a - lo) * hop : (b - lo) * hop])
+    got = np.concatenate(pieces, axis=2)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= TOL
 
 
 # ----------------------------------------------------------------------------- CLI

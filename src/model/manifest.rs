@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 pub const FORMAT: &str = "musicgen-interp-bundle";
 /// The bundle format this runtime reads; a different one is refused.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -82,6 +82,11 @@ pub struct AudioConfig {
     pub channels: usize,
     pub num_codebooks: usize,
     pub codebook_size: usize,
+    /// Audio samples per frame (EnCodec's hop).
+    pub hop_length: usize,
+    /// Latent frames either side that reach an output frame of `encodec_decode_upsample`: the overlap
+    /// that makes chunked decoding equal to decoding the whole clip.
+    pub decode_context_frames: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -99,7 +104,8 @@ pub struct Graphs {
     pub decoder_layers: Vec<String>,
     pub decoder_head: String,
     pub encodec_encode: String,
-    pub encodec_decode: String,
+    pub encodec_decode_latent: String,
+    pub encodec_decode_upsample: String,
 }
 
 impl Graphs {
@@ -107,7 +113,7 @@ impl Graphs {
     pub fn all(&self) -> Vec<&str> {
         let mut v = vec![self.text_encoder.as_str(), self.cross_kv.as_str(), self.decoder_embed.as_str()];
         v.extend(self.decoder_layers.iter().map(String::as_str));
-        v.extend([self.decoder_head.as_str(), self.encodec_encode.as_str(), self.encodec_decode.as_str()]);
+        v.extend([self.decoder_head.as_str(), self.encodec_encode.as_str(), self.encodec_decode_latent.as_str(), self.encodec_decode_upsample.as_str()]);
         v
     }
 }

@@ -45,7 +45,12 @@ impl MusicGen {
             layers,
             load(&m.graphs.decoder_head)?,
         )?;
-        let encodec = Encodec::new(m.audio.clone(), load(&m.graphs.encodec_encode)?, load(&m.graphs.encodec_decode)?)?;
+        let encodec = Encodec::new(
+            m.audio.clone(),
+            load(&m.graphs.encodec_encode)?,
+            load(&m.graphs.encodec_decode_latent)?,
+            load(&m.graphs.encodec_decode_upsample)?,
+        )?;
         Ok(MusicGen { bundle, text, decoder, encodec })
     }
 

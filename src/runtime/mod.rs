@@ -140,7 +140,21 @@ impl Runtime {
                 Error::CudaUnavailable { reason: ort::Error::<()>::from(e).to_string() }
             })?;
         }
-        builder.commit_from_file(path).map_err(Error::ort(context))
+        let session = builder.commit_from_file(path).map_err(Error::ort(context))?;
+        release_free_memory();
+        Ok(session)
+    }
+}
+
+/// Hands memory the allocator holds free back to the operating system. onnxruntime frees a graph's
+/// original weights once it has packed them, and its load-time buffers, but glibc keeps those pages
+/// (measured on the small model: 0.63 GB of 2.83 GB resident after loading was free heap). Called
+/// after each session is created and after large transient work.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -149,7 +163,21 @@ fn cuda_ep(device_id: i32) -> ort::ep::ExecutionProviderDispatch {
     ep::CUDA::default().with_device_id(device_id).with_tf32(false).build()
 }
 
+/// Large buffers (from 1 MiB) get their own pages from the system and give them back when freed.
+/// glibc's default raises that threshold as buffers are freed, after which the KV cache's growth
+/// (every layer's buffer replaced by a larger one, 64 positions at a time) left holes in the heap that
+/// no later buffer fit: a 30 s generation on the small model peaked at 1.04 GB over the weights for a
+/// 0.6 GB cache. Measured at 750 steps: peak 2.88 GB with the default, 2.51 GB with this.
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator policy for later allocations.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn init_global(options: &RuntimeOptions) -> Result<Global> {
+    fixed_mmap_threshold();
     let library = match &options.library {
         Some(p) => p.clone(),
         None => find_library()?,
