@@ -106,6 +106,8 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         None
     };
 
+    // Which phase set the peak: (phase, peak RSS when it ended).
+    let mut peaks: Vec<(String, u64)> = vec![("loading".into(), peak_rss().unwrap_or(0))];
     say(format!("{:<10} {:>8} {:>12} {:>12} {:>8}", "clip", "steps", "rust st/s", "torch st/s", "ratio"));
     for (i, &secs) in options.durations.iter().enumerate() {
         let steps = steps_for(secs);
@@ -127,6 +129,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
             torch_rate.map_or("-".into(), |r| format!("{r:.2}")),
             torch_rate.map_or("-".into(), |r| format!("{:.2}x", rust / r))
         ));
+        peaks.push((format!("the {secs} s clip"), peak_rss().unwrap_or(0)));
     }
 
     if let Some(&secs) = options.durations.first() {
@@ -137,6 +140,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
             plain,
             hooked / plain
         ));
+        peaks.push(("the hook-overhead runs".into(), peak_rss().unwrap_or(0)));
     }
 
     say(format!("{:<10} {:>12} {:>12} {:>12}", "positions", "step ms", "floor ms", "step/floor"));
@@ -144,10 +148,11 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         let text = model.text.encode(&[PROMPT])?;
         let mut state = model.decoder.start_guided(text.last_hidden_state.view(), text.attention_mask.view())?;
         let rows = state.rows();
-        // Fill the cache with p positions in chunks, then time single steps.
+        // Fill the cache with p positions in chunks (of the cache's growth step, so the prefill's
+        // attention scratch stays small beside the cache), then time single steps.
         let mut filled = 0;
         while filled < p {
-            let n = (p - filled).min(256);
+            let n = (p - filled).min(crate::model::decoder::CACHE_CHUNK);
             let ids = Array3::from_shape_fn((rows, k, n), |(r, c, t)| ((r * 31 + c * 7 + t * 13 + filled) % d.vocab_size) as i64);
             model.decoder.forward(&mut state, ids.view(), &mut NoHooks)?;
             filled += n;
@@ -163,6 +168,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         let floor = (decoder_bytes as f64 + cache_bytes as f64) / bandwidth;
         let ms = median(times) * 1e3;
         say(format!("{:<10} {:>12.1} {:>12.1} {:>12.2}", p, ms, floor * 1e3, ms / (floor * 1e3)));
+        peaks.push((format!("the step at {p} positions"), peak_rss().unwrap_or(0)));
     }
 
     let frames = (5.0 * frame_rate) as usize;
@@ -176,9 +182,12 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         per_s,
         torch_codec.map_or("-".into(), |v| format!("{v:.3}"))
     ));
+    peaks.push(("EnCodec decode".into(), peak_rss().unwrap_or(0)));
     if let Some(rss) = peak_rss() {
+        // The first phase after which the peak stood at its final value.
+        let when = peaks.iter().find(|(_, p)| *p == rss).map_or("-", |(w, _)| w.as_str());
         say(format!(
-            "peak RSS {:.2} GB = {:.2}x the bundle's weight bytes ({:.2} GB)",
+            "peak RSS {:.2} GB = {:.2}x the bundle's weight bytes ({:.2} GB), reached during {when}",
             rss as f64 / 1e9,
             rss as f64 / weight_bytes as f64,
             weight_bytes as f64 / 1e9
