@@ -105,9 +105,9 @@ class Bundle:
                                     rep[r, t] = vec
                                     msk[r, t] = 1.0
                     feeds[f"{comp}_add"], feeds[f"{comp}_replace"], feeds[f"{comp}_mask"] = add, rep, msk
-                resid, attn, cross, mlp, nk, nv = self.layers[l].run(None, feeds)
-                keys[l][:, :, start : start + length] = nk
-                values[l][:, :, start : start + length] = nv
+                # present = the cache with this call's keys/values written at past_len (the Rust host
+                # binds it to the past buffer so the write happens in place; here it is a new array)
+                resid, attn, cross, mlp, keys[l], values[l] = self.layers[l].run(None, feeds)
                 rec[f"blocks.{l}.attn.hook_out"] = attn
                 rec[f"blocks.{l}.cross_attn.hook_out"] = cross
                 rec[f"blocks.{l}.mlp.hook_out"] = mlp

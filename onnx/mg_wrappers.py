@@ -162,6 +162,60 @@ def _intervene(out, add, replace, mask):
     return out * (1.0 - mask) + replace * mask + add
 
 
+class CachedSelfAttention(torch.autograd.Function):
+    """Causal self-attention of this call's positions over the KV cache.
+
+    q, k, v: [B, T, D] (projections, heads side by side); past_key / past_value: the cache
+    [B, H, C, hd] (C >= total_len); seqlens_k: [B] int32 = total_len - 1; total_len: int32 scalar =
+    past_len + T. Returns (attention output [B, T, D] before out_proj, present_key, present_value),
+    where present = past with this call's keys / values written at past_len.
+
+    Exported as onnxruntime's GroupQueryAttention (com.microsoft, as many key/value heads as query
+    heads). When the host binds each present output to its past buffer, the op writes the new keys and
+    values in place and reads the cache once per call: no per-step copy of the cache and no transposed
+    copy of the keys. The forward below is the same arithmetic in torch (used when tracing and by
+    the exporter's own check).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, past_key, past_value, seqlens_k, total_len, num_heads, scale):
+        b, t, d = q.shape
+        hd = d // num_heads
+        total = int(total_len)
+        past = total - t
+        heads = lambda x: x.view(b, t, num_heads, hd).transpose(1, 2)  # noqa: E731
+        present_key = past_key.clone()
+        present_value = past_value.clone()
+        present_key[:, :, past:total] = heads(k)
+        present_value[:, :, past:total] = heads(v)
+        s = torch.matmul(heads(q), present_key[:, :, :total].transpose(2, 3)) * scale  # [B, H, T, total]
+        causal = torch.arange(total)[None, :] <= (past + torch.arange(t))[:, None]
+        s = torch.where(causal, s, torch.full_like(s, NEG))
+        o = torch.matmul(torch.softmax(s, dim=-1), present_value[:, :, :total])
+        return o.transpose(1, 2).reshape(b, t, d), present_key, present_value
+
+    @staticmethod
+    def symbolic(g, q, k, v, past_key, past_value, seqlens_k, total_len, num_heads, scale):
+        out, present_key, present_value = g.op(
+            "com.microsoft::GroupQueryAttention",
+            q,
+            k,
+            v,
+            past_key,
+            past_value,
+            seqlens_k,
+            total_len,
+            num_heads_i=num_heads,
+            kv_num_heads_i=num_heads,
+            scale_f=scale,
+            outputs=3,
+        )
+        out.setType(q.type())
+        present_key.setType(past_key.type())
+        present_value.setType(past_value.type())
+        return out, present_key, present_value
+
+
 class DecoderLayer(nn.Module):
     """One MusicgenDecoderLayer with a host-owned self-attention cache and component interventions."""
 
@@ -193,25 +247,18 @@ class DecoderLayer(nn.Module):
     ):
         ly = self.layer
         b, t = hidden.shape[0], hidden.shape[1]
-        c = past_key.shape[2]
         nh, hd = self.n_heads, self.head_dim
 
-        # self-attention: cache positions < past_len, then this call's positions causally, one softmax
+        # self-attention: cache positions < past_len, then this call's positions causally, one softmax;
+        # this call's keys and values go into the cache at past_len (present_key / present_value)
         sa = ly.self_attn
         x = ly.self_attn_layer_norm(hidden)
-        q = sa.q_proj(x).view(b, t, nh, hd).transpose(1, 2)
-        k = sa.k_proj(x).view(b, t, nh, hd).transpose(1, 2)
-        v = sa.v_proj(x).view(b, t, nh, hd).transpose(1, 2)
-        s_past = torch.matmul(q, past_key.transpose(2, 3)) * sa.scaling  # [B, H, T, C]
-        valid = torch.arange(c, dtype=torch.int64) < past_len
-        s_past = torch.where(valid, s_past, torch.full_like(s_past, NEG))
-        s_new = torch.matmul(q, k.transpose(2, 3)) * sa.scaling  # [B, H, T, T]
-        steps = torch.arange(t, dtype=torch.int64)
-        causal = steps[None, :] <= steps[:, None]
-        s_new = torch.where(causal, s_new, torch.full_like(s_new, NEG))
-        probs = torch.softmax(torch.cat([s_past, s_new], dim=-1), dim=-1)
-        o = torch.matmul(probs[..., :c], past_value) + torch.matmul(probs[..., c:], v)
-        attn_out = sa.out_proj(o.transpose(1, 2).reshape(b, t, self.dim))
+        total = (past_len + t).to(torch.int32)
+        seqlens_k = (total - 1).reshape(1).expand(b)
+        o, present_key, present_value = CachedSelfAttention.apply(
+            sa.q_proj(x), sa.k_proj(x), sa.v_proj(x), past_key, past_value, seqlens_k, total, nh, float(sa.scaling)
+        )
+        attn_out = sa.out_proj(o)
         h = hidden + _intervene(attn_out, attn_add, attn_replace, attn_mask)
 
         # cross-attention over precomputed keys/values; a row whose mask is all zeros gets 0, as
@@ -232,7 +279,7 @@ class DecoderLayer(nn.Module):
         x = ly.final_layer_norm(h)
         mlp_out = ly.fc2(ly.activation_fn(ly.fc1(x)))
         h = h + _intervene(mlp_out, mlp_add, mlp_replace, mlp_mask)
-        return h, attn_out, cross_out, mlp_out, k, v
+        return h, attn_out, cross_out, mlp_out, present_key, present_value
 
 
 class DecoderHead(nn.Module):

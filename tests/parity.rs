@@ -143,6 +143,52 @@ fn decoder_case(preset: &str, case: &str) {
     assert_eq!(compared, calls.len() * (2 + 5 * layers));
 }
 
+/// The prefill split in two, the second part several positions over a non-empty cache (which the
+/// runtime runs row by row: onnxruntime's cached attention takes such a call for one row at a time),
+/// under an intervention on the conditional rows only: every hook point and the logits of the split
+/// part equal the reference's prefill at those positions, and the cached steps after it equal the
+/// reference's steps.
+fn decoder_chunked_prefill(preset: &str, case: &str) {
+    let mut m = load(preset);
+    let r = reference(preset);
+    let cases = cases_json(preset);
+    let ids: Array2<i64> = npy(r.join("text/input_ids.npy")).into_dimensionality::<Ix2>().unwrap();
+    let mask: Array2<i64> = npy(r.join("text/attention_mask.npy")).into_dimensionality::<Ix2>().unwrap();
+    let enc = m.text.encode_ids(ids, mask).unwrap();
+    let mut state = m.decoder.start_guided(enc.last_hidden_state.view(), enc.attention_mask.view()).unwrap();
+    let tokens: Array3<i64> = npy(r.join("decoder/input_ids.npy")).into_dimensionality::<Ix3>().unwrap();
+    let calls: Vec<(usize, usize)> = serde_json::from_value(cases["decoder"]["calls"].clone()).expect("cases.json: decoder.calls");
+    let (prefill_start, prefill_len) = calls[0];
+    assert!(prefill_start == 0 && prefill_len >= 3, "{preset}: the reference prefill is too short to split");
+    let split = 2;
+    let layers = m.decoder.num_layers();
+    let mut intervention = case_hooks(preset, case, layers);
+    let mut run = |state: &mut musicgen_interp::model::DecoderState, start: usize, len: usize| {
+        let mut rec = Recorder::all();
+        let out = {
+            let mut hooks: Vec<&mut dyn Hooks> = vec![&mut rec, &mut *intervention];
+            m.decoder.forward(state, tokens.slice(s![.., .., start..start + len]), &mut hooks).unwrap()
+        };
+        (rec, out)
+    };
+    run(&mut state, 0, split);
+    let (rec, out) = run(&mut state, split, prefill_len - split);
+    let dir = r.join(format!("decoder/{case}/call0"));
+    for point in HookPoint::all(layers) {
+        let want = npy::<f32>(dir.join(format!("{point}.npy"))).into_dimensionality::<Ix3>().unwrap();
+        // the second forward on this state: call 1
+        let got = rec.get(point, 1).unwrap_or_else(|| panic!("{point} not recorded"));
+        assert_close(&format!("{preset} {case} split prefill {point}"), got, &want.slice(s![.., split.., ..]), TOL);
+    }
+    let logits = npy::<f32>(dir.join("logits.npy")).into_dimensionality::<Ix4>().unwrap();
+    assert_close(&format!("{preset} {case} split prefill logits"), &out.logits, &logits.slice(s![.., .., split.., ..]), TOL);
+    for (call, &(start, len)) in calls.iter().enumerate().skip(1) {
+        let (_, out) = run(&mut state, start, len);
+        let logits = npy::<f32>(r.join(format!("decoder/{case}/call{call}/logits.npy"))).into_dimensionality::<Ix4>().unwrap();
+        assert_close(&format!("{preset} {case} call {call} after a split prefill"), &out.logits, &logits, TOL);
+    }
+}
+
 fn encodec(preset: &str) {
     let mut m = load(preset);
     let r = reference(preset).join("encodec");
@@ -178,5 +224,7 @@ per_preset! {
     decoder_additive_intervention_matches_forward_hooks => |p| decoder_case(p, "add");
     decoder_masked_replace_matches_forward_hooks => |p| decoder_case(p, "replace");
     decoder_residual_edit_matches_forward_hooks => |p| decoder_case(p, "resid");
+    decoder_chunked_prefill_matches_transformers => |p| decoder_chunked_prefill(p, "add");
+    decoder_chunked_prefill_with_replace_matches_forward_hooks => |p| decoder_chunked_prefill(p, "replace");
     encodec_matches_transformers => encodec;
 }

@@ -117,7 +117,7 @@ def test_manifest(bundle):
     import onnx
 
     man = json.loads((bundle / "manifest.json").read_text())
-    assert man["format"] == "musicgen-interp-bundle" and man["format_version"] == 2
+    assert man["format"] == "musicgen-interp-bundle" and man["format_version"] == 3
     assert man["source"]["kind"] == "random" and man["source"]["seed"] == 0
     audio = man["audio"]
     assert audio["hop_length"] * audio["frame_rate"] == audio["sample_rate"] and 1 <= audio["decode_context_frames"] <= 16
@@ -169,7 +169,7 @@ def test_graph_interfaces(bundle):
             [("hidden", F32, 3), ("past_key", F32, 4), ("past_value", F32, 4), ("past_len", I64, 0),
              ("cross_key", F32, 4), ("cross_value", F32, 4), ("encoder_attention_mask", I64, 2)] + comp,
             [("resid_post", F32, 3), ("attn_out", F32, 3), ("cross_attn_out", F32, 3), ("mlp_out", F32, 3),
-             ("new_key", F32, 4), ("new_value", F32, 4)],
+             ("present_key", F32, 4), ("present_value", F32, 4)],
         )
     assert sig(g["decoder_head"]) == ([("hidden", F32, 3)], [("normed", F32, 3), ("logits", F32, 4)])
     assert sig(g["encodec_encode"]) == ([("audio", F32, 3)], [("codes", I64, 3)])

@@ -44,6 +44,15 @@ impl Component {
         }
     }
 
+    /// The layer graph's output for this component (`attn_out`, ...).
+    pub fn output_name(self) -> &'static str {
+        match self {
+            Component::Attn => "attn_out",
+            Component::CrossAttn => "cross_attn_out",
+            Component::Mlp => "mlp_out",
+        }
+    }
+
     fn index(self) -> usize {
         self as usize
     }

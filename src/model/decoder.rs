@@ -3,15 +3,21 @@
 //! host-owned, so a change at layer `l` of a step flows into layers `> l` and into later steps.
 //!
 //! KV cache: one `[rows, heads, capacity, head_dim]` buffer per layer for keys and one for values.
-//! A layer graph reads the whole buffer (masking positions `>= past_len`) and returns only this
-//! call's keys and values, which the host writes in place: no per-step copy of the cache. Capacity
+//! Each layer call binds the buffer as both the graph's `past_*` input and its `present_*` output
+//! (IO binding), so the graph's attention (onnxruntime's GroupQueryAttention) reads positions
+//! `< past_len` where they lie and writes this call's keys and values into them: no per-step copy of
+//! the cache in either direction. Capacity
 //! grows in chunks of [`CACHE_CHUNK`] positions, so the graphs never read much more than the live
 //! cache and a growth copy happens once per chunk.
 
 use std::ops::Range;
 
-use ndarray::{s, Array2, Array3, Array4, Array5, ArrayView2, ArrayView3, Axis};
-use ort::value::TensorRef;
+use ndarray::{s, Array0, Array2, Array3, Array4, Array5, ArrayView2, ArrayView3, Axis};
+use ort::memory::MemoryInfo;
+use ort::session::IoBinding;
+use ort::value::{TensorRef, TensorRefMut};
+use ort::AsPointer;
+use std::ops::Deref;
 
 use super::graph::{take, Graph};
 use super::manifest::DecoderConfig;
@@ -94,7 +100,7 @@ impl Decoder {
         inputs.extend(edit_names.iter().map(String::as_str));
         for layer in &layers {
             layer.expect_inputs(&inputs)?;
-            layer.expect_outputs(&["resid_post", "attn_out", "cross_attn_out", "mlp_out", "new_key", "new_value"])?;
+            layer.expect_outputs(&["resid_post", "attn_out", "cross_attn_out", "mlp_out", "present_key", "present_value"])?;
             layer.expect_dim("hidden", 2, d.d_model, "width")?;
             layer.expect_dim("past_key", 1, d.num_heads, "head count")?;
             layer.expect_dim("past_key", 3, d.head_dim, "head_dim")?;
@@ -244,43 +250,24 @@ impl Decoder {
                 let replace = edits.take_replace(comp);
                 edit_arrays.push((comp, add, replace));
             }
-            let mut inputs = ort::inputs![
-                "hidden" => TensorRef::from_array_view(&hidden)?,
-                "past_key" => TensorRef::from_array_view(&state.keys[l])?,
-                "past_value" => TensorRef::from_array_view(&state.values[l])?,
-                "past_len" => TensorRef::from_array_view(&past_len)?,
-                "cross_key" => TensorRef::from_array_view(&state.cross_keys[l])?,
-                "cross_value" => TensorRef::from_array_view(&state.cross_values[l])?,
-                "encoder_attention_mask" => TensorRef::from_array_view(&state.encoder_mask)?,
-            ];
-            for (comp, add, replace) in &edit_arrays {
-                let name = comp.name();
-                inputs.push((format!("{name}_add").into(), TensorRef::from_array_view(add.as_ref().unwrap_or(&zeros))?.into()));
-                let (values, mask) = match replace {
-                    Some((v, m)) => (v, m),
-                    None => (&zeros, &zeros),
-                };
-                inputs.push((format!("{name}_replace").into(), TensorRef::from_array_view(values)?.into()));
-                inputs.push((format!("{name}_mask").into(), TensorRef::from_array_view(mask)?.into()));
+            let want = Component::ALL.map(|comp| hooks.wants(&HookPoint::Component(l, comp)));
+            // onnxruntime's GroupQueryAttention takes several new positions over a non-empty cache
+            // for one row at a time only: such calls (a chunked prefill) run row by row.
+            let groups: Vec<Range<usize>> =
+                if t > 1 && state.past_len > 0 { (0..rows).map(|r| r..r + 1).collect() } else { vec![0..rows] };
+            let mut parts = Vec::with_capacity(groups.len());
+            for group in groups {
+                let inputs = LayerInputs { hidden: hidden.view(), past_len: &past_len, edits: &edit_arrays, zeros: &zeros };
+                parts.push(run_layer(layer, state, l, group, &inputs, want)?);
             }
-            let outputs = layer.session.run(inputs).map_err(Error::ort(format!("decoder layer {l}")))?;
-            let resid_post: Array3<f32> = take(&outputs, "resid_post")?;
-            {
-                let new_key = outputs["new_key"].try_extract_array::<f32>()?;
-                let new_value = outputs["new_value"].try_extract_array::<f32>()?;
-                let range = state.past_len..state.past_len + t;
-                state.keys[l].slice_mut(s![.., .., range.clone(), ..]).assign(&new_key.into_dimensionality::<ndarray::Ix4>().map_err(shape_err)?);
-                state.values[l].slice_mut(s![.., .., range, ..]).assign(&new_value.into_dimensionality::<ndarray::Ix4>().map_err(shape_err)?);
-            }
-            for comp in Component::ALL {
-                let point = HookPoint::Component(l, comp);
-                if hooks.wants(&point) {
-                    let out = outputs[format!("{}_out", comp.name()).as_str()].try_extract_array::<f32>()?;
-                    let out = out.into_dimensionality::<ndarray::Ix3>().map_err(shape_err)?;
-                    hooks.on_component(&ctx, point, out).map_err(hook_error(point))?;
+            let mut part = if parts.len() == 1 { parts.pop().expect("one part") } else { LayerOutput::concat(parts)? };
+            let resid_post = std::mem::take(&mut part.resid_post);
+            for (comp, out) in Component::ALL.into_iter().zip(&part.components) {
+                if let Some(out) = out {
+                    let point = HookPoint::Component(l, comp);
+                    hooks.on_component(&ctx, point, out.view()).map_err(hook_error(point))?;
                 }
             }
-            drop(outputs);
             hidden = resid_post;
             hooks.on_residual(&ctx, HookPoint::ResidPost(l), hidden.view_mut()).map_err(hook_error(HookPoint::ResidPost(l)))?;
             if l + 1 < layers {
@@ -306,9 +293,134 @@ impl Decoder {
         let outputs = self
             .head
             .session
-            .run(ort::inputs!["hidden" => TensorRef::from_array_view(&hidden)?])
+            .run(ort::inputs!["hidden" => TensorRef::from_array_view(hidden.view())?])
             .map_err(Error::ort("decoder_head"))?;
         Ok((take(&outputs, "normed")?, take(&outputs, "logits")?))
+    }
+}
+
+/// One component's edits as the host hands them to a layer graph: (component, add, (replace, mask)).
+type ComponentEdits = (Component, Option<Array3<f32>>, Option<(Array3<f32>, Array3<f32>)>);
+
+/// What a layer graph reads besides the cache, for all rows of the call.
+struct LayerInputs<'a> {
+    hidden: ArrayView3<'a, f32>,
+    past_len: &'a Array0<i64>,
+    edits: &'a [ComponentEdits],
+    zeros: &'a Array3<f32>,
+}
+
+/// Rows `rows` of an edit array, or of the zeros when the edit is absent.
+fn rows_of<'a>(a: Option<&'a Array3<f32>>, zeros: &'a Array3<f32>, rows: &Range<usize>) -> ArrayView3<'a, f32> {
+    a.unwrap_or(zeros).slice(s![rows.clone(), .., ..])
+}
+
+/// A layer graph's outputs for some rows: the residual and the component outputs hooks asked for.
+struct LayerOutput {
+    resid_post: Array3<f32>,
+    components: [Option<Array3<f32>>; 3],
+}
+
+impl LayerOutput {
+    /// Joins the outputs of consecutive row groups.
+    fn concat(parts: Vec<LayerOutput>) -> Result<LayerOutput> {
+        let join = |arrays: Vec<ArrayView3<'_, f32>>| ndarray::concatenate(Axis(0), &arrays).map_err(shape_err);
+        let resid_post = join(parts.iter().map(|p| p.resid_post.view()).collect())?;
+        let mut components = [None, None, None];
+        for (i, slot) in components.iter_mut().enumerate() {
+            if parts[0].components[i].is_some() {
+                *slot = Some(join(parts.iter().filter_map(|p| p.components[i].as_ref().map(|a| a.view())).collect())?);
+            }
+        }
+        Ok(LayerOutput { resid_post, components })
+    }
+}
+
+/// Runs layer `l`'s graph for `rows` of the state. The cache rows are bound in place as both the
+/// graph's `past_*` inputs and its `present_*` outputs, so the graph reads the cache once and writes
+/// this call's keys and values straight into it: no copy of the cache in either direction.
+fn run_layer<'a>(
+    graph: &mut Graph,
+    state: &mut DecoderState,
+    l: usize,
+    rows: Range<usize>,
+    inputs: &LayerInputs<'a>,
+    want: [bool; 3],
+) -> Result<LayerOutput> {
+    let context = || format!("decoder layer {l}");
+    let hidden = inputs.hidden.slice(s![rows.clone(), .., ..]);
+    let cross_key = state.cross_keys[l].slice(s![rows.clone(), .., .., ..]);
+    let cross_value = state.cross_values[l].slice(s![rows.clone(), .., .., ..]);
+    let encoder_mask = state.encoder_mask.slice(s![rows.clone(), ..]);
+    let (_, heads, capacity, head_dim) = state.keys[l].dim();
+    let shape = ort::value::Shape::new([rows.len() as i64, heads as i64, capacity as i64, head_dim as i64]);
+    let offset = rows.start * heads * capacity * head_dim;
+    let cache = |buffer: &mut Array4<f32>| -> Result<TensorRefMut<'static, f32>> {
+        debug_assert!(buffer.is_standard_layout());
+        // SAFETY: the cache buffers are standard-layout arrays owned by `state`, which outlives this
+        // call; the pointer covers rows `rows` of one buffer. Nothing else touches the buffer while
+        // the graph runs, and the tensor and the binding that hold the pointer are dropped before
+        // this function returns.
+        unsafe {
+            let data = buffer.as_mut_ptr().add(offset);
+            TensorRefMut::from_raw(MemoryInfo::default(), data.cast(), shape.clone()).map_err(Error::ort(context()))
+        }
+    };
+    let key = cache(&mut state.keys[l])?;
+    let value = cache(&mut state.values[l])?;
+
+    let mut binding = graph.session.create_binding().map_err(Error::ort(context()))?;
+    let mut owned = Vec::new();
+    let bind = |binding: &mut IoBinding, name: &str, value: &ort::value::DynValue| bind_input(binding, name, value).map_err(Error::ort(context()));
+    bind(&mut binding, "past_key", key.view().into_dyn().deref())?;
+    bind(&mut binding, "past_value", value.view().into_dyn().deref())?;
+    owned.push(("hidden".to_string(), TensorRef::from_array_view(hidden.view())?.into_dyn()));
+    owned.push(("past_len".to_string(), TensorRef::from_array_view(inputs.past_len.view())?.into_dyn()));
+    owned.push(("cross_key".to_string(), TensorRef::from_array_view(cross_key.view())?.into_dyn()));
+    owned.push(("cross_value".to_string(), TensorRef::from_array_view(cross_value.view())?.into_dyn()));
+    owned.push(("encoder_attention_mask".to_string(), TensorRef::from_array_view(encoder_mask.view())?.into_dyn()));
+    let mut edit_views = Vec::with_capacity(9);
+    for (comp, add, replace) in inputs.edits {
+        let name = comp.name();
+        let view = |a: Option<&'a Array3<f32>>| rows_of(a, inputs.zeros, &rows);
+        edit_views.push((format!("{name}_add"), view(add.as_ref())));
+        edit_views.push((format!("{name}_replace"), view(replace.as_ref().map(|(v, _)| v))));
+        edit_views.push((format!("{name}_mask"), view(replace.as_ref().map(|(_, m)| m))));
+    }
+    for (name, view) in &edit_views {
+        owned.push((name.clone(), TensorRef::from_array_view(view.view())?.into_dyn()));
+    }
+    for (name, value) in &owned {
+        bind(&mut binding, name, value)?;
+    }
+    binding.bind_output("present_key", key).map_err(Error::ort(context()))?;
+    binding.bind_output("present_value", value).map_err(Error::ort(context()))?;
+    let cpu = MemoryInfo::default();
+    let mut names = vec!["resid_post"];
+    names.extend(Component::ALL.iter().zip(want).filter(|(_, w)| *w).map(|(c, _)| c.output_name()));
+    for name in &names {
+        binding.bind_output_to_device(*name, &cpu).map_err(Error::ort(context()))?;
+    }
+    let outputs = graph.session.run_binding(&binding).map_err(Error::ort(context()))?;
+    let resid_post = take(&outputs, "resid_post")?;
+    let mut components = [None, None, None];
+    for (slot, comp) in components.iter_mut().zip(Component::ALL) {
+        if names.contains(&comp.output_name()) {
+            *slot = Some(take(&outputs, comp.output_name())?);
+        }
+    }
+    Ok(LayerOutput { resid_post, components })
+}
+
+/// Binds `value` as an input without the copy `IoBinding::bind_input` makes of borrowed data, so
+/// the cache is read where it lies. The caller keeps the data alive until the binding has run.
+fn bind_input(binding: &mut IoBinding, name: &str, value: &ort::value::DynValue) -> ort::Result<()> {
+    let name = std::ffi::CString::new(name).expect("input names have no NUL");
+    // SAFETY: both pointers are valid for the call; onnxruntime keeps its own reference to the value
+    // (not to the data, which the caller keeps alive, see above).
+    unsafe {
+        let status = (ort::api().BindInput)(binding.ptr_mut(), name.as_ptr(), value.ptr());
+        ort::Error::result_from_status(status)
     }
 }
 
