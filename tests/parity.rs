@@ -11,6 +11,7 @@ use ndarray::{s, Array1, Array2, Array3, ArrayViewMut3, Axis, Ix1, Ix2, Ix3, Ix4
 
 use common::{assert_close, fixture, load, npy};
 use musicgen_interp::hooks::{Component, FnHooks, ForwardContext, HookPoint, Hooks, LayerEdits, Recorder};
+use musicgen_interp::model::{DecoderState, MusicGen};
 use musicgen_interp::Result;
 
 const TOL: f32 = 1e-4;
@@ -105,19 +106,27 @@ fn case_hooks(preset: &str, case: &str, layers: usize) -> Box<dyn Hooks> {
     }
 }
 
-/// Runs the reference's decoder calls (prefill, then cached steps) under `case` and compares every
-/// hook point and the logits of every call.
-fn decoder_case(preset: &str, case: &str) {
+/// The reference's decoder inputs: the loaded fixture, a guided state on the reference prompts, the
+/// token ids and the reference's calls `(start, len)`.
+fn decoder_setup(preset: &str) -> (MusicGen, DecoderState, Array3<i64>, Vec<(usize, usize)>) {
     let mut m = load(preset);
     let r = reference(preset);
     let cases = cases_json(preset);
     let ids: Array2<i64> = npy(r.join("text/input_ids.npy")).into_dimensionality::<Ix2>().unwrap();
     let mask: Array2<i64> = npy(r.join("text/attention_mask.npy")).into_dimensionality::<Ix2>().unwrap();
     let enc = m.text.encode_ids(ids, mask).unwrap();
-    let mut state = m.decoder.start_guided(enc.last_hidden_state.view(), enc.attention_mask.view()).unwrap();
-    assert_eq!(state.rows(), 4);
+    let state = m.decoder.start_guided(enc.last_hidden_state.view(), enc.attention_mask.view()).unwrap();
     let tokens: Array3<i64> = npy(r.join("decoder/input_ids.npy")).into_dimensionality::<Ix3>().unwrap();
     let calls: Vec<(usize, usize)> = serde_json::from_value(cases["decoder"]["calls"].clone()).expect("cases.json: decoder.calls");
+    (m, state, tokens, calls)
+}
+
+/// Runs the reference's decoder calls (prefill, then cached steps) under `case` and compares every
+/// hook point and the logits of every call.
+fn decoder_case(preset: &str, case: &str) {
+    let (mut m, mut state, tokens, calls) = decoder_setup(preset);
+    let r = reference(preset);
+    assert_eq!(state.rows(), 4);
     let layers = m.decoder.num_layers();
     let mut intervention = case_hooks(preset, case, layers);
     let mut compared = 0;
@@ -149,21 +158,14 @@ fn decoder_case(preset: &str, case: &str) {
 /// part equal the reference's prefill at those positions, and the cached steps after it equal the
 /// reference's steps.
 fn decoder_chunked_prefill(preset: &str, case: &str) {
-    let mut m = load(preset);
+    let (mut m, mut state, tokens, calls) = decoder_setup(preset);
     let r = reference(preset);
-    let cases = cases_json(preset);
-    let ids: Array2<i64> = npy(r.join("text/input_ids.npy")).into_dimensionality::<Ix2>().unwrap();
-    let mask: Array2<i64> = npy(r.join("text/attention_mask.npy")).into_dimensionality::<Ix2>().unwrap();
-    let enc = m.text.encode_ids(ids, mask).unwrap();
-    let mut state = m.decoder.start_guided(enc.last_hidden_state.view(), enc.attention_mask.view()).unwrap();
-    let tokens: Array3<i64> = npy(r.join("decoder/input_ids.npy")).into_dimensionality::<Ix3>().unwrap();
-    let calls: Vec<(usize, usize)> = serde_json::from_value(cases["decoder"]["calls"].clone()).expect("cases.json: decoder.calls");
     let (prefill_start, prefill_len) = calls[0];
     assert!(prefill_start == 0 && prefill_len >= 3, "{preset}: the reference prefill is too short to split");
     let split = 2;
     let layers = m.decoder.num_layers();
     let mut intervention = case_hooks(preset, case, layers);
-    let mut run = |state: &mut musicgen_interp::model::DecoderState, start: usize, len: usize| {
+    let mut run = |state: &mut DecoderState, start: usize, len: usize| {
         let mut rec = Recorder::all();
         let out = {
             let mut hooks: Vec<&mut dyn Hooks> = vec![&mut rec, &mut *intervention];
