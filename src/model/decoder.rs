@@ -6,18 +6,16 @@
 //! Each layer call binds the buffer as both the graph's `past_*` input and its `present_*` output
 //! (IO binding), so the graph's attention (onnxruntime's GroupQueryAttention) reads positions
 //! `< past_len` where they lie and writes this call's keys and values into them: no per-step copy of
-//! the cache in either direction. Capacity
-//! grows in chunks of [`CACHE_CHUNK`] positions, so the graphs never read much more than the live
-//! cache and a growth copy happens once per chunk.
+//! the cache in either direction. Capacity grows in chunks of [`CACHE_CHUNK`] positions, so the
+//! graphs never read much more than the live cache and a growth copy happens once per chunk.
 
-use std::ops::Range;
+use std::ops::{Deref, Range};
 
 use ndarray::{s, Array0, Array2, Array3, Array4, Array5, ArrayView2, ArrayView3, Axis};
 use ort::memory::MemoryInfo;
 use ort::session::IoBinding;
 use ort::value::{TensorRef, TensorRefMut};
 use ort::AsPointer;
-use std::ops::Deref;
 
 use super::graph::{take, Graph};
 use super::manifest::DecoderConfig;
@@ -238,6 +236,10 @@ impl Decoder {
         hooks.on_residual(&ctx, HookPoint::ResidPre(0), hidden.view_mut()).map_err(hook_error(HookPoint::ResidPre(0)))?;
 
         let zeros = Array3::<f32>::zeros((rows, t, c.d_model));
+        // onnxruntime's GroupQueryAttention takes several new positions over a non-empty cache for
+        // one row at a time only: such calls (a chunked prefill) run every layer row by row.
+        let groups: Vec<Range<usize>> =
+            if t > 1 && state.past_len > 0 { (0..rows).map(|r| r..r + 1).collect() } else { vec![0..rows] };
         for (l, layer) in self.layers.iter_mut().enumerate().take(layers) {
             let mut edits = LayerEdits::new(rows, t, c.d_model);
             hooks.edit_components(&ctx, l, &mut edits).map_err(|e| Error::Hook {
@@ -251,18 +253,14 @@ impl Decoder {
                 edit_arrays.push((comp, add, replace));
             }
             let want = Component::ALL.map(|comp| hooks.wants(&HookPoint::Component(l, comp)));
-            // onnxruntime's GroupQueryAttention takes several new positions over a non-empty cache
-            // for one row at a time only: such calls (a chunked prefill) run row by row.
-            let groups: Vec<Range<usize>> =
-                if t > 1 && state.past_len > 0 { (0..rows).map(|r| r..r + 1).collect() } else { vec![0..rows] };
             let mut parts = Vec::with_capacity(groups.len());
-            for group in groups {
+            for group in groups.iter().cloned() {
                 let inputs = LayerInputs { hidden: hidden.view(), past_len: &past_len, edits: &edit_arrays, zeros: &zeros };
                 parts.push(run_layer(layer, state, l, group, &inputs, want)?);
             }
-            let mut part = if parts.len() == 1 { parts.pop().expect("one part") } else { LayerOutput::concat(parts)? };
-            let resid_post = std::mem::take(&mut part.resid_post);
-            for (comp, out) in Component::ALL.into_iter().zip(&part.components) {
+            let LayerOutput { resid_post, components } =
+                if parts.len() == 1 { parts.pop().expect("one part") } else { LayerOutput::concat(parts)? };
+            for (comp, out) in Component::ALL.into_iter().zip(&components) {
                 if let Some(out) = out {
                     let point = HookPoint::Component(l, comp);
                     hooks.on_component(&ctx, point, out.view()).map_err(hook_error(point))?;
@@ -356,7 +354,7 @@ fn run_layer<'a>(
     let shape = ort::value::Shape::new([rows.len() as i64, heads as i64, capacity as i64, head_dim as i64]);
     let offset = rows.start * heads * capacity * head_dim;
     let cache = |buffer: &mut Array4<f32>| -> Result<TensorRefMut<'static, f32>> {
-        debug_assert!(buffer.is_standard_layout());
+        assert!(buffer.is_standard_layout(), "KV cache buffers are allocated in standard layout");
         // SAFETY: the cache buffers are standard-layout arrays owned by `state`, which outlives this
         // call; the pointer covers rows `rows` of one buffer. Nothing else touches the buffer while
         // the graph runs, and the tensor and the binding that hold the pointer are dropped before
@@ -370,15 +368,15 @@ fn run_layer<'a>(
     let value = cache(&mut state.values[l])?;
 
     let mut binding = graph.session.create_binding().map_err(Error::ort(context()))?;
-    let mut owned = Vec::new();
+    let mut values = Vec::new(); // views of the other inputs, alive until the run
     let bind = |binding: &mut IoBinding, name: &str, value: &ort::value::DynValue| bind_input(binding, name, value).map_err(Error::ort(context()));
     bind(&mut binding, "past_key", key.view().into_dyn().deref())?;
     bind(&mut binding, "past_value", value.view().into_dyn().deref())?;
-    owned.push(("hidden".to_string(), TensorRef::from_array_view(hidden.view())?.into_dyn()));
-    owned.push(("past_len".to_string(), TensorRef::from_array_view(inputs.past_len.view())?.into_dyn()));
-    owned.push(("cross_key".to_string(), TensorRef::from_array_view(cross_key.view())?.into_dyn()));
-    owned.push(("cross_value".to_string(), TensorRef::from_array_view(cross_value.view())?.into_dyn()));
-    owned.push(("encoder_attention_mask".to_string(), TensorRef::from_array_view(encoder_mask.view())?.into_dyn()));
+    values.push(("hidden", TensorRef::from_array_view(hidden.view())?.into_dyn()));
+    values.push(("past_len", TensorRef::from_array_view(inputs.past_len.view())?.into_dyn()));
+    values.push(("cross_key", TensorRef::from_array_view(cross_key.view())?.into_dyn()));
+    values.push(("cross_value", TensorRef::from_array_view(cross_value.view())?.into_dyn()));
+    values.push(("encoder_attention_mask", TensorRef::from_array_view(encoder_mask.view())?.into_dyn()));
     let mut edit_views = Vec::with_capacity(9);
     for (comp, add, replace) in inputs.edits {
         let name = comp.name();
@@ -388,10 +386,10 @@ fn run_layer<'a>(
         edit_views.push((format!("{name}_mask"), view(replace.as_ref().map(|(_, m)| m))));
     }
     for (name, view) in &edit_views {
-        owned.push((name.clone(), TensorRef::from_array_view(view.view())?.into_dyn()));
+        values.push((name.as_str(), TensorRef::from_array_view(view.view())?.into_dyn()));
     }
-    for (name, value) in &owned {
-        bind(&mut binding, name, value)?;
+    for (name, input) in &values {
+        bind(&mut binding, name, input)?;
     }
     binding.bind_output("present_key", key).map_err(Error::ort(context()))?;
     binding.bind_output("present_value", value).map_err(Error::ort(context()))?;
