@@ -38,6 +38,10 @@ struct RuntimeArgs {
     /// Hash every bundle file on load instead of trusting files already verified.
     #[arg(long, global = true)]
     verify_all: bool,
+    /// Let onnxruntime's worker threads sleep between operators instead of spinning (slower steps,
+    /// less CPU burnt while waiting).
+    #[arg(long, global = true)]
+    no_spin: bool,
 }
 
 #[derive(Subcommand)]
@@ -513,7 +517,7 @@ fn run(cli: Cli) -> Result<()> {
     if let Command::Plugins = cli.command {
         return list_plugins();
     }
-    let options = RuntimeOptions { device, threads: cli.runtime.threads, library: cli.runtime.ort_lib, cuda_device: 0 };
+    let options = RuntimeOptions { device, threads: cli.runtime.threads, library: cli.runtime.ort_lib, cuda_device: 0, spin: !cli.runtime.no_spin };
     let runtime = Runtime::init(&options)?;
     let verify = if cli.runtime.verify_all { Verify::Full } else { Verify::Cached };
     match cli.command {
