@@ -12,6 +12,9 @@ use crate::generate::{generate, GenerationRequest, SamplingConfig};
 use crate::hooks::NoHooks;
 use crate::model::MusicGen;
 
+/// Single steps timed at each cached length (the median is reported).
+const STEPS: usize = 20;
+
 pub const PROMPT: &str = "80s pop track with bassy drums and synth";
 
 /// Options of a benchmark run.
@@ -25,20 +28,54 @@ pub struct BenchOptions {
     pub threads: usize,
 }
 
-/// Bandwidth of a large memory copy on this machine now, bytes per second (best of several).
-pub fn copy_bandwidth() -> f64 {
-    let n = 64 << 20; // 256 MB of f32: far beyond any cache
-    let src = vec![1.0f32; n];
-    let mut dst = vec![0.0f32; n];
+/// Bandwidth of a large memory copy on this machine now, bytes moved (read + write) per second, best
+/// of `rounds`. The buffers are 256 MB each, far beyond any cache, and on huge pages like the
+/// model's weights and cache (see `runtime::hugepages`), so the copy runs as fast as this machine
+/// lets it: the floor it gives is the strictest.
+pub fn copy_bandwidth(rounds: usize) -> f64 {
+    let n = 64 << 20;
+    let buffer = || {
+        let mut v = vec![0.0f32; n]; // calloc: no page is touched yet
+        crate::runtime::hugepages::advise(&v);
+        v.fill(1.0);
+        v
+    };
+    let (src, mut dst) = (buffer(), buffer());
     let mut best = f64::MAX;
-    for _ in 0..5 {
+    for _ in 0..rounds {
         let t = Instant::now();
         dst.copy_from_slice(&src);
         best = best.min(t.elapsed().as_secs_f64());
         std::hint::black_box(&dst);
     }
-    // A copy reads and writes every byte.
+    drop((src, dst));
+    crate::runtime::release_free_memory();
     2.0 * (n * 4) as f64 / best
+}
+
+/// The peak resident memory of the model's own work, with the copy buffers of [`copy_bandwidth`]
+/// left out: the kernel's mark is reset after each copy and the highest mark kept here.
+struct PeakRss {
+    before: u64,
+}
+
+impl PeakRss {
+    fn new() -> PeakRss {
+        PeakRss { before: 0 }
+    }
+
+    /// The peak so far.
+    fn now(&self) -> u64 {
+        self.before.max(peak_rss().unwrap_or(0))
+    }
+
+    /// Measures the copy bandwidth without counting its buffers in the peak.
+    fn copy_bandwidth(&mut self, rounds: usize) -> f64 {
+        self.before = self.now();
+        let bandwidth = copy_bandwidth(rounds);
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        bandwidth
+    }
 }
 
 /// Peak resident memory of this process (VmHWM), bytes.
@@ -74,16 +111,18 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         .map(|(_, f)| f.bytes)
         .sum();
     let weight_bytes: u64 = man.files.values().map(|f| f.bytes).sum();
-    let bandwidth = copy_bandwidth();
-    // The copy's buffers are freed; reset the peak-RSS mark so it reports the model's work alone.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let mut peak = PeakRss::new();
+    let bandwidth = peak.copy_bandwidth(5);
+    let huge = model.huge_pages;
     say(format!(
-        "model {} ({} layers, d_model {}), decoder weights {:.2} GB, all graphs {:.2} GB; memory copy bandwidth {:.1} GB/s",
+        "model {} ({} layers, d_model {}), decoder weights {:.2} GB, all graphs {:.2} GB ({:.2} GB on huge pages{}); memory copy bandwidth {:.1} GB/s",
         man.source.model_id,
         d.num_layers,
         d.d_model,
         decoder_bytes as f64 / 1e9,
         weight_bytes as f64 / 1e9,
+        huge.huge_bytes as f64 / 1e9,
+        if huge.refused { ", the kernel refused some" } else { "" },
         bandwidth / 1e9
     ));
 
@@ -107,7 +146,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
     };
 
     // Which phase set the peak: (phase, peak RSS when it ended).
-    let mut peaks: Vec<(String, u64)> = vec![("loading".into(), peak_rss().unwrap_or(0))];
+    let mut peaks: Vec<(String, u64)> = vec![("loading".into(), peak.now())];
     say(format!("{:<10} {:>8} {:>12} {:>12} {:>8}", "clip", "steps", "rust st/s", "torch st/s", "ratio"));
     for (i, &secs) in options.durations.iter().enumerate() {
         let steps = steps_for(secs);
@@ -129,7 +168,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
             torch_rate.map_or("-".into(), |r| format!("{r:.2}")),
             torch_rate.map_or("-".into(), |r| format!("{:.2}x", rust / r))
         ));
-        peaks.push((format!("the {secs} s clip"), peak_rss().unwrap_or(0)));
+        peaks.push((format!("the {secs} s clip"), peak.now()));
     }
 
     if let Some(&secs) = options.durations.first() {
@@ -140,10 +179,10 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
             plain,
             hooked / plain
         ));
-        peaks.push(("the hook-overhead runs".into(), peak_rss().unwrap_or(0)));
+        peaks.push(("the hook-overhead runs".into(), peak.now()));
     }
 
-    say(format!("{:<10} {:>12} {:>12} {:>12}", "positions", "step ms", "floor ms", "step/floor"));
+    say(format!("{:<10} {:>12} {:>12} {:>12} {:>10}", "positions", "step ms", "floor ms", "step/floor", "copy GB/s"));
     for &p in &options.positions {
         let text = model.text.encode(&[PROMPT])?;
         let mut state = model.decoder.start_guided(text.last_hidden_state.view(), text.attention_mask.view())?;
@@ -157,18 +196,22 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
             model.decoder.forward(&mut state, ids.view(), &mut NoHooks)?;
             filled += n;
         }
+        // The floor's bandwidth is measured just before and just after the steps: other tenants of
+        // a shared host move it by 10-20% from minute to minute.
+        let mut bandwidth = peak.copy_bandwidth(3);
         let step = Array3::from_elem((rows, k, 1), 5i64);
         let mut times = Vec::new();
-        for _ in 0..10 {
+        for _ in 0..STEPS {
             let t = Instant::now();
             model.decoder.forward(&mut state, step.view(), &mut NoHooks)?;
             times.push(t.elapsed().as_secs_f64());
         }
-        let cache_bytes = 2 * d.num_layers * rows * (p + 5) * d.d_model * 4;
+        peaks.push((format!("the step at {p} positions"), peak.now()));
+        bandwidth = bandwidth.max(peak.copy_bandwidth(3));
+        let cache_bytes = 2 * d.num_layers * rows * (p + STEPS / 2) * d.d_model * 4;
         let floor = (decoder_bytes as f64 + cache_bytes as f64) / bandwidth;
         let ms = median(times) * 1e3;
-        say(format!("{:<10} {:>12.1} {:>12.1} {:>12.2}", p, ms, floor * 1e3, ms / (floor * 1e3)));
-        peaks.push((format!("the step at {p} positions"), peak_rss().unwrap_or(0)));
+        say(format!("{:<10} {:>12.1} {:>12.1} {:>12.2} {:>10.1}", p, ms, floor * 1e3, ms / (floor * 1e3), bandwidth / 1e9));
     }
 
     let frames = (5.0 * frame_rate) as usize;
@@ -182,8 +225,8 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         per_s,
         torch_codec.map_or("-".into(), |v| format!("{v:.3}"))
     ));
-    peaks.push(("EnCodec decode".into(), peak_rss().unwrap_or(0)));
-    if let Some(rss) = peak_rss() {
+    peaks.push(("EnCodec decode".into(), peak.now()));
+    if let Some(rss) = Some(peak.now()).filter(|&r| r > 0) {
         // The first phase after which the peak stood at its final value.
         let when = peaks.iter().find(|(_, p)| *p == rss).map_or("-", |(w, _)| w.as_str());
         say(format!(
