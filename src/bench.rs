@@ -29,18 +29,10 @@ pub struct BenchOptions {
 }
 
 /// Bandwidth of a large memory copy on this machine now, bytes moved (read + write) per second, best
-/// of `rounds`. The buffers are 256 MB each, far beyond any cache, and on huge pages like the
-/// model's weights and cache (see `runtime::hugepages`), so the copy runs as fast as this machine
-/// lets it: the floor it gives is the strictest.
+/// of `rounds`. The buffers are 256 MB each, far beyond any cache.
 pub fn copy_bandwidth(rounds: usize) -> f64 {
     let n = 64 << 20;
-    let buffer = || {
-        let mut v = vec![0.0f32; n]; // calloc: no page is touched yet
-        crate::runtime::hugepages::advise(&v);
-        v.fill(1.0);
-        v
-    };
-    let (src, mut dst) = (buffer(), buffer());
+    let (src, mut dst) = (vec![1.0f32; n], vec![0.5f32; n]);
     let mut best = f64::MAX;
     for _ in 0..rounds {
         let t = Instant::now();
@@ -113,16 +105,13 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
     let weight_bytes: u64 = man.files.values().map(|f| f.bytes).sum();
     let mut peak = PeakRss::new();
     let bandwidth = peak.copy_bandwidth(5);
-    let huge = model.huge_pages;
     say(format!(
-        "model {} ({} layers, d_model {}), decoder weights {:.2} GB, all graphs {:.2} GB ({:.2} GB on huge pages{}); memory copy bandwidth {:.1} GB/s",
+        "model {} ({} layers, d_model {}), decoder weights {:.2} GB, all graphs {:.2} GB; memory copy bandwidth {:.1} GB/s",
         man.source.model_id,
         d.num_layers,
         d.d_model,
         decoder_bytes as f64 / 1e9,
         weight_bytes as f64 / 1e9,
-        huge.huge_bytes as f64 / 1e9,
-        if huge.refused { ", the kernel refused some" } else { "" },
         bandwidth / 1e9
     ));
 

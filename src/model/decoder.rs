@@ -431,7 +431,6 @@ fn ensure_capacity(state: &mut DecoderState, c: &DecoderConfig, needed: usize) {
     // One buffer at a time, so growing holds one extra layer's cache, not a second whole cache.
     for buffer in state.keys.iter_mut().chain(state.values.iter_mut()) {
         let mut new = Array4::<f32>::zeros((rows, c.num_heads, capacity, c.head_dim));
-        crate::runtime::hugepages::advise(new.as_slice().expect("a new array is contiguous"));
         new.slice_mut(s![.., .., ..past, ..]).assign(&buffer.slice(s![.., .., ..past, ..]));
         *buffer = new;
     }

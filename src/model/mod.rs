@@ -17,7 +17,7 @@ pub use manifest::Manifest;
 pub use text::{TextEncoder, TextEncoding};
 
 use crate::error::Result;
-use crate::runtime::{hugepages, Runtime};
+use crate::runtime::Runtime;
 use graph::Graph;
 
 /// A loaded MusicGen: every graph of a bundle as a session on one runtime. Load once, reuse across
@@ -27,15 +27,12 @@ pub struct MusicGen {
     pub text: TextEncoder,
     pub decoder: Decoder,
     pub encodec: Encodec,
-    /// What moving the loaded weights onto huge pages did.
-    pub huge_pages: hugepages::Collapsed,
 }
 
 impl MusicGen {
     /// Opens and checks the bundle at `dir`, then loads its graphs.
     pub fn load(runtime: &Runtime, dir: impl AsRef<Path>, verify: Verify) -> Result<MusicGen> {
         let bundle = Bundle::open(dir, verify)?;
-        let before = hugepages::Snapshot::take();
         let m = &bundle.manifest;
         let dir = bundle.dir.clone();
         let load = |file: &str| Graph::load(runtime, &dir, file);
@@ -54,9 +51,7 @@ impl MusicGen {
             load(&m.graphs.encodec_decode_latent)?,
             load(&m.graphs.encodec_decode_upsample)?,
         )?;
-        // The packed weights every step reads: onto huge pages (see `runtime::hugepages`).
-        let huge_pages = hugepages::collapse_new(&before);
-        Ok(MusicGen { bundle, text, decoder, encodec, huge_pages })
+        Ok(MusicGen { bundle, text, decoder, encodec })
     }
 
     pub fn manifest(&self) -> &Manifest {

@@ -2,8 +2,6 @@
 //! pool shared by every session (so the per-layer sessions do not fight over the cores), and the
 //! execution provider, with the one that really runs reported (ORT falls back to CPU silently).
 
-pub mod hugepages;
-
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
