@@ -215,7 +215,8 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         torch_codec.map_or("-".into(), |v| format!("{v:.3}"))
     ));
     peaks.push(("EnCodec decode".into(), peak.now()));
-    if let Some(rss) = Some(peak.now()).filter(|&r| r > 0) {
+    let rss = peak.now();
+    if rss > 0 {
         // The first phase after which the peak stood at its final value.
         let when = peaks.iter().find(|(_, p)| *p == rss).map_or("-", |(w, _)| w.as_str());
         say(format!(
