@@ -53,7 +53,17 @@ impl Component {
         }
     }
 
-    fn index(self) -> usize {
+    /// The layer graph's edit inputs for this component: (`{name}_add`, `{name}_replace`,
+    /// `{name}_mask`).
+    pub fn edit_input_names(self) -> [&'static str; 3] {
+        match self {
+            Component::Attn => ["attn_add", "attn_replace", "attn_mask"],
+            Component::CrossAttn => ["cross_attn_add", "cross_attn_replace", "cross_attn_mask"],
+            Component::Mlp => ["mlp_add", "mlp_replace", "mlp_mask"],
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
@@ -389,6 +399,10 @@ mod tests {
         e.add(Component::Mlp)[[0, 1, 2]] += 2.0;
         assert_eq!(e.take_add(Component::Mlp).unwrap()[[0, 1, 2]], 3.0);
         assert!(e.take_add(Component::Attn).is_none());
+        for c in Component::ALL {
+            assert_eq!(c.edit_input_names(), ["add", "replace", "mask"].map(|k| format!("{}_{k}", c.name())));
+            assert_eq!(c.output_name(), format!("{}_out", c.name()));
+        }
         assert!(e.replace_at(Component::Attn, 1, 2, &[1.0; 3]).is_err());
         e.replace_at(Component::Attn, 1, 2, &[5.0; 4]).unwrap();
         let (v, m) = e.take_replace(Component::Attn).unwrap();

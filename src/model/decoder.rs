@@ -91,11 +91,7 @@ impl Decoder {
         embed.expect_dim("input_ids", 1, d.num_codebooks, "codebook count")?;
         embed.expect_dim("hidden", 2, d.d_model, "width")?;
         let mut inputs = vec!["hidden", "past_key", "past_value", "past_len", "cross_key", "cross_value", "encoder_attention_mask"];
-        let edit_names: Vec<String> = Component::ALL
-            .iter()
-            .flat_map(|c| ["add", "replace", "mask"].map(|k| format!("{}_{k}", c.name())))
-            .collect();
-        inputs.extend(edit_names.iter().map(String::as_str));
+        inputs.extend(Component::ALL.iter().flat_map(|c| c.edit_input_names()));
         for layer in &layers {
             layer.expect_inputs(&inputs)?;
             layer.expect_outputs(&["resid_post", "attn_out", "cross_attn_out", "mlp_out", "present_key", "present_value"])?;
@@ -377,16 +373,12 @@ fn run_layer<'a>(
     values.push(("cross_key", TensorRef::from_array_view(cross_key.view())?.into_dyn()));
     values.push(("cross_value", TensorRef::from_array_view(cross_value.view())?.into_dyn()));
     values.push(("encoder_attention_mask", TensorRef::from_array_view(encoder_mask.view())?.into_dyn()));
-    let mut edit_views = Vec::with_capacity(9);
     for (comp, add, replace) in inputs.edits {
-        let name = comp.name();
+        let [add_name, replace_name, mask_name] = comp.edit_input_names();
         let view = |a: Option<&'a Array3<f32>>| rows_of(a, inputs.zeros, &rows);
-        edit_views.push((format!("{name}_add"), view(add.as_ref())));
-        edit_views.push((format!("{name}_replace"), view(replace.as_ref().map(|(v, _)| v))));
-        edit_views.push((format!("{name}_mask"), view(replace.as_ref().map(|(_, m)| m))));
-    }
-    for (name, view) in &edit_views {
-        values.push((name.as_str(), TensorRef::from_array_view(view.view())?.into_dyn()));
+        values.push((add_name, TensorRef::from_array_view(view(add.as_ref()))?.into_dyn()));
+        values.push((replace_name, TensorRef::from_array_view(view(replace.as_ref().map(|(v, _)| v)))?.into_dyn()));
+        values.push((mask_name, TensorRef::from_array_view(view(replace.as_ref().map(|(_, m)| m)))?.into_dyn()));
     }
     for (name, input) in &values {
         bind(&mut binding, name, input)?;
@@ -394,18 +386,16 @@ fn run_layer<'a>(
     binding.bind_output("present_key", key).map_err(Error::ort(context()))?;
     binding.bind_output("present_value", value).map_err(Error::ort(context()))?;
     let cpu = MemoryInfo::default();
-    let mut names = vec!["resid_post"];
-    names.extend(Component::ALL.iter().zip(want).filter(|(_, w)| *w).map(|(c, _)| c.output_name()));
-    for name in &names {
-        binding.bind_output_to_device(*name, &cpu).map_err(Error::ort(context()))?;
+    let wanted = || Component::ALL.into_iter().zip(want).filter(|(_, w)| *w).map(|(c, _)| c);
+    binding.bind_output_to_device("resid_post", &cpu).map_err(Error::ort(context()))?;
+    for comp in wanted() {
+        binding.bind_output_to_device(comp.output_name(), &cpu).map_err(Error::ort(context()))?;
     }
     let outputs = graph.session.run_binding(&binding).map_err(Error::ort(context()))?;
     let resid_post = take(&outputs, "resid_post")?;
     let mut components = [None, None, None];
-    for (slot, comp) in components.iter_mut().zip(Component::ALL) {
-        if names.contains(&comp.output_name()) {
-            *slot = Some(take(&outputs, comp.output_name())?);
-        }
+    for comp in wanted() {
+        components[comp.index()] = Some(take(&outputs, comp.output_name())?);
     }
     Ok(LayerOutput { resid_post, components })
 }
