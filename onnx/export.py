@@ -27,12 +27,16 @@ sys.path.insert(0, str(HERE))
 
 from mg_fs import swap_in  # noqa: E402
 
-EXPORTER_VERSION = "0.3.0"
+EXPORTER_VERSION = "0.4.0"
 FORMAT = "musicgen-interp-bundle"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 OPSET = 17
 MAX_IR_VERSION = 10  # onnxruntime 1.31 rejects newer IR versions
 EXTERNAL_DATA_BYTES = 100 * 1024 * 1024  # graphs larger than this keep their weights in NAME.onnx.data
+# The CPU copies of the decoder graphs: matmuls against a 2-D fp32 weight use the runtime's own
+# weight-streaming kernel (src/runtime/matmul.rs); the copy shares the plain graph's weights file.
+CPU_OP_DOMAIN = "musicgen_interp"
+CPU_OP = "StreamMatMul"
 PRESETS = HERE / "presets"
 DEFAULT_GENERATION = {"guidance_scale": 3.0, "top_k": 250, "temperature": 1.0}
 
@@ -454,7 +458,8 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
         raise ExportError(f"{stem}: exported names {got_in} -> {got_out} differ from the contract (exporter bug)")
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     data_file = f"{stem}.onnx.data"
-    if proto.ByteSize() > EXTERNAL_DATA_BYTES:
+    cpu_copy = stem.startswith("decoder_layer_") or stem == "decoder_head"
+    if cpu_copy or proto.ByteSize() > EXTERNAL_DATA_BYTES:
         path.unlink()
         onnx.save_model(
             proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_file,
@@ -466,6 +471,8 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
         files = [path.name]
     onnx.checker.check_model(str(path))
     del proto
+    if cpu_copy:
+        files.append(write_cpu_copy(folder, stem))
     size = sum((folder / f).stat().st_size for f in files)
     msg = f"  {path.name:<24} {mb(size):>10}  {time.time() - t0:5.1f} s"
     if verify:
@@ -496,6 +503,27 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
         del sess
     log(msg)
     return files
+
+
+def write_cpu_copy(folder: Path, stem):
+    """`STEM.cpu.onnx`: STEM.onnx with each MatMul whose second input is a 2-D fp32 weight replaced by
+    the runtime's StreamMatMul (same inputs, same output), reading the same `STEM.onnx.data`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    proto = onnx.load(str(folder / f"{stem}.onnx"), load_external_data=False)
+    weights = {i.name for i in proto.graph.initializer if len(i.dims) == 2 and i.data_type == TensorProto.FLOAT}
+    n = 0
+    for node in proto.graph.node:
+        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and node.input[1] in weights:
+            node.op_type, node.domain = CPU_OP, CPU_OP_DOMAIN
+            n += 1
+    if n == 0:
+        raise ExportError(f"{stem}: no matmul against a weight found for the CPU copy (exporter bug)")
+    proto.opset_import.append(helper.make_opsetid(CPU_OP_DOMAIN, 1))
+    name = f"{stem}.cpu.onnx"
+    onnx.save_model(proto, str(folder / name))
+    return name
 
 
 def manifest(model, source, graph_files, tokenizer_file, folder: Path):
@@ -565,6 +593,8 @@ def manifest(model, source, graph_files, tokenizer_file, folder: Path):
             "decoder_embed": "decoder_embed.onnx",
             "decoder_layers": [f"decoder_layer_{l}.onnx" for l in range(L)],
             "decoder_head": "decoder_head.onnx",
+            "decoder_layers_cpu": [f"decoder_layer_{l}.cpu.onnx" for l in range(L)],
+            "decoder_head_cpu": "decoder_head.cpu.onnx",
             "encodec_encode": "encodec_encode.onnx",
             "encodec_decode_latent": "encodec_decode_latent.onnx",
             "encodec_decode_upsample": "encodec_decode_upsample.onnx",

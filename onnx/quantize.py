@@ -43,7 +43,7 @@ def quantize_graph(src, dst, bits, block_size, accuracy_level):
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
 
-    model = onnx.load(str(src))
+    model = onnx.load(str(src))  # with its external weights, if any
     q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level)
     q.process()
     out = q.model.model
@@ -73,6 +73,12 @@ def main(argv=None):
         raise QuantizeError(f"{src} is already reduced-precision ({manifest['precision']['weights']}); start from an fp32 bundle")
     graphs = manifest["graphs"]
     targets = set(graphs["decoder_layers"]) | {graphs["decoder_head"]}
+    # The fp32 CPU copies of those graphs and the fp32 weights files they share do not come along:
+    # the quantized graphs keep their (smaller) weights inline and run on every provider.
+    dropped = set(graphs.pop("decoder_layers_cpu", [])) | {graphs.pop("decoder_head_cpu", None)}
+    dropped |= {f"{t}.data" for t in targets}
+    for name in dropped:
+        manifest["files"].pop(name, None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -42,6 +42,10 @@ struct RuntimeArgs {
     /// less CPU burnt while waiting).
     #[arg(long, global = true)]
     no_spin: bool,
+    /// On CPU, run the decoder's plain graphs (onnxruntime's own MatMul) instead of the bundle's CPU
+    /// copies whose weight matmuls use this project's streaming kernel.
+    #[arg(long, global = true)]
+    plain_graphs: bool,
 }
 
 #[derive(Subcommand)]
@@ -517,7 +521,14 @@ fn run(cli: Cli) -> Result<()> {
     if let Command::Plugins = cli.command {
         return list_plugins();
     }
-    let options = RuntimeOptions { device, threads: cli.runtime.threads, library: cli.runtime.ort_lib, cuda_device: 0, spin: !cli.runtime.no_spin };
+    let options = RuntimeOptions {
+        device,
+        threads: cli.runtime.threads,
+        library: cli.runtime.ort_lib,
+        cuda_device: 0,
+        spin: !cli.runtime.no_spin,
+        cpu_kernels: !cli.runtime.plain_graphs,
+    };
     let runtime = Runtime::init(&options)?;
     let verify = if cli.runtime.verify_all { Verify::Full } else { Verify::Cached };
     match cli.command {

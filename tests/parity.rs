@@ -11,7 +11,8 @@ use ndarray::{s, Array1, Array2, Array3, ArrayViewMut3, Axis, Ix1, Ix2, Ix3, Ix4
 
 use common::{assert_close, fixture, load, npy};
 use musicgen_interp::hooks::{Component, FnHooks, ForwardContext, HookPoint, Hooks, LayerEdits, Recorder};
-use musicgen_interp::model::{DecoderState, MusicGen};
+use musicgen_interp::model::{DecoderState, MusicGen, Verify};
+use musicgen_interp::runtime::{Device, Runtime, RuntimeOptions};
 use musicgen_interp::Result;
 
 const TOL: f32 = 1e-4;
@@ -213,6 +214,43 @@ fn encodec(preset: &str) {
     }
 }
 
+/// On CPU the decoder runs the bundle's `*.cpu.onnx` copies (weight matmuls by the project's
+/// streaming kernel); they must agree with the plain graphs (onnxruntime's MatMul) on every layer's
+/// output and the logits. Three unguided rows: a prefill of 5 positions (15 rows: the GEMM path),
+/// then steps of 3 rows (a pair and a single row: the streaming path).
+fn cpu_copies_match_plain_graphs(preset: &str) {
+    let open = |cpu_kernels: bool| {
+        let rt = Runtime::init(&RuntimeOptions { device: Device::Cpu, threads: 2, cpu_kernels, ..Default::default() }).unwrap();
+        MusicGen::load(&rt, fixture(preset), Verify::Cached).unwrap()
+    };
+    let (mut cpu, mut plain) = (open(true), open(false));
+    let files = |m: &MusicGen| m.decoder.graph_files().iter().map(|f| f.ends_with(".cpu.onnx")).collect::<Vec<_>>();
+    assert!(files(&cpu).iter().all(|&c| c), "{preset}: the CPU runtime did not load the CPU copies");
+    assert!(files(&plain).iter().all(|&c| !c), "{preset}: --plain-graphs still loaded CPU copies");
+    let enc = cpu.text.encode(&["drums", "a slow violin", "bass"]).unwrap();
+    let layers = cpu.decoder.num_layers();
+    let k = cpu.manifest().decoder.num_codebooks;
+    let vocab = cpu.manifest().decoder.vocab_size;
+    let mut states = [&mut cpu, &mut plain].map(|m| {
+        let st = m.decoder.start(enc.last_hidden_state.view(), enc.attention_mask.view(), 0..3).unwrap();
+        (m, st)
+    });
+    for (call, t) in [5, 1, 1, 1].into_iter().enumerate() {
+        let ids = Array3::from_shape_fn((3, k, t), |(r, c, i)| ((r * 7 + c * 13 + i * 5 + call * 3) % vocab) as i64);
+        let [got, want] = states.each_mut().map(|(m, st)| {
+            let mut rec = Recorder::all();
+            let out = m.decoder.forward(st, ids.view(), &mut rec).unwrap();
+            (rec, out)
+        });
+        for l in 0..layers {
+            let point = HookPoint::ResidPost(l);
+            let what = format!("{preset} call {call} {point}: CPU copy vs plain graph");
+            assert_close(&what, got.0.get(point, call).unwrap(), want.0.get(point, call).unwrap(), 1e-5);
+        }
+        assert_close(&format!("{preset} call {call} logits: CPU copy vs plain"), &got.1.logits, &want.1.logits, 1e-5);
+    }
+}
+
 macro_rules! per_preset {
     ($($name:ident => $body:expr;)*) => {
         mod tiny { use super::*; $(#[test] fn $name() { $body("tiny") })* }
@@ -229,4 +267,5 @@ per_preset! {
     decoder_chunked_prefill_matches_transformers => |p| decoder_chunked_prefill(p, "add");
     decoder_chunked_prefill_with_replace_matches_forward_hooks => |p| decoder_chunked_prefill(p, "replace");
     encodec_matches_transformers => encodec;
+    cpu_graph_copies_match_the_plain_graphs => cpu_copies_match_plain_graphs;
 }

@@ -22,7 +22,7 @@ fn int8_bundle_is_smaller_and_says_so() {
     let p = q.manifest().precision.as_ref().expect("precision recorded");
     assert_eq!(p.weights, "int8");
     assert!(f.manifest().precision.is_none());
-    let bytes = |m: &MusicGen| -> u64 { p.graphs.iter().map(|g| m.manifest().files[g].bytes).sum() };
+    let bytes = |m: &MusicGen| -> u64 { p.graphs.iter().map(|g| m.manifest().graph_bytes(g)).sum() };
     assert!((bytes(&q) as f64) < 0.6 * bytes(&f) as f64, "int8 {} vs fp32 {} bytes", bytes(&q), bytes(&f));
 }
 

@@ -117,7 +117,7 @@ def test_manifest(bundle):
     import onnx
 
     man = json.loads((bundle / "manifest.json").read_text())
-    assert man["format"] == "musicgen-interp-bundle" and man["format_version"] == 3
+    assert man["format"] == "musicgen-interp-bundle" and man["format_version"] == 4
     assert man["source"]["kind"] == "random" and man["source"]["seed"] == 0
     audio = man["audio"]
     assert audio["hop_length"] * audio["frame_rate"] == audio["sample_rate"] and 1 <= audio["decode_context_frames"] <= 16
@@ -131,13 +131,44 @@ def test_manifest(bundle):
         data = (bundle / name).read_bytes()
         assert info["bytes"] == len(data), name
         assert info["sha256"] == hashlib.sha256(data).hexdigest(), name
-    graphs = [v for k, v in man["graphs"].items() if k != "decoder_layers"] + man["graphs"]["decoder_layers"]
+    graphs = [g for v in man["graphs"].values() for g in (v if isinstance(v, list) else [v])]
     for g in graphs:
         assert g in man["files"]
         model = onnx.load(str(bundle / g), load_external_data=False)
         assert model.ir_version <= 10, g
         assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17, g
     assert (bundle / "hf" / "config.json").is_file() and (bundle / "hf" / "tokenizer.json").is_file()
+
+
+def test_cpu_copies_share_the_weights_and_differ_only_in_the_matmul_kernel(bundle):
+    """The `*.cpu.onnx` decoder graphs: the plain graph's nodes with each weight MatMul now the runtime's
+    StreamMatMul (the Rust tests check their numbers against transformers), and no weight bytes of
+    their own."""
+    import onnx
+
+    man = json.loads((bundle / "manifest.json").read_text())
+    g = man["graphs"]
+    pairs = list(zip(g["decoder_layers"], g["decoder_layers_cpu"])) + [(g["decoder_head"], g["decoder_head_cpu"])]
+    assert len(pairs) == man["decoder"]["num_layers"] + 1
+    for plain_name, cpu_name in pairs:
+        plain = onnx.load(str(bundle / plain_name), load_external_data=False)
+        cpu = onnx.load(str(bundle / cpu_name), load_external_data=False)
+        assert (bundle / cpu_name).stat().st_size < 1 << 20, cpu_name
+        assert len(plain.graph.node) == len(cpu.graph.node)
+        swapped = 0
+        weights = {i.name: i for i in plain.graph.initializer}
+        for p, c in zip(plain.graph.node, cpu.graph.node):
+            assert list(p.input) == list(c.input) and list(p.output) == list(c.output)
+            if (c.domain, c.op_type) == ("musicgen_interp", "StreamMatMul"):
+                assert p.op_type == "MatMul" and len(weights[p.input[1]].dims) == 2
+                swapped += 1
+            else:
+                assert (p.domain, p.op_type) == (c.domain, c.op_type)
+        # decoder layers: q, k, v, out, cross q, cross out, fc1, fc2; the head: one per codebook
+        want = man["decoder"]["num_codebooks"] if plain_name == g["decoder_head"] else 8
+        assert swapped == want, (cpu_name, swapped)
+        locations = {d.value for i in cpu.graph.initializer for d in i.external_data if d.key == "location"}
+        assert locations == {f"{plain_name}.data"}, cpu_name
 
 
 I64, F32 = "tensor(int64)", "tensor(float)"

@@ -111,6 +111,11 @@ impl Decoder {
         self.layers.len()
     }
 
+    /// The graph files of the layers, then the head, as loaded (plain or CPU copies).
+    pub fn graph_files(&self) -> Vec<&str> {
+        self.layers.iter().chain([&self.head]).map(|g| g.file.as_str()).collect()
+    }
+
     /// Starts a generation: computes every layer's cross-attention keys and values once.
     /// `encoder_states` `[rows, S, text_width]` and `encoder_mask` `[rows, S]`; `conditional_rows`
     /// says which rows carry the condition (for hooks that act on those only).

@@ -17,12 +17,13 @@ pub struct Graph {
 }
 
 impl Graph {
-    pub fn load(runtime: &Runtime, bundle: &Path, file: &str) -> Result<Graph> {
+    /// Loads `file`; `kernels`: it uses the runtime's own operators (a `*.cpu.onnx` copy).
+    pub fn load(runtime: &Runtime, bundle: &Path, file: &str, kernels: bool) -> Result<Graph> {
         let path = bundle.join(file);
         if !path.is_file() {
             return Err(Error::MissingFile { path });
         }
-        let session = runtime.session(&path)?;
+        let session = runtime.session_with(&path, kernels)?;
         Ok(Graph { file: file.to_string(), session, bundle: bundle.to_path_buf() })
     }
 

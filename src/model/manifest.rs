@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 pub const FORMAT: &str = "musicgen-interp-bundle";
 /// The bundle format this runtime reads; a different one is refused.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -103,6 +103,12 @@ pub struct Graphs {
     pub decoder_embed: String,
     pub decoder_layers: Vec<String>,
     pub decoder_head: String,
+    /// Copies of the layer and head graphs for the CPU provider, whose weight matmuls use the
+    /// runtime's `musicgen_interp.StreamMatMul` (absent in bundles of exporters before 0.4.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_layers_cpu: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_head_cpu: Option<String>,
     pub encodec_encode: String,
     pub encodec_decode_latent: String,
     pub encodec_decode_upsample: String,
@@ -114,7 +120,17 @@ impl Graphs {
         let mut v = vec![self.text_encoder.as_str(), self.cross_kv.as_str(), self.decoder_embed.as_str()];
         v.extend(self.decoder_layers.iter().map(String::as_str));
         v.extend([self.decoder_head.as_str(), self.encodec_encode.as_str(), self.encodec_decode_latent.as_str(), self.encodec_decode_upsample.as_str()]);
+        v.extend(self.decoder_layers_cpu.iter().flatten().map(String::as_str));
+        v.extend(self.decoder_head_cpu.as_deref());
         v
+    }
+
+    /// The decoder layer and head graphs to load: the CPU copies when asked for and present.
+    pub fn decoder(&self, cpu_copies: bool) -> (&[String], &str) {
+        match (&self.decoder_layers_cpu, &self.decoder_head_cpu) {
+            (Some(layers), Some(head)) if cpu_copies => (layers, head),
+            _ => (&self.decoder_layers, &self.decoder_head),
+        }
     }
 }
 
@@ -125,6 +141,11 @@ pub struct FileEntry {
 }
 
 impl Manifest {
+    /// Bytes of one graph: its file plus its external weights file (`GRAPH.data`), if it has one.
+    pub fn graph_bytes(&self, graph: &str) -> u64 {
+        [graph.to_string(), format!("{graph}.data")].iter().filter_map(|f| self.files.get(f)).map(|f| f.bytes).sum()
+    }
+
     /// Reads and checks `manifest.json` (format, version, internal consistency). Files are checked by
     /// [`crate::model::Bundle::open`].
     pub fn load(path: &Path) -> Result<Manifest> {
@@ -161,6 +182,14 @@ impl Manifest {
                 "decoder.num_layers is {} but graphs.decoder_layers lists {} graphs",
                 d.num_layers,
                 self.graphs.decoder_layers.len()
+            ));
+        }
+        if self.graphs.decoder_layers_cpu.is_some() != self.graphs.decoder_head_cpu.is_some()
+            || self.graphs.decoder_layers_cpu.as_ref().is_some_and(|l| l.len() != d.num_layers)
+        {
+            return Err(format!(
+                "graphs.decoder_layers_cpu and graphs.decoder_head_cpu must both be present, with {} layers, or both absent",
+                d.num_layers
             ));
         }
         if self.audio.num_codebooks != d.num_codebooks {

@@ -35,15 +35,18 @@ impl MusicGen {
         let bundle = Bundle::open(dir, verify)?;
         let m = &bundle.manifest;
         let dir = bundle.dir.clone();
-        let load = |file: &str| Graph::load(runtime, &dir, file);
+        let load = |file: &str| Graph::load(runtime, &dir, file, false);
         let text = TextEncoder::new(m.text_encoder.clone(), &bundle.path(&m.tokenizer), load(&m.graphs.text_encoder)?)?;
-        let layers = m.graphs.decoder_layers.iter().map(|f| load(f)).collect::<Result<Vec<_>>>()?;
+        let kernels = runtime.cpu_kernels() && m.graphs.decoder_layers_cpu.is_some();
+        let (layer_files, head_file) = m.graphs.decoder(kernels);
+        let load_decoder = |file: &str| Graph::load(runtime, &dir, file, kernels);
+        let layers = layer_files.iter().map(|f| load_decoder(f)).collect::<Result<Vec<_>>>()?;
         let decoder = Decoder::new(
             m.decoder.clone(),
             load(&m.graphs.cross_kv)?,
             load(&m.graphs.decoder_embed)?,
             layers,
-            load(&m.graphs.decoder_head)?,
+            load_decoder(head_file)?,
         )?;
         let encodec = Encodec::new(
             m.audio.clone(),

@@ -5,14 +5,17 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::ep::{self, ExecutionProvider};
+use ort::operator::OperatorDomain;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
 use crate::error::{Error, Result};
+
+pub mod matmul;
 
 /// Environment variables that name the onnxruntime shared library, most specific first.
 pub const LIBRARY_ENV_VARS: [&str; 2] = ["MUSICGEN_INTERP_ORT_LIB", "ORT_DYLIB_PATH"];
@@ -72,11 +75,14 @@ pub struct RuntimeOptions {
     /// three alternating runs of 60 steps: 51-55 ms medians spinning against 58-66 ms sleeping).
     /// The price is CPU time burnt while a step waits on the host, which other processes cannot use.
     pub spin: bool,
+    /// On the CPU provider, load the decoder's `*.cpu.onnx` graphs (weight matmuls by
+    /// [`matmul::StreamMatMul`]) when the bundle has them; `false` runs the plain graphs.
+    pub cpu_kernels: bool,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { device: Device::Auto, threads: 0, library: None, cuda_device: 0, spin: true }
+        RuntimeOptions { device: Device::Auto, threads: 0, library: None, cuda_device: 0, spin: true, cpu_kernels: true }
     }
 }
 
@@ -89,11 +95,15 @@ pub struct Runtime {
     /// Why `auto` chose CPU, when it did.
     fallback_reason: Option<String>,
     library: PathBuf,
+    threads: usize,
+    cpu_kernels: bool,
 }
 
 struct Global {
     env: Environment,
     library: PathBuf,
+    /// The global pool's intra-op threads (resolved: never 0).
+    threads: usize,
 }
 
 static GLOBAL: OnceLock<std::result::Result<Global, String>> = OnceLock::new();
@@ -107,7 +117,14 @@ impl Runtime {
             Err(message) => return Err(Error::Runtime(message.clone())),
         };
         let (provider, fallback_reason) = choose_provider(options)?;
-        Ok(Runtime { env: global.env.clone(), provider, fallback_reason, library: global.library.clone() })
+        Ok(Runtime {
+            env: global.env.clone(),
+            provider,
+            fallback_reason,
+            library: global.library.clone(),
+            threads: global.threads,
+            cpu_kernels: options.cpu_kernels,
+        })
     }
 
     /// The provider every session of this runtime uses.
@@ -123,6 +140,11 @@ impl Runtime {
         }
     }
 
+    /// Whether the decoder's CPU graph copies (with the project's matmul kernel) are to be used.
+    pub fn cpu_kernels(&self) -> bool {
+        self.cpu_kernels && self.provider == Provider::Cpu
+    }
+
     /// The onnxruntime library in use.
     pub fn library(&self) -> &Path {
         &self.library
@@ -130,6 +152,12 @@ impl Runtime {
 
     /// Creates a session for one graph file on this runtime's provider.
     pub fn session(&self, path: &Path) -> Result<Session> {
+        self.session_with(path, false)
+    }
+
+    /// Like [`Runtime::session`], with the project's operators ([`matmul::StreamMatMul`]) registered
+    /// when `kernels` is set (the decoder's `*.cpu.onnx` copies need them; CPU provider only).
+    pub fn session_with(&self, path: &Path, kernels: bool) -> Result<Session> {
         let context = format!("loading {}", path.display());
         let mut builder = Session::builder(&self.env)
             .map_err(Error::ort(context.clone()))?
@@ -146,6 +174,17 @@ impl Runtime {
                 Error::CudaUnavailable { reason: ort::Error::<()>::from(e).to_string() }
             })?;
         }
+        if kernels {
+            let domain = OperatorDomain::new(matmul::DOMAIN)
+                .and_then(|d| d.add(matmul::StreamMatMul { threads: self.threads }))
+                .map_err(Error::ort(context.clone()))?;
+            builder = builder.with_operators(domain)?;
+        }
+        // onnxruntime adds a custom domain to a process-wide table (which every model load reads)
+        // while it creates the session; two sessions created at once collided there ("domain is
+        // already exist"), so sessions are created one at a time.
+        static CREATING: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = CREATING.lock().unwrap_or_else(|e| e.into_inner());
         let session = builder.commit_from_file(path).map_err(Error::ort(context))?;
         release_free_memory();
         Ok(session)
@@ -207,7 +246,11 @@ fn init_global(options: &RuntimeOptions) -> Result<Global> {
         .with_global_thread_pool(pool)
         .build()
         .map_err(|e| Error::RuntimeLibraryLoad { path: library.clone(), reason: e.to_string() })?;
-    Ok(Global { env, library })
+    let threads = match options.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    Ok(Global { env, library, threads })
 }
 
 fn choose_provider(options: &RuntimeOptions) -> Result<(Provider, Option<String>)> {
