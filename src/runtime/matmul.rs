@@ -21,7 +21,8 @@ use ort::value::TensorElementType;
 pub const DOMAIN: &str = "musicgen_interp";
 pub const OP_NAME: &str = "StreamMatMul";
 
-/// Up to this many rows the weights are streamed once per pair of rows; above it, GEMM.
+/// Up to this many rows the weights are streamed once per pair of rows; above it, a GEMM in
+/// 16-column panels.
 const STREAM_MAX_ROWS: usize = 8;
 
 /// The operator, with the number of threads the kernel splits its work over (the pool's size).
@@ -147,24 +148,7 @@ pub fn matmul<E>(
             let n0 = i * cols;
             let nb = cols.min(n - n0);
             // SAFETY: in-bounds by the assert above; part i writes columns n0..n0+nb of y only.
-            unsafe {
-                matrixmultiply::sgemm(
-                    m,
-                    k,
-                    nb,
-                    1.0,
-                    p.a,
-                    k as isize,
-                    1,
-                    p.w.add(n0),
-                    n as isize,
-                    1,
-                    0.0,
-                    p.y.add(n0),
-                    n as isize,
-                    1,
-                );
-            }
+            unsafe { gemm_columns(p.a, p.w, p.y, Shape { m, k, n }, n0, nb) };
         };
         return run(&part, total);
     }
@@ -199,6 +183,21 @@ pub fn matmul<E>(
         y[..m * n].iter_mut().zip(block).for_each(|(y, b)| *y += b);
     }
     Ok(())
+}
+
+/// Columns `n0..n0 + nb` of `y = a · w` for all rows (many rows: a prefill).
+///
+/// # Safety
+/// The pointers hold `m * k`, `k * n` and `m * n` values; nothing else writes those columns of `y`.
+unsafe fn gemm_columns(a: *const f32, w: *const f32, y: *mut f32, s: Shape, n0: usize, nb: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return avx2::gemm_columns(a, w, y, s, n0, nb);
+        }
+    }
+    let Shape { m, k, n } = s;
+    matrixmultiply::sgemm(m, k, nb, 1.0, a, k as isize, 1, w.add(n0), n as isize, 1, 0.0, y.add(n0), n as isize, 1);
 }
 
 /// `acc[r, :] = Σ_{k0 <= j < k1} a[r, j] · w[j, :]` for every row r, rows taken in pairs.
@@ -259,6 +258,76 @@ fn portable_pair(
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
+
+    use super::Shape;
+
+    /// Columns `n0..n0 + nb` of `y = a · w`, in panels of 16 columns (one cache line of each row of
+    /// W) and blocks of `KB` rows of W: a panel's block (16 KB, as many pages) is read from memory
+    /// once and then from L1 by every block of six rows of `a`, each 6 x 16 block of `y` in twelve
+    /// registers. No packing, so no copy of W is made; edge columns and rows take plain loops.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemm_columns(a: *const f32, w: *const f32, y: *mut f32, s: Shape, n0: usize, nb: usize) {
+        const KB: usize = 256;
+        let Shape { m, k, n } = s;
+        let full = nb - nb % 16;
+        for r in 0..m {
+            std::ptr::write_bytes(y.add(r * n + n0), 0, nb);
+        }
+        for k0 in (0..k).step_by(KB) {
+            let k1 = (k0 + KB).min(k);
+            for c in (n0..n0 + full).step_by(16) {
+                let mut r = 0;
+                while r < m {
+                    match m - r {
+                        1 => block::<1>(a, w, y, s, r, c, k0, k1),
+                        2 => block::<2>(a, w, y, s, r, c, k0, k1),
+                        3 => block::<3>(a, w, y, s, r, c, k0, k1),
+                        4 => block::<4>(a, w, y, s, r, c, k0, k1),
+                        5 => block::<5>(a, w, y, s, r, c, k0, k1),
+                        _ => block::<6>(a, w, y, s, r, c, k0, k1),
+                    }
+                    r += 6;
+                }
+            }
+            for c in n0 + full..n0 + nb {
+                for r in 0..m {
+                    let mut sum = *y.add(r * n + c);
+                    for j in k0..k1 {
+                        sum = (*a.add(r * k + j)).mul_add(*w.add(j * n + c), sum);
+                    }
+                    *y.add(r * n + c) = sum;
+                }
+            }
+        }
+    }
+
+    /// `y[r..r + R, c..c + 16] += a[r..r + R, k0..k1] · w[k0..k1, c..c + 16]`, the block of `y` in
+    /// 2R registers (R = 6: twelve accumulators, enough to keep both FMA pipes busy).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const R: usize>(a: *const f32, w: *const f32, y: *mut f32, s: Shape, r: usize, c: usize, k0: usize, k1: usize) {
+        let Shape { k, n, .. } = s;
+        let mut acc = [_mm256_setzero_ps(); 12];
+        for i in 0..R {
+            let o = y.add((r + i) * n + c);
+            acc[2 * i] = _mm256_loadu_ps(o);
+            acc[2 * i + 1] = _mm256_loadu_ps(o.add(8));
+        }
+        for j in k0..k1 {
+            let wp = w.add(j * n + c);
+            let (w0, w1) = (_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8)));
+            for i in 0..R {
+                let x = _mm256_broadcast_ss(&*a.add((r + i) * k + j));
+                acc[2 * i] = _mm256_fmadd_ps(x, w0, acc[2 * i]);
+                acc[2 * i + 1] = _mm256_fmadd_ps(x, w1, acc[2 * i + 1]);
+            }
+        }
+        for i in 0..R {
+            let o = y.add((r + i) * n + c);
+            _mm256_storeu_ps(o, acc[2 * i]);
+            _mm256_storeu_ps(o.add(8), acc[2 * i + 1]);
+        }
+    }
 
     /// Four rows of W at a time, eight columns per register; the accumulators stay in L1.
     #[target_feature(enable = "avx2,fma")]
