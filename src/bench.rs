@@ -137,15 +137,19 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
     // Which phase set the peak: (phase, peak RSS when it ended).
     let mut peaks: Vec<(String, u64)> = vec![("loading".into(), peak.now())];
     say(format!("{:<10} {:>8} {:>12} {:>12} {:>8}", "clip", "steps", "rust st/s", "torch st/s", "ratio"));
+    let request = |steps: usize| GenerationRequest {
+        prompts: vec![PROMPT.into()],
+        audio_codes: None,
+        max_new_tokens: steps,
+        sampling: SamplingConfig { seed: 0, ..SamplingConfig::default() },
+        ..Default::default()
+    };
+    // A 4-step warm-up, as the PyTorch side has: the first pass touches every weight page (the CPU
+    // graph copies read their weights from the mapped file).
+    generate(model, &request(4), &mut NoHooks, |_, _| {})?;
     for (i, &secs) in options.durations.iter().enumerate() {
         let steps = steps_for(secs);
-        let request = GenerationRequest {
-            prompts: vec![PROMPT.into()],
-            audio_codes: None,
-            max_new_tokens: steps,
-            sampling: SamplingConfig { seed: 0, ..SamplingConfig::default() },
-            ..Default::default()
-        };
+        let request = request(steps);
         let out = generate(model, &request, &mut NoHooks, |_, _| {})?;
         let rust = steps as f64 / out.decode_time.as_secs_f64();
         let torch_rate = torch.as_ref().and_then(|t| t["generate"][i]["steps_per_s"].as_f64());
