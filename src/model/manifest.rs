@@ -125,12 +125,9 @@ impl Graphs {
         v
     }
 
-    /// The decoder layer and head graphs to load: the CPU copies when asked for and present.
-    pub fn decoder(&self, cpu_copies: bool) -> (&[String], &str) {
-        match (&self.decoder_layers_cpu, &self.decoder_head_cpu) {
-            (Some(layers), Some(head)) if cpu_copies => (layers, head),
-            _ => (&self.decoder_layers, &self.decoder_head),
-        }
+    /// The CPU copies of the decoder layer and head graphs, if the bundle has them.
+    pub fn decoder_cpu(&self) -> Option<(&[String], &str)> {
+        Some((self.decoder_layers_cpu.as_deref()?, self.decoder_head_cpu.as_deref()?))
     }
 }
 

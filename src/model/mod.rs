@@ -37,8 +37,9 @@ impl MusicGen {
         let dir = bundle.dir.clone();
         let load = |file: &str| Graph::load(runtime, &dir, file, false);
         let text = TextEncoder::new(m.text_encoder.clone(), &bundle.path(&m.tokenizer), load(&m.graphs.text_encoder)?)?;
-        let kernels = runtime.cpu_kernels() && m.graphs.decoder_layers_cpu.is_some();
-        let (layer_files, head_file) = m.graphs.decoder(kernels);
+        let cpu_copies = if runtime.cpu_kernels() { m.graphs.decoder_cpu() } else { None };
+        let kernels = cpu_copies.is_some();
+        let (layer_files, head_file) = cpu_copies.unwrap_or((&m.graphs.decoder_layers, &m.graphs.decoder_head));
         let load_decoder = |file: &str| Graph::load(runtime, &dir, file, kernels);
         let layers = layer_files.iter().map(|f| load_decoder(f)).collect::<Result<Vec<_>>>()?;
         let decoder = Decoder::new(

@@ -71,11 +71,7 @@ impl Operator for StreamMatMul {
                 .output(0, out_shape)?
                 .ok_or_else(|| ort::Error::new("StreamMatMul: no output"))?;
             let (_, y) = y.try_extract_tensor_mut::<f32>()?;
-            let m = if k == 0 {
-                y.len() / n.max(1)
-            } else {
-                a.len() / k
-            };
+            let m = a_shape[..a_shape.len() - 1].iter().product::<i64>() as usize;
             let run = |f: &(dyn Fn(usize) + Sync), total: usize| -> ort::Result<()> {
                 if total <= 1 {
                     (0..total).for_each(f);
@@ -192,7 +188,7 @@ pub fn matmul<E>(
 unsafe fn gemm_columns(a: *const f32, w: *const f32, y: *mut f32, s: Shape, n0: usize, nb: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if avx2::available() {
             return avx2::gemm_columns(a, w, y, s, n0, nb);
         }
     }
@@ -219,9 +215,7 @@ fn stream_rows(a: &[f32], w: &[f32], acc: &mut [f32], s: Shape, k0: usize, k1: u
         };
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if avx2::available() {
                 // SAFETY: the features were just detected.
                 unsafe { avx2::pair(x0, x1, w, n, k0, k1, acc0, acc1) };
                 r += rows;
@@ -260,6 +254,11 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::Shape;
+
+    /// Whether this CPU has the instructions the kernels below are compiled for.
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
 
     /// Columns `n0..n0 + nb` of `y = a · w`, in panels of 16 columns (one cache line of each row of
     /// W) and blocks of `KB` rows of W: a panel's block (16 KB, as many pages) is read from memory
@@ -344,7 +343,7 @@ mod avx2 {
     ) {
         let two = acc1.is_some();
         let a0 = acc0.as_mut_ptr();
-        let a1 = acc1.as_deref_mut().map_or(a0, |a| a.as_mut_ptr());
+        let a1 = acc1.as_mut().map_or(a0, |a| a.as_mut_ptr());
         let n8 = n - n % 8;
         let mut j = k0;
         while j + 4 <= k1 {
