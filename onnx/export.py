@@ -27,14 +27,16 @@ sys.path.insert(0, str(HERE))
 
 from mg_fs import swap_in  # noqa: E402
 
-EXPORTER_VERSION = "0.4.0"
+EXPORTER_VERSION = "0.5.0"
 FORMAT = "musicgen-interp-bundle"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 OPSET = 17
 MAX_IR_VERSION = 10  # onnxruntime 1.31 rejects newer IR versions
 EXTERNAL_DATA_BYTES = 100 * 1024 * 1024  # graphs larger than this keep their weights in NAME.onnx.data
 # The CPU copies of the decoder graphs: matmuls against a 2-D fp32 weight use the runtime's own
-# weight-streaming kernel (src/runtime/matmul.rs); the copy shares the plain graph's weights file.
+# weight-streaming kernel (src/runtime/matmul.rs), and a layer's attention, cross-attention and
+# interventions the runtime's own operators (src/runtime/attention.rs); a copy reads the plain
+# graph's weights file.
 CPU_OP_DOMAIN = "musicgen_interp"
 CPU_OP = "StreamMatMul"
 PRESETS = HERE / "presets"
@@ -451,6 +453,18 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
             dynamo=False,
             custom_opsets={"com.microsoft": 1} if stem.startswith("decoder_layer_") else None,
         )
+        if stem.startswith("decoder_layer_"):
+            # the CPU copy's own operators, traced from the same module (weights relinked below)
+            cpu_path = folder / f"{stem}.cpu.onnx"
+            module.cpu_ops = True
+            try:
+                torch.onnx.export(
+                    module, example, str(cpu_path), input_names=in_names, output_names=out_names,
+                    dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
+                    custom_opsets={CPU_OP_DOMAIN: 1},
+                )
+            finally:
+                module.cpu_ops = False
     proto = onnx.load(str(path))
     got_in = [i.name for i in proto.graph.input]
     got_out = [o.name for o in proto.graph.output]
@@ -472,7 +486,7 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
     onnx.checker.check_model(str(path))
     del proto
     if cpu_copy:
-        files.append(write_cpu_copy(folder, stem))
+        files.append(write_cpu_copy(folder, stem, traced=stem.startswith("decoder_layer_")))
     size = sum((folder / f).stat().st_size for f in files)
     msg = f"  {path.name:<24} {mb(size):>10}  {time.time() - t0:5.1f} s"
     if verify:
@@ -505,13 +519,53 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
     return files
 
 
-def write_cpu_copy(folder: Path, stem):
-    """`STEM.cpu.onnx`: STEM.onnx with each MatMul whose second input is a 2-D fp32 weight replaced by
-    the runtime's StreamMatMul (same inputs, same output), reading the same `STEM.onnx.data`."""
+def relink_weights(proto, folder: Path, plain):
+    """Points each initializer of `proto` at the identical tensor in the plain graph's weights file
+    (matched by content), so a CPU copy traced on its own holds no weights of its own. Initializers
+    below the external-data threshold stay inline, as they are in the plain graph."""
+    import hashlib
+
+    from onnx import TensorProto
+    from onnx.external_data_helper import ExternalDataInfo
+
+    def key(tensor, raw):
+        return (tensor.data_type, tuple(tensor.dims), hashlib.sha256(raw).hexdigest())
+
+    stored = {}
+    for t in plain.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL:
+            info = ExternalDataInfo(t)
+            with open(folder / info.location, "rb") as f:
+                f.seek(info.offset or 0)
+                raw = f.read(info.length)
+            stored[key(t, raw)] = list(t.external_data)
+    for t in proto.graph.initializer:
+        if len(t.raw_data) < 1024:
+            continue
+        entries = stored.get(key(t, t.raw_data))
+        if entries is None:
+            raise ExportError(f"CPU copy: initializer {t.name} {list(t.dims)} is not in the plain graph's weights (exporter bug)")
+        t.ClearField("raw_data")
+        t.data_location = TensorProto.EXTERNAL
+        t.external_data.extend(entries)
+
+
+def write_cpu_copy(folder: Path, stem, traced):
+    """`STEM.cpu.onnx`: STEM.onnx, or with `traced` the graph the exporter traced with the runtime's
+    own attention and intervention operators (already at STEM.cpu.onnx, for a layer). In both, each
+    MatMul whose second input is a 2-D fp32 weight becomes the runtime's StreamMatMul (same inputs,
+    same output), and the weights are read from STEM.onnx.data."""
     import onnx
     from onnx import TensorProto, helper
 
-    proto = onnx.load(str(folder / f"{stem}.onnx"), load_external_data=False)
+    name = f"{stem}.cpu.onnx"
+    plain = onnx.load(str(folder / f"{stem}.onnx"), load_external_data=False)
+    if traced:
+        proto = onnx.load(str(folder / name))
+        relink_weights(proto, folder, plain)
+        proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    else:
+        proto = plain
     weights = {i.name for i in proto.graph.initializer if len(i.dims) == 2 and i.data_type == TensorProto.FLOAT}
     n = 0
     for node in proto.graph.node:
@@ -520,8 +574,8 @@ def write_cpu_copy(folder: Path, stem):
             n += 1
     if n == 0:
         raise ExportError(f"{stem}: no matmul against a weight found for the CPU copy (exporter bug)")
-    proto.opset_import.append(helper.make_opsetid(CPU_OP_DOMAIN, 1))
-    name = f"{stem}.cpu.onnx"
+    if not any(o.domain == CPU_OP_DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(CPU_OP_DOMAIN, 1))
     onnx.save_model(proto, str(folder / name))
     return name
 

@@ -25,6 +25,8 @@ from transformers.models.encodec.modeling_encodec import (
 from transformers.models.t5.modeling_t5 import T5Attention
 
 NEG = torch.finfo(torch.float32).min
+# The runtime's own operators (src/runtime), used by the CPU copies of the decoder graphs.
+CPU_DOMAIN = "musicgen_interp"
 
 
 # ----------------------------------------------------------------------------------------- text
@@ -216,6 +218,77 @@ class CachedSelfAttention(torch.autograd.Function):
         return out, present_key, present_value
 
 
+class StreamAttention(torch.autograd.Function):
+    """The CPU copy's cached self-attention: the arithmetic of CachedSelfAttention, exported as the
+    runtime's own `musicgen_interp::CachedAttention` (q, k, v, past_key, past_value, past_len) ->
+    (out, present_key, present_value). It takes past_len itself (no seqlens to compute in the graph)
+    and any number of new positions for any number of rows over a non-empty cache."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, past_key, past_value, past_len, num_heads, scale):
+        total = (past_len + q.shape[1]).to(torch.int32)
+        seqlens_k = (total - 1).reshape(1).expand(q.shape[0])
+        return CachedSelfAttention.forward(None, q, k, v, past_key, past_value, seqlens_k, total, num_heads, scale)
+
+    @staticmethod
+    def symbolic(g, q, k, v, past_key, past_value, past_len, num_heads, scale):
+        out, present_key, present_value = g.op(
+            f"{CPU_DOMAIN}::CachedAttention", q, k, v, past_key, past_value, past_len,
+            num_heads_i=num_heads, scale_f=scale, outputs=3,
+        )
+        out.setType(q.type())
+        present_key.setType(past_key.type())
+        present_value.setType(past_value.type())
+        return out, present_key, present_value
+
+
+def _cross_attention(q, cross_key, cross_value, encoder_attention_mask, num_heads, scale):
+    """Cross-attention over precomputed keys/values; a row whose mask is all zeros gets 0, as torch's
+    scaled_dot_product_attention (transformers' default) gives for fully masked rows."""
+    b, t = q.shape[0], q.shape[1]
+    q = q.view(b, t, num_heads, -1).transpose(1, 2)
+    s = torch.matmul(q, cross_key.transpose(2, 3)) * scale  # [B, H, T, S]
+    keep = encoder_attention_mask[:, None, None, :] > 0
+    s = torch.where(keep, s, torch.full_like(s, NEG))
+    probs = torch.softmax(s, dim=-1)
+    row_any = (encoder_attention_mask.sum(dim=-1) > 0).to(probs.dtype)[:, None, None, None]
+    o = torch.matmul(probs * row_any, cross_value)
+    return o.transpose(1, 2).reshape(b, t, -1)
+
+
+class StreamCrossAttention(torch.autograd.Function):
+    """_cross_attention as the runtime's `musicgen_interp::CrossAttention` (q, cross_key, cross_value,
+    encoder_attention_mask) -> out, for the CPU copy."""
+
+    @staticmethod
+    def forward(ctx, q, cross_key, cross_value, encoder_attention_mask, num_heads, scale):
+        return _cross_attention(q, cross_key, cross_value, encoder_attention_mask, num_heads, scale)
+
+    @staticmethod
+    def symbolic(g, q, cross_key, cross_value, encoder_attention_mask, num_heads, scale):
+        out = g.op(
+            f"{CPU_DOMAIN}::CrossAttention", q, cross_key, cross_value, encoder_attention_mask,
+            num_heads_i=num_heads, scale_f=scale,
+        )
+        out.setType(q.type())
+        return out
+
+
+class Intervene(torch.autograd.Function):
+    """residual + (out * (1 - mask) + replace * mask + add), as the runtime's
+    `musicgen_interp::Intervene` for the CPU copy (one node where the plain graph has six)."""
+
+    @staticmethod
+    def forward(ctx, residual, out, add, replace, mask):
+        return residual + _intervene(out, add, replace, mask)
+
+    @staticmethod
+    def symbolic(g, residual, out, add, replace, mask):
+        y = g.op(f"{CPU_DOMAIN}::Intervene", residual, out, add, replace, mask)
+        y.setType(residual.type())
+        return y
+
+
 class DecoderLayer(nn.Module):
     """One MusicgenDecoderLayer with a host-owned self-attention cache and component interventions."""
 
@@ -225,6 +298,14 @@ class DecoderLayer(nn.Module):
         self.n_heads = num_heads
         self.head_dim = layer.embed_dim // num_heads
         self.dim = layer.embed_dim
+        # True while exporting the CPU copy: attention, cross-attention and the interventions become
+        # the runtime's own operators (same arithmetic, far fewer nodes).
+        self.cpu_ops = False
+
+    def _edit(self, residual, out, add, replace, mask):
+        if self.cpu_ops:
+            return Intervene.apply(residual, out, add, replace, mask)
+        return residual + _intervene(out, add, replace, mask)
 
     def forward(
         self,
@@ -247,38 +328,34 @@ class DecoderLayer(nn.Module):
     ):
         ly = self.layer
         b, t = hidden.shape[0], hidden.shape[1]
-        nh, hd = self.n_heads, self.head_dim
+        nh = self.n_heads
 
         # self-attention: cache positions < past_len, then this call's positions causally, one softmax;
         # this call's keys and values go into the cache at past_len (present_key / present_value)
         sa = ly.self_attn
         x = ly.self_attn_layer_norm(hidden)
-        total = (past_len + t).to(torch.int32)
-        seqlens_k = (total - 1).reshape(1).expand(b)
-        o, present_key, present_value = CachedSelfAttention.apply(
-            sa.q_proj(x), sa.k_proj(x), sa.v_proj(x), past_key, past_value, seqlens_k, total, nh, float(sa.scaling)
-        )
+        q, k, v, scale = sa.q_proj(x), sa.k_proj(x), sa.v_proj(x), float(sa.scaling)
+        if self.cpu_ops:
+            o, present_key, present_value = StreamAttention.apply(q, k, v, past_key, past_value, past_len, nh, scale)
+        else:
+            total = (past_len + t).to(torch.int32)
+            seqlens_k = (total - 1).reshape(1).expand(b)
+            o, present_key, present_value = CachedSelfAttention.apply(q, k, v, past_key, past_value, seqlens_k, total, nh, scale)
         attn_out = sa.out_proj(o)
-        h = hidden + _intervene(attn_out, attn_add, attn_replace, attn_mask)
+        h = self._edit(hidden, attn_out, attn_add, attn_replace, attn_mask)
 
-        # cross-attention over precomputed keys/values; a row whose mask is all zeros gets 0, as
-        # torch's scaled_dot_product_attention (transformers' default) gives for fully masked rows
+        # cross-attention over the precomputed keys/values
         ca = ly.encoder_attn
-        x = ly.encoder_attn_layer_norm(h)
-        q = ca.q_proj(x).view(b, t, nh, hd).transpose(1, 2)
-        s = torch.matmul(q, cross_key.transpose(2, 3)) * ca.scaling  # [B, H, T, S]
-        keep = encoder_attention_mask[:, None, None, :] > 0
-        s = torch.where(keep, s, torch.full_like(s, NEG))
-        probs = torch.softmax(s, dim=-1)
-        row_any = (encoder_attention_mask.sum(dim=-1) > 0).to(probs.dtype)[:, None, None, None]
-        o = torch.matmul(probs * row_any, cross_value)
-        cross_out = ca.out_proj(o.transpose(1, 2).reshape(b, t, self.dim))
-        h = h + _intervene(cross_out, cross_attn_add, cross_attn_replace, cross_attn_mask)
+        q = ca.q_proj(ly.encoder_attn_layer_norm(h))
+        cross = StreamCrossAttention.apply if self.cpu_ops else _cross_attention
+        o = cross(q, cross_key, cross_value, encoder_attention_mask, nh, float(ca.scaling))
+        cross_out = ca.out_proj(o)
+        h = self._edit(h, cross_out, cross_attn_add, cross_attn_replace, cross_attn_mask)
 
         # MLP
         x = ly.final_layer_norm(h)
         mlp_out = ly.fc2(ly.activation_fn(ly.fc1(x)))
-        h = h + _intervene(mlp_out, mlp_add, mlp_replace, mlp_mask)
+        h = self._edit(h, mlp_out, mlp_add, mlp_replace, mlp_mask)
         return h, attn_out, cross_out, mlp_out, present_key, present_value
 
 

@@ -215,9 +215,12 @@ fn encodec(preset: &str) {
 }
 
 /// On CPU the decoder runs the bundle's `*.cpu.onnx` copies (weight matmuls by the project's
-/// streaming kernel); they must agree with the plain graphs (onnxruntime's MatMul) on every layer's
-/// output and the logits. Three unguided rows: a prefill of 5 positions (15 rows: the GEMM path),
-/// then steps of 3 rows (a pair and a single row: the streaming path).
+/// streaming kernel, attention and interventions by its own operators); they must agree with the
+/// plain graphs (onnxruntime's MatMul and GroupQueryAttention) on every layer's output and the
+/// logits. Three unguided rows with prompts of different lengths: a prefill of 5 positions (15 rows:
+/// the GEMM path), a chunk of 4 more positions for all rows at once (the plain graphs take it row by
+/// row), then steps of 3 rows (a pair and a single row: the streaming path). Then a guided start
+/// (the unconditional rows have an all-zero encoder mask) with an intervention on every component.
 fn cpu_copies_match_plain_graphs(preset: &str) {
     let open = |cpu_kernels: bool| {
         let rt = Runtime::init(&RuntimeOptions { device: Device::Cpu, threads: 2, cpu_kernels, ..Default::default() }).unwrap();
@@ -228,26 +231,63 @@ fn cpu_copies_match_plain_graphs(preset: &str) {
     assert!(files(&cpu).iter().all(|&c| c), "{preset}: the CPU runtime did not load the CPU copies");
     assert!(files(&plain).iter().all(|&c| !c), "{preset}: --plain-graphs still loaded CPU copies");
     let enc = cpu.text.encode(&["drums", "a slow violin", "bass"]).unwrap();
+    assert!(enc.attention_mask.iter().any(|&m| m == 0), "{preset}: the prompts should need padding");
     let layers = cpu.decoder.num_layers();
-    let k = cpu.manifest().decoder.num_codebooks;
-    let vocab = cpu.manifest().decoder.vocab_size;
-    let mut states = [&mut cpu, &mut plain].map(|m| {
-        let st = m.decoder.start(enc.last_hidden_state.view(), enc.attention_mask.view(), 0..3).unwrap();
-        (m, st)
-    });
-    for (call, t) in [5, 1, 1, 1].into_iter().enumerate() {
-        let ids = Array3::from_shape_fn((3, k, t), |(r, c, i)| ((r * 7 + c * 13 + i * 5 + call * 3) % vocab) as i64);
-        let [got, want] = states.each_mut().map(|(m, st)| {
-            let mut rec = Recorder::all();
-            let out = m.decoder.forward(st, ids.view(), &mut rec).unwrap();
-            (rec, out)
+    let d = cpu.manifest().decoder.clone();
+    for guided in [false, true] {
+        let mut states = [&mut cpu, &mut plain].map(|m| {
+            let (states, mask) = (enc.last_hidden_state.view(), enc.attention_mask.view());
+            let st = if guided { m.decoder.start_guided(states, mask) } else { m.decoder.start(states, mask, 0..3) };
+            (m, st.unwrap())
         });
-        for l in 0..layers {
-            let point = HookPoint::ResidPost(l);
-            let what = format!("{preset} call {call} {point}: CPU copy vs plain graph");
-            assert_close(&what, got.0.get(point, call).unwrap(), want.0.get(point, call).unwrap(), 1e-5);
+        let rows = states[0].1.rows();
+        let calls: &[usize] = if guided { &[3, 2, 1] } else { &[5, 4, 1, 1] };
+        for (call, &t) in calls.iter().enumerate() {
+            let ids = Array3::from_shape_fn((rows, d.num_codebooks, t), |(r, c, i)| ((r * 7 + c * 13 + i * 5 + call * 3) % d.vocab_size) as i64);
+            let [got, want] = states.each_mut().map(|(m, st)| {
+                let mut rec = Recorder::all();
+                let out = if guided {
+                    let mut edits = EditEvery { rows, t, width: d.d_model };
+                    let mut hooks: Vec<&mut dyn Hooks> = vec![&mut edits, &mut rec];
+                    m.decoder.forward(st, ids.view(), &mut hooks)
+                } else {
+                    m.decoder.forward(st, ids.view(), &mut rec)
+                };
+                (rec, out.unwrap())
+            });
+            let what = |x: &str| format!("{preset} guided {guided} call {call} (t = {t}) {x}: CPU copy vs plain graph");
+            for l in 0..layers {
+                let point = HookPoint::ResidPost(l);
+                assert_close(&what(&point.to_string()), got.0.get(point, call).unwrap(), want.0.get(point, call).unwrap(), 1e-5);
+            }
+            assert_close(&what("logits"), &got.1.logits, &want.1.logits, 1e-5);
         }
-        assert_close(&format!("{preset} call {call} logits: CPU copy vs plain"), &got.1.logits, &want.1.logits, 1e-5);
+    }
+}
+
+/// Edits every component of every layer: an add on the attention, a masked replace on the
+/// cross-attention (half the positions of the first row), both on the MLP.
+struct EditEvery {
+    rows: usize,
+    t: usize,
+    width: usize,
+}
+
+impl Hooks for EditEvery {
+    fn edit_components(&mut self, _: &ForwardContext, layer: usize, edits: &mut LayerEdits) -> musicgen_interp::Result<()> {
+        let shape = (self.rows, self.t, self.width);
+        let add = Array3::from_shape_fn(shape, |(r, i, c)| 0.01 * ((r + 2 * i + 3 * c + layer) % 7) as f32 - 0.03);
+        let value = Array3::from_shape_fn(shape, |(r, i, c)| 0.2 * ((r * 5 + i + c) % 3) as f32);
+        let mask = Array3::from_shape_fn(shape, |(r, i, c)| if r == 0 && (i + c) % 2 == 0 { 1.0 } else { 0.0 });
+        edits.add(Component::Attn).assign(&add);
+        let set = |(mut v, mut m): (ArrayViewMut3<'_, f32>, ArrayViewMut3<'_, f32>)| {
+            v.assign(&value);
+            m.assign(&mask);
+        };
+        set(edits.replace(Component::CrossAttn));
+        edits.add(Component::Mlp).assign(&add);
+        set(edits.replace(Component::Mlp));
+        Ok(())
     }
 }
 

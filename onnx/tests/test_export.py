@@ -117,7 +117,7 @@ def test_manifest(bundle):
     import onnx
 
     man = json.loads((bundle / "manifest.json").read_text())
-    assert man["format"] == "musicgen-interp-bundle" and man["format_version"] == 4
+    assert man["format"] == "musicgen-interp-bundle" and man["format_version"] == 5
     assert man["source"]["kind"] == "random" and man["source"]["seed"] == 0
     audio = man["audio"]
     assert audio["hop_length"] * audio["frame_rate"] == audio["sample_rate"] and 1 <= audio["decode_context_frames"] <= 16
@@ -140,35 +140,45 @@ def test_manifest(bundle):
     assert (bundle / "hf" / "config.json").is_file() and (bundle / "hf" / "tokenizer.json").is_file()
 
 
-def test_cpu_copies_share_the_weights_and_differ_only_in_the_matmul_kernel(bundle):
-    """The `*.cpu.onnx` decoder graphs: the plain graph's nodes with each weight MatMul now the runtime's
-    StreamMatMul (the Rust tests check their numbers against transformers), and no weight bytes of
-    their own."""
+def test_cpu_copies_share_the_weights_and_use_the_runtime_operators(bundle):
+    """The `*.cpu.onnx` decoder graphs (the Rust tests check their numbers against the plain graphs and
+    transformers): the head is the plain graph with each weight MatMul the runtime's StreamMatMul; a
+    layer has the plain graph's inputs and outputs, its eight weight matmuls as StreamMatMul, its two
+    attentions and three interventions as the runtime's operators; neither holds weight bytes of its
+    own, each weight being a tensor of the plain graph's weights file."""
     import onnx
+    from collections import Counter
 
     man = json.loads((bundle / "manifest.json").read_text())
     g = man["graphs"]
     pairs = list(zip(g["decoder_layers"], g["decoder_layers_cpu"])) + [(g["decoder_head"], g["decoder_head_cpu"])]
     assert len(pairs) == man["decoder"]["num_layers"] + 1
+    ours = "musicgen_interp"
     for plain_name, cpu_name in pairs:
         plain = onnx.load(str(bundle / plain_name), load_external_data=False)
         cpu = onnx.load(str(bundle / cpu_name), load_external_data=False)
         assert (bundle / cpu_name).stat().st_size < 1 << 20, cpu_name
-        assert len(plain.graph.node) == len(cpu.graph.node)
-        swapped = 0
-        weights = {i.name: i for i in plain.graph.initializer}
-        for p, c in zip(plain.graph.node, cpu.graph.node):
-            assert list(p.input) == list(c.input) and list(p.output) == list(c.output)
-            if (c.domain, c.op_type) == ("musicgen_interp", "StreamMatMul"):
-                assert p.op_type == "MatMul" and len(weights[p.input[1]].dims) == 2
-                swapped += 1
-            else:
-                assert (p.domain, p.op_type) == (c.domain, c.op_type)
-        # decoder layers: q, k, v, out, cross q, cross out, fc1, fc2; the head: one per codebook
-        want = man["decoder"]["num_codebooks"] if plain_name == g["decoder_head"] else 8
-        assert swapped == want, (cpu_name, swapped)
-        locations = {d.value for i in cpu.graph.initializer for d in i.external_data if d.key == "location"}
-        assert locations == {f"{plain_name}.data"}, cpu_name
+        assert [i.name for i in cpu.graph.input] == [i.name for i in plain.graph.input], cpu_name
+        assert [o.name for o in cpu.graph.output] == [o.name for o in plain.graph.output], cpu_name
+        weights = {i.name: i for i in cpu.graph.initializer}
+        for node in cpu.graph.node:
+            if node.op_type == "StreamMatMul":
+                assert len(weights[node.input[1]].dims) == 2, (cpu_name, node.name)
+            assert node.op_type != "MatMul" or node.input[1] not in weights, (cpu_name, node.name)
+        ops = Counter(n.op_type for n in cpu.graph.node if n.domain == ours)
+        if plain_name == g["decoder_head"]:
+            assert len(plain.graph.node) == len(cpu.graph.node)
+            assert ops == {"StreamMatMul": man["decoder"]["num_codebooks"]}, ops
+        else:
+            # q, k, v, out, cross q, cross out, fc1, fc2; self- and cross-attention; three edits
+            assert ops == {"StreamMatMul": 8, "CachedAttention": 1, "CrossAttention": 1, "Intervene": 3}, ops
+            assert not any(n.op_type == "GroupQueryAttention" for n in cpu.graph.node)
+            assert len(cpu.graph.node) < len(plain.graph.node) // 2, (len(cpu.graph.node), len(plain.graph.node))
+        where = lambda t: frozenset((d.key, d.value) for d in t.external_data)  # noqa: E731
+        stored = {where(t) for t in plain.graph.initializer if t.external_data}
+        external = [where(t) for t in cpu.graph.initializer if t.external_data]
+        assert external and all(w in stored for w in external), cpu_name
+        assert all(len(t.raw_data) < 1024 for t in cpu.graph.initializer), cpu_name
 
 
 I64, F32 = "tensor(int64)", "tensor(float)"

@@ -237,10 +237,11 @@ impl Decoder {
         hooks.on_residual(&ctx, HookPoint::ResidPre(0), hidden.view_mut()).map_err(hook_error(HookPoint::ResidPre(0)))?;
 
         let zeros = Array3::<f32>::zeros((rows, t, c.d_model));
-        // onnxruntime's GroupQueryAttention takes several new positions over a non-empty cache for
-        // one row at a time only: such calls (a chunked prefill) run every layer row by row.
-        let groups: Vec<Range<usize>> =
-            if t > 1 && state.past_len > 0 { (0..rows).map(|r| r..r + 1).collect() } else { vec![0..rows] };
+        // onnxruntime's GroupQueryAttention (the plain graphs) takes several new positions over a
+        // non-empty cache for one row at a time only: such calls (a chunked prefill) run every layer
+        // row by row. The CPU copies' CachedAttention takes any rows at once.
+        let by_row = t > 1 && state.past_len > 0 && !self.layers[0].kernels;
+        let groups: Vec<Range<usize>> = if by_row { (0..rows).map(|r| r..r + 1).collect() } else { vec![0..rows] };
         for (l, layer) in self.layers.iter_mut().enumerate().take(layers) {
             let mut edits = LayerEdits::new(rows, t, c.d_model);
             hooks.edit_components(&ctx, l, &mut edits).map_err(|e| Error::Hook {

@@ -13,6 +13,8 @@ use crate::runtime::Runtime;
 pub struct Graph {
     pub file: String,
     pub session: Session,
+    /// Whether it runs the runtime's own operators (a `*.cpu.onnx` copy, see `runtime::ops`).
+    pub kernels: bool,
     bundle: PathBuf,
 }
 
@@ -24,7 +26,7 @@ impl Graph {
             return Err(Error::MissingFile { path });
         }
         let session = runtime.session_with(&path, kernels)?;
-        Ok(Graph { file: file.to_string(), session, bundle: bundle.to_path_buf() })
+        Ok(Graph { file: file.to_string(), session, kernels, bundle: bundle.to_path_buf() })
     }
 
     fn mismatch(&self, reason: String) -> Error {

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 pub const FORMAT: &str = "musicgen-interp-bundle";
 /// The bundle format this runtime reads; a different one is refused.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {

@@ -17,8 +17,7 @@ use ort::operator::{
 };
 use ort::value::TensorElementType;
 
-/// The operator's domain and name in the graphs.
-pub const DOMAIN: &str = "musicgen_interp";
+/// The operator's name in the graphs (domain [`super::ops::DOMAIN`]).
 pub const OP_NAME: &str = "StreamMatMul";
 
 /// Up to this many rows the weights are streamed once per pair of rows; above it, a GEMM in
@@ -82,6 +81,18 @@ impl Operator for StreamMatMul {
             };
             matmul(a, w, y, Shape { m, k, n }, parts, &mut scratch, run)
         }))
+    }
+}
+
+/// Whether this CPU has AVX2 and FMA (the runtime's kernels then use their vector paths).
+pub fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

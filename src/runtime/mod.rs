@@ -9,13 +9,14 @@ use std::sync::{Mutex, OnceLock};
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::ep::{self, ExecutionProvider};
-use ort::operator::OperatorDomain;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
 use crate::error::{Error, Result};
 
+pub mod attention;
 pub mod matmul;
+pub mod ops;
 
 /// Environment variables that name the onnxruntime shared library, most specific first.
 pub const LIBRARY_ENV_VARS: [&str; 2] = ["MUSICGEN_INTERP_ORT_LIB", "ORT_DYLIB_PATH"];
@@ -175,9 +176,7 @@ impl Runtime {
             })?;
         }
         if kernels {
-            let domain = OperatorDomain::new(matmul::DOMAIN)
-                .and_then(|d| d.add(matmul::StreamMatMul { threads: self.threads }))
-                .map_err(Error::ort(context.clone()))?;
+            let domain = ops::domain(self.threads).map_err(Error::ort(context.clone()))?;
             builder = builder.with_operators(domain)?;
         }
         // onnxruntime adds a custom domain to a process-wide table (which every model load reads)
