@@ -567,13 +567,27 @@ def write_cpu_copy(folder: Path, stem, traced):
     else:
         proto = plain
     weights = {i.name for i in proto.graph.initializer if len(i.dims) == 2 and i.data_type == TensorProto.FLOAT}
-    n = 0
-    for node in proto.graph.node:
+    # Weight matmuls of one input (q, k and v; the codebook heads) become one StreamMatMul node with
+    # a weight and an output each, so they stream in one parallel section. The node takes the place
+    # of the first of them: its input exists there, and every consumer of theirs comes later.
+    groups = {}  # input -> positions of its weight matmuls
+    nodes = list(proto.graph.node)
+    for i, node in enumerate(nodes):
         if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and node.input[1] in weights:
-            node.op_type, node.domain = CPU_OP, CPU_OP_DOMAIN
-            n += 1
-    if n == 0:
+            groups.setdefault(node.input[0], []).append(i)
+    if not groups:
         raise ExportError(f"{stem}: no matmul against a weight found for the CPU copy (exporter bug)")
+    for x, group in groups.items():
+        first = nodes[group[0]]
+        nodes[group[0]] = helper.make_node(
+            CPU_OP, [x] + [nodes[i].input[1] for i in group], [nodes[i].output[0] for i in group], name=first.name,
+            domain=CPU_OP_DOMAIN,
+        )
+        for i in group[1:]:
+            nodes[i] = None
+    nodes = [n for n in nodes if n is not None]
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
     if not any(o.domain == CPU_OP_DOMAIN for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid(CPU_OP_DOMAIN, 1))
     onnx.save_model(proto, str(folder / name))

@@ -142,8 +142,8 @@ def test_manifest(bundle):
 
 def test_cpu_copies_share_the_weights_and_use_the_runtime_operators(bundle):
     """The `*.cpu.onnx` decoder graphs (the Rust tests check their numbers against the plain graphs and
-    transformers): the head is the plain graph with each weight MatMul the runtime's StreamMatMul; a
-    layer has the plain graph's inputs and outputs, its eight weight matmuls as StreamMatMul, its two
+    transformers) have the plain graphs' inputs and outputs; the head's codebook heads are one
+    StreamMatMul; a layer has its eight weight matmuls as StreamMatMul (q, k, v in one node), its two
     attentions and three interventions as the runtime's operators; neither holds weight bytes of its
     own, each weight being a tensor of the plain graph's weights file."""
     import onnx
@@ -161,17 +161,22 @@ def test_cpu_copies_share_the_weights_and_use_the_runtime_operators(bundle):
         assert [i.name for i in cpu.graph.input] == [i.name for i in plain.graph.input], cpu_name
         assert [o.name for o in cpu.graph.output] == [o.name for o in plain.graph.output], cpu_name
         weights = {i.name: i for i in cpu.graph.initializer}
+        streamed = 0
         for node in cpu.graph.node:
             if node.op_type == "StreamMatMul":
-                assert len(weights[node.input[1]].dims) == 2, (cpu_name, node.name)
+                assert len(node.input) == len(node.output) + 1, (cpu_name, node.name)
+                assert all(len(weights[w].dims) == 2 for w in node.input[1:]), (cpu_name, node.name)
+                streamed += len(node.output)
             assert node.op_type != "MatMul" or node.input[1] not in weights, (cpu_name, node.name)
         ops = Counter(n.op_type for n in cpu.graph.node if n.domain == ours)
         if plain_name == g["decoder_head"]:
-            assert len(plain.graph.node) == len(cpu.graph.node)
-            assert ops == {"StreamMatMul": man["decoder"]["num_codebooks"]}, ops
+            # the codebook heads, all of one input, in one node
+            assert ops == {"StreamMatMul": 1} and streamed == man["decoder"]["num_codebooks"], (ops, streamed)
         else:
-            # q, k, v, out, cross q, cross out, fc1, fc2; self- and cross-attention; three edits
-            assert ops == {"StreamMatMul": 8, "CachedAttention": 1, "CrossAttention": 1, "Intervene": 3}, ops
+            # q, k and v in one node; out, cross q, cross out, fc1, fc2; self- and cross-attention;
+            # three edits
+            assert streamed == 8, streamed
+            assert ops == {"StreamMatMul": 6, "CachedAttention": 1, "CrossAttention": 1, "Intervene": 3}, ops
             assert not any(n.op_type == "GroupQueryAttention" for n in cpu.graph.node)
             assert len(cpu.graph.node) < len(plain.graph.node) // 2, (len(cpu.graph.node), len(plain.graph.node))
         where = lambda t: frozenset((d.key, d.value) for d in t.external_data)  # noqa: E731

@@ -39,37 +39,48 @@ impl Operator for StreamMatMul {
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
         [
             OperatorInput::required(TensorElementType::Float32),
-            OperatorInput::required(TensorElementType::Float32),
+            OperatorInput::variadic(1).homogenous(TensorElementType::Float32),
         ]
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        [OperatorOutput::required(TensorElementType::Float32)]
+        [OperatorOutput::variadic(1).homogenous(TensorElementType::Float32)]
     }
 
     fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
         let parts = self.threads.max(1);
         let mut scratch: Vec<f32> = Vec::new();
         Ok(Box::new(move |ctx: &ComputeContext| {
-            let missing = || ort::Error::new("StreamMatMul: missing input");
+            let missing = || ort::Error::new("StreamMatMul: missing input or output");
             let a = ctx.input(0)?.ok_or_else(missing)?;
-            let b = ctx.input(1)?.ok_or_else(missing)?;
             let (a_shape, a) = a.try_extract_tensor::<f32>()?;
-            let (b_shape, w) = b.try_extract_tensor::<f32>()?;
-            let (k, n) = match (&b_shape[..], a_shape.last()) {
-                ([k, n], Some(&ak)) if ak == *k && *k >= 0 && *n >= 0 => (*k as usize, *n as usize),
-                _ => return Err(ort::Error::new(format!(
-                    "StreamMatMul: input {:?} does not fit weight {:?} (want [..., K] x [K, N])",
-                    &a_shape[..],
-                    &b_shape[..]
-                ))),
-            };
-            let mut out_shape = a_shape.to_vec();
-            *out_shape.last_mut().expect("rank checked") = n as i64;
-            let mut y = ctx
-                .output(0, out_shape)?
-                .ok_or_else(|| ort::Error::new("StreamMatMul: no output"))?;
-            let (_, y) = y.try_extract_tensor_mut::<f32>()?;
+            let weights = (1..ctx.num_inputs()?).map(|i| ctx.input(i)?.ok_or_else(missing)).collect::<ort::Result<Vec<_>>>()?;
+            if weights.len() != ctx.num_outputs()? {
+                return Err(ort::Error::new("StreamMatMul: one output per weight"));
+            }
+            let mut outputs = Vec::with_capacity(weights.len());
+            let mut ws = Vec::with_capacity(weights.len());
+            let mut k = 0;
+            for (i, weight) in weights.iter().enumerate() {
+                let (b_shape, w) = weight.try_extract_tensor::<f32>()?;
+                let (wk, n) = match (&b_shape[..], a_shape.last()) {
+                    ([wk, n], Some(&ak)) if ak == *wk && *wk >= 0 && *n >= 0 => (*wk as usize, *n as usize),
+                    _ => return Err(ort::Error::new(format!(
+                        "StreamMatMul: input {:?} does not fit weight {:?} (want [..., K] x [K, N])",
+                        &a_shape[..],
+                        &b_shape[..]
+                    ))),
+                };
+                k = wk;
+                let mut out_shape = a_shape.to_vec();
+                *out_shape.last_mut().expect("rank checked") = n as i64;
+                outputs.push(ctx.output(i, out_shape)?.ok_or_else(missing)?);
+                ws.push((w, n));
+            }
+            let mut products = Vec::with_capacity(ws.len());
+            for ((w, n), y) in ws.into_iter().zip(outputs.iter_mut()) {
+                products.push(Product { w, y: y.try_extract_tensor_mut::<f32>()?.1, n });
+            }
             let m = a_shape[..a_shape.len() - 1].iter().product::<i64>() as usize;
             let run = |f: &(dyn Fn(usize) + Sync), total: usize| -> ort::Result<()> {
                 if total <= 1 {
@@ -79,7 +90,7 @@ impl Operator for StreamMatMul {
                     ctx.par_for(total, total, f)
                 }
             };
-            matmul(a, w, y, Shape { m, k, n }, parts, &mut scratch, run)
+            matmul_group(a, m, k, &mut products, parts, &mut scratch, run)
         }))
     }
 }
@@ -104,21 +115,26 @@ pub struct Shape {
     pub n: usize,
 }
 
-/// Raw pointers handed to the worker closures; each closure writes a disjoint part.
+/// One product of [`matmul_group`]: `y[m, n] = a[m, k] · w[k, n]`.
+pub struct Product<'a> {
+    pub w: &'a [f32],
+    pub y: &'a mut [f32],
+    pub n: usize,
+}
+
+/// A product's buffers as addresses, for the worker closures; each closure writes a disjoint part.
 #[derive(Clone, Copy)]
 struct Ptrs {
-    a: *const f32,
     w: *const f32,
     y: *mut f32,
-    scratch: *mut f32,
+    n: usize,
 }
 // SAFETY: the pointers outlive the parallel section (`run` returns after every part is done) and
-// each part writes only its own region of `y` or `scratch`.
+// each part writes only its own region of `y` or of the scratch.
 unsafe impl Send for Ptrs {}
 unsafe impl Sync for Ptrs {}
 
-/// The kernel, with the parallel loop supplied by the caller (`run(f, total)` calls `f(0..total)`,
-/// possibly at once, and returns when all are done).
+/// `y = a · w` (one product), see [`matmul_group`].
 pub fn matmul<E>(
     a: &[f32],
     w: &[f32],
@@ -128,66 +144,92 @@ pub fn matmul<E>(
     scratch: &mut Vec<f32>,
     run: impl Fn(&(dyn Fn(usize) + Sync), usize) -> Result<(), E>,
 ) -> Result<(), E> {
-    let Shape { m, k, n } = s;
-    assert!(
-        a.len() >= m * k && w.len() >= k * n && y.len() >= m * n,
-        "StreamMatMul: buffers smaller than {s:?}"
-    );
-    if m == 0 || n == 0 {
+    matmul_group(a, s.m, s.k, &mut [Product { w, y, n: s.n }], parts, scratch, run)
+}
+
+/// Every product `y_i = a · w_i` of one input `a` (`[m, k]`, row-major) by several weights (the q,
+/// k and v projections, or the codebook heads), in one parallel section; `run(f, total)` calls
+/// `f(0..total)`, possibly at once, and returns when all are done.
+///
+/// Up to [`STREAM_MAX_ROWS`] rows, the rows of every `w_i` are split into `parts` contiguous blocks
+/// (the same split for each), and part `p` streams its block of each weight in turn; the partial
+/// sums are added in a fixed order, so the result does not depend on scheduling. More rows (a
+/// prefill) take a GEMM per weight, columns split between the parts.
+pub fn matmul_group<E>(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    products: &mut [Product<'_>],
+    parts: usize,
+    scratch: &mut Vec<f32>,
+    run: impl Fn(&(dyn Fn(usize) + Sync), usize) -> Result<(), E>,
+) -> Result<(), E> {
+    for p in products.iter() {
+        assert!(
+            a.len() >= m * k && p.w.len() >= k * p.n && p.y.len() >= m * p.n,
+            "StreamMatMul: buffers smaller than [{m}, {k}] x [{k}, {}]",
+            p.n
+        );
+    }
+    if m == 0 {
         return Ok(());
     }
     if k == 0 {
-        y[..m * n].fill(0.0);
+        products.iter_mut().for_each(|p| p.y[..m * p.n].fill(0.0));
         return Ok(());
     }
+    let ptrs: Vec<Ptrs> = products.iter_mut().map(|p| Ptrs { w: p.w.as_ptr(), y: p.y.as_mut_ptr(), n: p.n }).collect();
+    let a_addr = a.as_ptr() as usize;
     if m > STREAM_MAX_ROWS {
-        // Columns split between the threads, in multiples of 16 (whole vector registers).
-        let cols = n.div_ceil(parts).next_multiple_of(16).min(n);
-        let total = n.div_ceil(cols);
-        let p = Ptrs {
-            a: a.as_ptr(),
-            w: w.as_ptr(),
-            y: y.as_mut_ptr(),
-            scratch: std::ptr::null_mut(),
-        };
-        let part = move |i: usize| {
-            let p = p;
-            let n0 = i * cols;
-            let nb = cols.min(n - n0);
-            // SAFETY: in-bounds by the assert above; part i writes columns n0..n0+nb of y only.
-            unsafe { gemm_columns(p.a, p.w, p.y, Shape { m, k, n }, n0, nb) };
-        };
-        return run(&part, total);
+        for &p in ptrs.iter().filter(|p| p.n > 0) {
+            let n = p.n;
+            // Columns split between the threads, in multiples of 16 (whole vector registers).
+            let cols = n.div_ceil(parts).next_multiple_of(16).min(n);
+            let total = n.div_ceil(cols);
+            let part = move |i: usize| {
+                let p = p;
+                let n0 = i * cols;
+                let nb = cols.min(n - n0);
+                // SAFETY: in-bounds by the asserts above; part i writes columns n0..n0+nb of y only.
+                unsafe { gemm_columns(a_addr as *const f32, p.w, p.y, Shape { m, k, n }, n0, nb) };
+            };
+            run(&part, total)?;
+        }
+        return Ok(());
     }
     // Rows of W split into `parts` contiguous blocks of whole 4-row groups.
     let per = k.div_ceil(parts).next_multiple_of(4);
     let total = k.div_ceil(per);
-    scratch.resize((total - 1) * m * n, 0.0);
-    let p = Ptrs {
-        a: a.as_ptr(),
-        w: w.as_ptr(),
-        y: y.as_mut_ptr(),
-        scratch: scratch.as_mut_ptr(),
-    };
+    let width: usize = ptrs.iter().map(|p| p.n).sum();
+    scratch.resize((total - 1) * m * width, 0.0);
+    let scratch_addr = scratch.as_mut_ptr() as usize;
+    let ptrs = &ptrs;
     let part = move |i: usize| {
-        let p = p;
         let (k0, k1) = (i * per, ((i + 1) * per).min(k));
-        // SAFETY: part 0 writes y, part i > 0 writes scratch block i - 1; each m*n long.
-        let acc = unsafe {
-            let dst = if i == 0 {
-                p.y
-            } else {
-                p.scratch.add((i - 1) * m * n)
+        // SAFETY: in-bounds by the asserts above.
+        let a = unsafe { std::slice::from_raw_parts(a_addr as *const f32, m * k) };
+        let mut offset = 0;
+        for p in ptrs {
+            let n = p.n;
+            // SAFETY: part 0 writes y, part i > 0 its own block of the scratch; each m*n long.
+            let acc = unsafe {
+                let dst = if i == 0 { p.y } else { (scratch_addr as *mut f32).add(((i - 1) * width + offset) * m) };
+                std::slice::from_raw_parts_mut(dst, m * n)
             };
-            std::slice::from_raw_parts_mut(dst, m * n)
-        };
-        let a = unsafe { std::slice::from_raw_parts(p.a, m * k) };
-        let w = unsafe { std::slice::from_raw_parts(p.w, k * n) };
-        stream_rows(a, w, acc, s, k0, k1);
+            let w = unsafe { std::slice::from_raw_parts(p.w, k * n) };
+            stream_rows(a, w, acc, Shape { m, k, n }, k0, k1);
+            offset += n;
+        }
     };
     run(&part, total)?;
-    for block in scratch.chunks_exact(m * n) {
-        y[..m * n].iter_mut().zip(block).for_each(|(y, b)| *y += b);
+    let mut offset = 0;
+    for p in products.iter_mut() {
+        let n = p.n;
+        for i in 1..total {
+            let block = &scratch[((i - 1) * width + offset) * m..][..m * n];
+            p.y[..m * n].iter_mut().zip(block).for_each(|(y, b)| *y += b);
+        }
+        offset += n;
     }
     Ok(())
 }
@@ -506,6 +548,25 @@ mod tests {
             let mut again = vec![0f32; s.m * s.n];
             matmul(&a, &w, &mut again, s, 2, &mut Vec::new(), reversed).unwrap();
             assert_eq!(first, again);
+        }
+    }
+
+    #[test]
+    fn a_group_gives_each_product_as_alone() {
+        // q, k, v-like products of one input, then a GEMM-sized one; widths differ, one is empty.
+        for (m, k) in [(2, 96), (3, 50), (12, 40)] {
+            let a = values(m * k, 8);
+            let widths = [24, 40, 0, 17];
+            let ws: Vec<Vec<f32>> = widths.iter().enumerate().map(|(i, &n)| values(k * n, 9 + i as u32)).collect();
+            let mut ys: Vec<Vec<f32>> = widths.iter().map(|&n| vec![f32::NAN; m * n]).collect();
+            let mut products: Vec<Product<'_>> =
+                ws.iter().zip(ys.iter_mut()).zip(widths).map(|((w, y), n)| Product { w, y, n }).collect();
+            matmul_group(&a, m, k, &mut products, 2, &mut Vec::new(), threaded).unwrap();
+            for ((w, y), n) in ws.iter().zip(&ys).zip(widths) {
+                let mut alone = vec![0f32; m * n];
+                matmul(&a, w, &mut alone, Shape { m, k, n }, 2, &mut Vec::new(), serial).unwrap();
+                assert_eq!(y, &alone, "m {m} k {k} n {n}");
+            }
         }
     }
 
