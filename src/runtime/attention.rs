@@ -308,7 +308,7 @@ pub unsafe fn cross_unit(
 fn attend(q: &[f32], keys: &[f32], values: &[f32], kept: Option<&[usize]>, scale: f32, out: &mut [f32], scratch: &mut Scratch) {
     #[cfg(target_arch = "x86_64")]
     {
-        if super::matmul::avx2_available() && q.len() % 8 == 0 && q.len() <= 8 * avx2::MAX_REGS {
+        if super::matmul::avx2_available() && q.len().is_multiple_of(8) && q.len() <= 8 * avx2::MAX_REGS {
             // SAFETY: the features were just detected; the head size fits the registers.
             return unsafe { avx2::attend(q, keys, values, kept, scale, out, scratch) };
         }
@@ -365,7 +365,7 @@ mod avx2 {
         scores.resize(n, 0.0);
         let qp = q.as_ptr();
         let mut max = f32::NEG_INFINITY;
-        for j in 0..n {
+        for (j, score) in scores.iter_mut().enumerate() {
             let k = keys.as_ptr().add(position(kept, j) * hd);
             let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             let mut c = 0;
@@ -377,9 +377,8 @@ mod avx2 {
             if c < hd {
                 a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(k.add(c)), a0);
             }
-            let s = hsum(_mm256_add_ps(a0, a1)) * scale;
-            scores[j] = s;
-            max = max.max(s);
+            *score = hsum(_mm256_add_ps(a0, a1)) * scale;
+            max = max.max(*score);
         }
         let sp = scores.as_mut_ptr();
         let (vmax, mut vsum) = (_mm256_set1_ps(max), _mm256_setzero_ps());
@@ -475,10 +474,10 @@ mod avx2 {
 const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
 
-/// `e^x` for `x <= 0` (a softmax's shifted scores), to about one unit in the last place: `x = n ln 2
-/// + r` with `|r| <= ln 2 / 2`, `e^r` by its degree-6 Taylor polynomial, `2^n` from the exponent
-/// bits. Branch-free so the loop over the scores vectorises; below -87 (where `e^x` leaves the
-/// normal floats) it gives about 1e-38 instead of a subnormal or 0.
+/// `e^x` for `x <= 0` (a softmax's shifted scores), to about one unit in the last place: `x` is
+/// `n ln 2 + r` with `|r| <= ln 2 / 2`, `e^r` comes from its degree-6 Taylor polynomial and `2^n`
+/// from the exponent bits. Below -87 (where `e^x` leaves the normal floats) it gives about 1e-38
+/// instead of a subnormal or 0.
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
