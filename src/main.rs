@@ -42,8 +42,8 @@ struct RuntimeArgs {
     /// less CPU burnt while waiting).
     #[arg(long, global = true)]
     no_spin: bool,
-    /// On CPU, run the decoder's plain graphs (onnxruntime's own MatMul) instead of the bundle's CPU
-    /// copies whose weight matmuls use this project's streaming kernel.
+    /// On CPU, run the decoder's plain graphs (onnxruntime's own operators) instead of the bundle's
+    /// CPU copies, built from this project's streaming matmul, attention and intervention operators.
     #[arg(long, global = true)]
     plain_graphs: bool,
 }

@@ -103,8 +103,8 @@ pub struct Graphs {
     pub decoder_embed: String,
     pub decoder_layers: Vec<String>,
     pub decoder_head: String,
-    /// Copies of the layer and head graphs for the CPU provider, whose weight matmuls use the
-    /// runtime's `musicgen_interp.StreamMatMul` (absent in bundles of exporters before 0.4.0).
+    /// Copies of the layer and head graphs for the CPU provider, built from the runtime's own
+    /// operators (`runtime::ops`); absent in quantized bundles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decoder_layers_cpu: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -76,8 +76,8 @@ pub struct RuntimeOptions {
     /// three alternating runs of 60 steps: 51-55 ms medians spinning against 58-66 ms sleeping).
     /// The price is CPU time burnt while a step waits on the host, which other processes cannot use.
     pub spin: bool,
-    /// On the CPU provider, load the decoder's `*.cpu.onnx` graphs (weight matmuls by
-    /// [`matmul::StreamMatMul`]) when the bundle has them; `false` runs the plain graphs.
+    /// On the CPU provider, load the decoder's `*.cpu.onnx` graphs (built from the runtime's own
+    /// operators, [`ops`]) when the bundle has them; `false` runs the plain graphs.
     pub cpu_kernels: bool,
 }
 
@@ -156,7 +156,7 @@ impl Runtime {
         self.session_with(path, false)
     }
 
-    /// Like [`Runtime::session`], with the project's operators ([`matmul::StreamMatMul`]) registered
+    /// Like [`Runtime::session`], with the project's operators ([`ops::domain`]) registered
     /// when `kernels` is set (the decoder's `*.cpu.onnx` copies need them; CPU provider only).
     pub fn session_with(&self, path: &Path, kernels: bool) -> Result<Session> {
         let context = format!("loading {}", path.display());
