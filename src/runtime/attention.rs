@@ -19,7 +19,8 @@
 //! Layouts: `q`, `k`, `v`, `out` are `[rows, new, heads * head_dim]` (heads side by side); the
 //! caches and the cross keys/values `[rows, heads, positions, head_dim]`. Attributes: `num_heads`
 //! (int) and `scale` (float, multiplies `q · k`). Arithmetic in f32, softmax with its maximum
-//! subtracted, as the plain graphs.
+//! subtracted, as the plain graphs. The (row, head) units are split into one contiguous range per
+//! pool thread; each unit writes only its own cache rows and output columns.
 
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
