@@ -96,7 +96,7 @@ struct Ptr<T>(T);
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
 
-/// Runs `unit(0..units)` split into `parts` contiguous ranges on onnxruntime's pool.
+/// Runs `unit(0..units)` split into `parts` contiguous ranges, one pool task each.
 fn for_units(ctx: &ComputeContext, units: usize, parts: usize, unit: &(dyn Fn(usize, &mut Scratch) + Sync)) -> ort::Result<()> {
     let per = units.div_ceil(parts.max(1)).max(1);
     let total = units.div_ceil(per);
@@ -104,12 +104,7 @@ fn for_units(ctx: &ComputeContext, units: usize, parts: usize, unit: &(dyn Fn(us
         let mut scratch = Scratch::default();
         (p * per..((p + 1) * per).min(units)).for_each(|u| unit(u, &mut scratch));
     };
-    if total <= 1 {
-        (0..total).for_each(part);
-        Ok(())
-    } else {
-        ctx.par_for(total, total, part)
-    }
+    super::ops::parallel(ctx, total, &part)
 }
 
 /// Per-thread buffer: one query's scores.

@@ -82,14 +82,7 @@ impl Operator for StreamMatMul {
                 products.push(Product { w, y: y.try_extract_tensor_mut::<f32>()?.1, n });
             }
             let m = a_shape[..a_shape.len() - 1].iter().product::<i64>() as usize;
-            let run = |f: &(dyn Fn(usize) + Sync), total: usize| -> ort::Result<()> {
-                if total <= 1 {
-                    (0..total).for_each(f);
-                    Ok(())
-                } else {
-                    ctx.par_for(total, total, f)
-                }
-            };
+            let run = |f: &(dyn Fn(usize) + Sync), total: usize| super::ops::parallel(ctx, total, f);
             matmul_group(a, m, k, &mut products, parts, &mut scratch, run)
         }))
     }

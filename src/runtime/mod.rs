@@ -71,9 +71,10 @@ pub struct RuntimeOptions {
     /// CUDA device ordinal.
     pub cuda_device: i32,
     /// Whether the pool's worker threads spin between operators instead of sleeping at once. A
-    /// decoding step runs 66 operators per layer, most of them microseconds long; waking a
-    /// sleeping worker for each cost about 10% of the step on a 2-core VM (50 cached positions,
-    /// three alternating runs of 60 steps: 51-55 ms medians spinning against 58-66 ms sleeping).
+    /// decoding step runs many operators per layer (66 in the plain graphs, 17 in the CPU copies),
+    /// most of them microseconds long; with the plain graphs, waking a sleeping worker for each
+    /// cost about 10% of the step on a 2-core VM (50 cached positions, three alternating runs of 60
+    /// steps: 51-55 ms medians spinning against 58-66 ms sleeping).
     /// The price is CPU time burnt while a step waits on the host, which other processes cannot use.
     pub spin: bool,
     /// On the CPU provider, load the decoder's `*.cpu.onnx` graphs (built from the runtime's own
@@ -141,7 +142,7 @@ impl Runtime {
         }
     }
 
-    /// Whether the decoder's CPU graph copies (with the project's matmul kernel) are to be used.
+    /// Whether the decoder's CPU graph copies (with the runtime's own operators) are to be used.
     pub fn cpu_kernels(&self) -> bool {
         self.cpu_kernels && self.provider == Provider::Cpu
     }

@@ -21,6 +21,18 @@ pub fn domain(threads: usize) -> ort::Result<OperatorDomain> {
         .add(Intervene)
 }
 
+/// Runs `f(0)`, ..., `f(total - 1)` on onnxruntime's pool, one task each, and returns when all are
+/// done (on this thread when there is at most one). The runtime's kernels split their work into as
+/// many tasks as the pool has threads.
+pub fn parallel(ctx: &ComputeContext, total: usize, f: &(dyn Fn(usize) + Sync)) -> ort::Result<()> {
+    if total <= 1 {
+        (0..total).for_each(f);
+        Ok(())
+    } else {
+        ctx.par_for(total, total, f)
+    }
+}
+
 /// `Intervene(residual, out, add, replace, mask) = residual + (out * (1 - mask) + replace * mask +
 /// add)`, elementwise over five tensors of one shape: the layer graph's component edit followed by
 /// the residual add, in the plain graph's order of operations (so the same f32 result).
