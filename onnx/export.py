@@ -34,10 +34,9 @@ OPSET = 17
 MAX_IR_VERSION = 10  # onnxruntime 1.31 rejects newer IR versions
 EXTERNAL_DATA_BYTES = 100 * 1024 * 1024  # graphs larger than this keep their weights in NAME.onnx.data
 # The CPU copies of the decoder graphs: matmuls against a 2-D fp32 weight use the runtime's own
-# weight-streaming kernel (src/runtime/matmul.rs), and a layer's attention, cross-attention and
-# interventions the runtime's own operators (src/runtime/attention.rs); a copy reads the plain
-# graph's weights file.
-CPU_OP_DOMAIN = "musicgen_interp"
+# weight-streaming kernel (src/runtime/matmul.rs, domain mg_wrappers.CPU_DOMAIN), and a layer's
+# attention, cross-attention and interventions the runtime's own operators (src/runtime/attention.rs);
+# a copy reads the plain graph's weights file.
 CPU_OP = "StreamMatMul"
 PRESETS = HERE / "presets"
 DEFAULT_GENERATION = {"guidance_scale": 3.0, "top_k": 250, "temperature": 1.0}
@@ -435,34 +434,35 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
     import numpy as np
     import onnx
     import torch
+    from mg_wrappers import CPU_DOMAIN
 
     path = folder / f"{stem}.onnx"
     t0 = time.time()
     module.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+
+    def trace(dst, custom_opsets):
         torch.onnx.export(
             module,
             example,
-            str(path),
+            str(dst),
             input_names=in_names,
             output_names=out_names,
             dynamic_axes=axes,
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
-            custom_opsets={"com.microsoft": 1} if stem.startswith("decoder_layer_") else None,
+            custom_opsets=custom_opsets,
         )
-        if stem.startswith("decoder_layer_"):
+
+    layer = stem.startswith("decoder_layer_")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trace(path, {"com.microsoft": 1} if layer else None)
+        if layer:
             # the CPU copy's own operators, traced from the same module (weights relinked below)
-            cpu_path = folder / f"{stem}.cpu.onnx"
             module.cpu_ops = True
             try:
-                torch.onnx.export(
-                    module, example, str(cpu_path), input_names=in_names, output_names=out_names,
-                    dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
-                    custom_opsets={CPU_OP_DOMAIN: 1},
-                )
+                trace(folder / f"{stem}.cpu.onnx", {CPU_DOMAIN: 1})
             finally:
                 module.cpu_ops = False
     proto = onnx.load(str(path))
@@ -472,7 +472,7 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
         raise ExportError(f"{stem}: exported names {got_in} -> {got_out} differ from the contract (exporter bug)")
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     data_file = f"{stem}.onnx.data"
-    cpu_copy = stem.startswith("decoder_layer_") or stem == "decoder_head"
+    cpu_copy = layer or stem == "decoder_head"
     if cpu_copy or proto.ByteSize() > EXTERNAL_DATA_BYTES:
         path.unlink()
         onnx.save_model(
@@ -486,7 +486,7 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
     onnx.checker.check_model(str(path))
     del proto
     if cpu_copy:
-        files.append(write_cpu_copy(folder, stem, traced=stem.startswith("decoder_layer_")))
+        files.append(write_cpu_copy(folder, stem, traced=layer))
     size = sum((folder / f).stat().st_size for f in files)
     msg = f"  {path.name:<24} {mb(size):>10}  {time.time() - t0:5.1f} s"
     if verify:
@@ -556,6 +556,7 @@ def write_cpu_copy(folder: Path, stem, traced):
     MatMul whose second input is a 2-D fp32 weight becomes the runtime's StreamMatMul (same inputs,
     same output), and the weights are read from STEM.onnx.data."""
     import onnx
+    from mg_wrappers import CPU_DOMAIN
     from onnx import TensorProto, helper
 
     name = f"{stem}.cpu.onnx"
@@ -581,15 +582,15 @@ def write_cpu_copy(folder: Path, stem, traced):
         first = nodes[group[0]]
         nodes[group[0]] = helper.make_node(
             CPU_OP, [x] + [nodes[i].input[1] for i in group], [nodes[i].output[0] for i in group], name=first.name,
-            domain=CPU_OP_DOMAIN,
+            domain=CPU_DOMAIN,
         )
         for i in group[1:]:
             nodes[i] = None
     nodes = [n for n in nodes if n is not None]
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
-    if not any(o.domain == CPU_OP_DOMAIN for o in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid(CPU_OP_DOMAIN, 1))
+    if not any(o.domain == CPU_DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(CPU_DOMAIN, 1))
     onnx.save_model(proto, str(folder / name))
     return name
 
