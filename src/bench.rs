@@ -33,20 +33,61 @@ pub struct BenchOptions {
 pub fn copy_bandwidth(rounds: usize) -> f64 {
     let n = 64 << 20;
     let (src, mut dst) = (vec![1.0f32; n], vec![0.5f32; n]);
-    let mut best = f64::MAX;
-    for _ in 0..rounds {
-        let t = Instant::now();
+    let best = best_of(rounds, || {
         dst.copy_from_slice(&src);
-        best = best.min(t.elapsed().as_secs_f64());
         std::hint::black_box(&dst);
-    }
+    });
     drop((src, dst));
     crate::runtime::release_free_memory();
     2.0 * (n * 4) as f64 / best
 }
 
-/// The peak resident memory of the model's own work, with the copy buffers of [`copy_bandwidth`]
-/// left out: the kernel's mark is reset after each copy and the highest mark kept here.
+/// Bandwidth of a bare read by `threads` threads (each sums its contiguous half, or third..., of a
+/// 256 MB buffer), bytes per second, best of `rounds`: what the decoder's weight streaming could
+/// reach at most, shown beside the copy rate that defines the floor.
+pub fn read_bandwidth(threads: usize, rounds: usize) -> f64 {
+    let n = 64 << 20;
+    let buffer = vec![1.0f32; n];
+    let per = n.div_ceil(threads.max(1));
+    let sum = |part: &[f32]| {
+        // 32 independent sums, so the loop is bound by loads, not by add chains.
+        let mut acc = [0.0f32; 32];
+        for c in part.chunks_exact(32) {
+            for (a, v) in acc.iter_mut().zip(c) {
+                *a += v;
+            }
+        }
+        std::hint::black_box(acc);
+    };
+    let best = best_of(rounds, || {
+        std::thread::scope(|scope| {
+            let mut parts = buffer.chunks(per);
+            let own = parts.next().expect("the buffer is not empty");
+            for part in parts {
+                scope.spawn(move || sum(part));
+            }
+            sum(own);
+        })
+    });
+    drop(buffer);
+    crate::runtime::release_free_memory();
+    (n * 4) as f64 / best
+}
+
+/// The shortest of `rounds` timed runs of `f`, seconds.
+fn best_of(rounds: usize, mut f: impl FnMut()) -> f64 {
+    (0..rounds.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+/// The peak resident memory of the model's own work, with the buffers of [`copy_bandwidth`] and
+/// [`read_bandwidth`] left out: the kernel's mark is reset after each measurement and the highest
+/// mark kept here.
 struct PeakRss {
     before: u64,
 }
@@ -61,12 +102,16 @@ impl PeakRss {
         self.before.max(peak_rss().unwrap_or(0))
     }
 
-    /// Measures the copy bandwidth without counting its buffers in the peak.
-    fn copy_bandwidth(&mut self, rounds: usize) -> f64 {
+    /// Runs a bandwidth measurement without counting its buffers in the peak.
+    fn measure(&mut self, f: impl FnOnce() -> f64) -> f64 {
         self.before = self.now();
-        let bandwidth = copy_bandwidth(rounds);
+        let bandwidth = f();
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         bandwidth
+    }
+
+    fn copy_bandwidth(&mut self, rounds: usize) -> f64 {
+        self.measure(|| copy_bandwidth(rounds))
     }
 }
 
@@ -175,7 +220,10 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         peaks.push(("the hook-overhead runs".into(), peak.now()));
     }
 
-    say(format!("{:<10} {:>12} {:>12} {:>12} {:>10}", "positions", "step ms", "floor ms", "step/floor", "copy GB/s"));
+    say(format!(
+        "{:<10} {:>9} {:>9} {:>11} {:>10} {:>10} {:>10}",
+        "positions", "step ms", "floor ms", "step/floor", "copy GB/s", "read GB/s", "step/read"
+    ));
     for &p in &options.positions {
         let text = model.text.encode(&[PROMPT])?;
         let mut state = model.decoder.start_guided(text.last_hidden_state.view(), text.attention_mask.view())?;
@@ -190,8 +238,10 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
             filled += n;
         }
         // The floor's bandwidth is measured just before and just after the steps: other tenants of
-        // a shared host move it by 10-20% from minute to minute.
+        // a shared host move it by 10-20% from minute to minute. A bare read by as many threads as
+        // the decoder uses is measured with it, to show how close the step comes to reading alone.
         let mut bandwidth = peak.copy_bandwidth(3);
+        let mut read = peak.measure(|| read_bandwidth(options.threads, 3));
         let step = Array3::from_elem((rows, k, 1), 5i64);
         let mut times = Vec::new();
         for _ in 0..STEPS {
@@ -201,10 +251,21 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         }
         peaks.push((format!("the step at {p} positions"), peak.now()));
         bandwidth = bandwidth.max(peak.copy_bandwidth(3));
+        read = read.max(peak.measure(|| read_bandwidth(options.threads, 3)));
         let cache_bytes = 2 * d.num_layers * rows * (p + STEPS / 2) * d.d_model * 4;
-        let floor = (decoder_bytes as f64 + cache_bytes as f64) / bandwidth;
+        let bytes = decoder_bytes as f64 + cache_bytes as f64;
+        let floor = bytes / bandwidth;
         let ms = median(times) * 1e3;
-        say(format!("{:<10} {:>12.1} {:>12.1} {:>12.2} {:>10.1}", p, ms, floor * 1e3, ms / (floor * 1e3), bandwidth / 1e9));
+        say(format!(
+            "{:<10} {:>9.1} {:>9.1} {:>11.2} {:>10.1} {:>10.1} {:>10.2}",
+            p,
+            ms,
+            floor * 1e3,
+            ms / (floor * 1e3),
+            bandwidth / 1e9,
+            read / 1e9,
+            ms / (bytes / read * 1e3)
+        ));
     }
 
     let frames = (5.0 * frame_rate) as usize;
@@ -324,4 +385,19 @@ pub fn hook_overhead(model: &mut MusicGen, steps: usize) -> Result<(f64, f64, us
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok((median(plain), median(hooked), layers.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bandwidths_are_measured_for_any_thread_count() {
+        for threads in [1, 3] {
+            let read = read_bandwidth(threads, 1);
+            assert!(read.is_finite() && read > 1e8, "{threads} threads read at {read} B/s");
+        }
+        let copy = copy_bandwidth(1);
+        assert!(copy.is_finite() && copy > 1e8, "copy at {copy} B/s");
+    }
 }
