@@ -164,6 +164,13 @@ def _intervene(out, add, replace, mask):
     return out * (1.0 - mask) + replace * mask + add
 
 
+def _attention_lengths(past_len, b, t):
+    """CachedSelfAttention's length inputs for b rows of t new positions over past_len cached ones:
+    (seqlens_k [b] int32 = total_len - 1, total_len int32 = past_len + t)."""
+    total = (past_len + t).to(torch.int32)
+    return (total - 1).reshape(1).expand(b), total
+
+
 class CachedSelfAttention(torch.autograd.Function):
     """Causal self-attention of this call's positions over the KV cache.
 
@@ -226,8 +233,7 @@ class StreamAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, past_key, past_value, past_len, num_heads, scale):
-        total = (past_len + q.shape[1]).to(torch.int32)
-        seqlens_k = (total - 1).reshape(1).expand(q.shape[0])
+        seqlens_k, total = _attention_lengths(past_len, q.shape[0], q.shape[1])
         return CachedSelfAttention.forward(None, q, k, v, past_key, past_value, seqlens_k, total, num_heads, scale)
 
     @staticmethod
@@ -338,8 +344,7 @@ class DecoderLayer(nn.Module):
         if self.cpu_ops:
             o, present_key, present_value = StreamAttention.apply(q, k, v, past_key, past_value, past_len, nh, scale)
         else:
-            total = (past_len + t).to(torch.int32)
-            seqlens_k = (total - 1).reshape(1).expand(b)
+            seqlens_k, total = _attention_lengths(past_len, b, t)
             o, present_key, present_value = CachedSelfAttention.apply(q, k, v, past_key, past_value, seqlens_k, total, nh, scale)
         attn_out = sa.out_proj(o)
         h = self._edit(hidden, attn_out, attn_add, attn_replace, attn_mask)

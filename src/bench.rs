@@ -110,9 +110,6 @@ impl PeakRss {
         bandwidth
     }
 
-    fn copy_bandwidth(&mut self, rounds: usize) -> f64 {
-        self.measure(|| copy_bandwidth(rounds))
-    }
 }
 
 /// Peak resident memory of this process (VmHWM), bytes.
@@ -149,7 +146,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         .sum();
     let weight_bytes: u64 = man.files.values().map(|f| f.bytes).sum();
     let mut peak = PeakRss::new();
-    let bandwidth = peak.copy_bandwidth(5);
+    let bandwidth = peak.measure(|| copy_bandwidth(5));
     say(format!(
         "model {} ({} layers, d_model {}), decoder weights {:.2} GB, all graphs {:.2} GB; memory copy bandwidth {:.1} GB/s",
         man.source.model_id,
@@ -240,7 +237,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         // The floor's bandwidth is measured just before and just after the steps: other tenants of
         // a shared host move it by 10-20% from minute to minute. A bare read by as many threads as
         // the decoder uses is measured with it, to show how close the step comes to reading alone.
-        let mut bandwidth = peak.copy_bandwidth(3);
+        let mut bandwidth = peak.measure(|| copy_bandwidth(3));
         let mut read = peak.measure(|| read_bandwidth(options.threads, 3));
         let step = Array3::from_elem((rows, k, 1), 5i64);
         let mut times = Vec::new();
@@ -250,7 +247,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
             times.push(t.elapsed().as_secs_f64());
         }
         peaks.push((format!("the step at {p} positions"), peak.now()));
-        bandwidth = bandwidth.max(peak.copy_bandwidth(3));
+        bandwidth = bandwidth.max(peak.measure(|| copy_bandwidth(3)));
         read = read.max(peak.measure(|| read_bandwidth(options.threads, 3)));
         let cache_bytes = 2 * d.num_layers * rows * (p + STEPS / 2) * d.d_model * 4;
         let bytes = decoder_bytes as f64 + cache_bytes as f64;
