@@ -120,6 +120,41 @@ pub fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Single steps set against the bandwidths measured between them: `copies[i]` and `reads[i]` were
+/// measured just before step `i` (`times[i]`, seconds) and `copies[i + 1]`, `reads[i + 1]` just
+/// after it. Each step is compared with the faster of its two neighbouring measurements, so a host
+/// whose bandwidth drifts from minute to minute moves the step and its floor together.
+#[derive(Clone, Copy, Debug)]
+struct Paired {
+    /// Median step, seconds.
+    step: f64,
+    /// The bytes at the median of the steps' copy rates, seconds.
+    floor: f64,
+    /// Medians of the per-step copy and read rates, bytes per second.
+    copy: f64,
+    read: f64,
+    /// Medians of the per-step ratios of the step to the bytes at its copy and read rates.
+    step_per_floor: f64,
+    step_per_read: f64,
+}
+
+impl Paired {
+    fn new(times: &[f64], copies: &[f64], reads: &[f64], bytes: f64) -> Paired {
+        assert!(!times.is_empty() && copies.len() == times.len() + 1 && reads.len() == copies.len());
+        let near = |rates: &[f64]| rates.windows(2).map(|w| w[0].max(w[1])).collect::<Vec<f64>>();
+        let (copy, read) = (near(copies), near(reads));
+        let ratios = |rates: &[f64]| times.iter().zip(rates).map(|(t, r)| t * r / bytes).collect();
+        Paired {
+            step: median(times.to_vec()),
+            floor: bytes / median(copy.clone()),
+            step_per_floor: median(ratios(&copy)),
+            step_per_read: median(ratios(&read)),
+            copy: median(copy),
+            read: median(read),
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -234,34 +269,35 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
             model.decoder.forward(&mut state, ids.view(), &mut NoHooks)?;
             filled += n;
         }
-        // The floor's bandwidth is measured just before and just after the steps: other tenants of
-        // a shared host move it by 10-20% from minute to minute. A bare read by as many threads as
-        // the decoder uses is measured with it, to show how close the step comes to reading alone.
-        let mut bandwidth = peak.measure(|| copy_bandwidth(3));
-        let mut read = peak.measure(|| read_bandwidth(options.threads, 3));
+        // The floor's bandwidth is measured between the steps (a copy and a bare read, best of two
+        // rounds each, before each step and after the last): other tenants of a shared host move
+        // it by 10-20% within a minute, so each step is set against the faster of the copies just
+        // before and just after it, and the ratios' median is reported. The bare read by as many
+        // threads as the decoder uses shows how close the step comes to reading alone.
         let step = Array3::from_elem((rows, k, 1), 5i64);
+        let cache_bytes = 2 * d.num_layers * rows * (p + STEPS / 2) * d.d_model * 4;
+        let bytes = decoder_bytes as f64 + cache_bytes as f64;
+        let mut copies = vec![peak.measure(|| copy_bandwidth(2))];
+        let mut reads = vec![peak.measure(|| read_bandwidth(options.threads, 2))];
         let mut times = Vec::new();
         for _ in 0..STEPS {
             let t = Instant::now();
             model.decoder.forward(&mut state, step.view(), &mut NoHooks)?;
             times.push(t.elapsed().as_secs_f64());
+            copies.push(peak.measure(|| copy_bandwidth(2)));
+            reads.push(peak.measure(|| read_bandwidth(options.threads, 2)));
         }
         peaks.push((format!("the step at {p} positions"), peak.now()));
-        bandwidth = bandwidth.max(peak.measure(|| copy_bandwidth(3)));
-        read = read.max(peak.measure(|| read_bandwidth(options.threads, 3)));
-        let cache_bytes = 2 * d.num_layers * rows * (p + STEPS / 2) * d.d_model * 4;
-        let bytes = decoder_bytes as f64 + cache_bytes as f64;
-        let floor = bytes / bandwidth;
-        let ms = median(times) * 1e3;
+        let paired = Paired::new(&times, &copies, &reads, bytes);
         say(format!(
             "{:<10} {:>9.1} {:>9.1} {:>11.2} {:>10.1} {:>10.1} {:>10.2}",
             p,
-            ms,
-            floor * 1e3,
-            ms / (floor * 1e3),
-            bandwidth / 1e9,
-            read / 1e9,
-            ms / (bytes / read * 1e3)
+            paired.step * 1e3,
+            paired.floor * 1e3,
+            paired.step_per_floor,
+            paired.copy / 1e9,
+            paired.read / 1e9,
+            paired.step_per_read
         ));
     }
 
@@ -387,6 +423,25 @@ pub fn hook_overhead(model: &mut MusicGen, steps: usize) -> Result<(f64, f64, us
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_step_is_set_against_the_bandwidth_measured_beside_it() {
+        // The host's bandwidth halves after the second step and every step takes exactly its own
+        // floor: each ratio is 1, where the fastest copy of the series against the median step
+        // would read 2.
+        let bytes = 1e9;
+        let copies = [40e9, 40e9, 20e9, 20e9, 20e9, 20e9];
+        let reads = copies.map(|c| c / 2.0);
+        let times = [0.025, 0.025, 0.05, 0.05, 0.05];
+        let p = Paired::new(&times, &copies, &reads, bytes);
+        assert!((p.step_per_floor - 1.0).abs() < 1e-12, "{p:?}");
+        assert!((p.step_per_read - 0.5).abs() < 1e-12, "{p:?}");
+        assert_eq!((p.step, p.copy, p.read), (0.05, 20e9, 10e9));
+        assert!((p.floor - 0.05).abs() < 1e-12, "{p:?}");
+        // Steps slower than their floor show as such: the same host, every step 30% slower.
+        let slow = times.map(|t| t * 1.3);
+        assert!((Paired::new(&slow, &copies, &reads, bytes).step_per_floor - 1.3).abs() < 1e-12);
+    }
 
     #[test]
     fn bandwidths_are_measured_for_any_thread_count() {
