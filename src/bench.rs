@@ -109,7 +109,6 @@ impl PeakRss {
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         bandwidth
     }
-
 }
 
 /// Peak resident memory of this process (VmHWM), bytes.
@@ -277,15 +276,16 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         let step = Array3::from_elem((rows, k, 1), 5i64);
         let cache_bytes = 2 * d.num_layers * rows * (p + STEPS / 2) * d.d_model * 4;
         let bytes = decoder_bytes as f64 + cache_bytes as f64;
-        let mut copies = vec![peak.measure(|| copy_bandwidth(2))];
-        let mut reads = vec![peak.measure(|| read_bandwidth(options.threads, 2))];
-        let mut times = Vec::new();
-        for _ in 0..STEPS {
+        let (mut copies, mut reads, mut times) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..=STEPS {
+            copies.push(peak.measure(|| copy_bandwidth(2)));
+            reads.push(peak.measure(|| read_bandwidth(options.threads, 2)));
+            if i == STEPS {
+                break;
+            }
             let t = Instant::now();
             model.decoder.forward(&mut state, step.view(), &mut NoHooks)?;
             times.push(t.elapsed().as_secs_f64());
-            copies.push(peak.measure(|| copy_bandwidth(2)));
-            reads.push(peak.measure(|| read_bandwidth(options.threads, 2)));
         }
         peaks.push((format!("the step at {p} positions"), peak.now()));
         let paired = Paired::new(&times, &copies, &reads, bytes);
