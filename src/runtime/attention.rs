@@ -91,20 +91,20 @@ fn dims_of(op: &str, q: &[i64], cache: &[i64], heads: usize, past: i64) -> ort::
 /// Raw pointers for the worker closures; each (row, head) unit touches its own part only.
 #[derive(Clone, Copy)]
 struct Ptr<T>(T);
-// SAFETY: the pointers outlive the parallel section (par_for returns when every part is done) and
+// SAFETY: the pointers outlive the parallel section (it returns when every part is done) and
 // the parts write disjoint regions (one (row, head) unit's cache rows and output columns each).
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
 
-/// Runs `unit(0..units)` split into `parts` contiguous ranges, one pool task each.
-fn for_units(ctx: &ComputeContext, units: usize, parts: usize, unit: &(dyn Fn(usize, &mut Scratch) + Sync)) -> ort::Result<()> {
+/// Runs `unit(0..units)` split into `parts` contiguous ranges, one pool part each.
+fn for_units(units: usize, parts: usize, unit: &(dyn Fn(usize, &mut Scratch) + Sync)) -> ort::Result<()> {
     let per = units.div_ceil(parts.max(1)).max(1);
     let total = units.div_ceil(per);
     let part = |p: usize| {
         let mut scratch = Scratch::default();
         (p * per..((p + 1) * per).min(units)).for_each(|u| unit(u, &mut scratch));
     };
-    super::ops::parallel(ctx, total, &part)
+    super::ops::parallel(parts, total, &part)
 }
 
 /// Per-thread buffer: one query's scores.
@@ -172,7 +172,7 @@ impl Operator for CachedAttention {
                 // SAFETY: shapes checked above; unit u touches its own cache rows and output columns.
                 unsafe { cached_unit(q.0, k.0, v.0, key.0, value.0, out.0, d, scale, u, scratch) };
             };
-            for_units(ctx, d.rows * d.heads, parts, &unit)
+            for_units(d.rows * d.heads, parts, &unit)
         }))
     }
 }
@@ -222,7 +222,7 @@ impl Operator for CrossAttention {
                 // SAFETY: shapes checked above; unit u writes its own output columns.
                 unsafe { cross_unit(q.0, key.0, value.0, out.0, d, scale, &kept[u / d.heads], u, scratch) };
             };
-            for_units(ctx, d.rows * d.heads, parts, &unit)
+            for_units(d.rows * d.heads, parts, &unit)
         }))
     }
 }

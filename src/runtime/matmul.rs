@@ -82,7 +82,7 @@ impl Operator for StreamMatMul {
                 products.push(Product { w, y: y.try_extract_tensor_mut::<f32>()?.1, n });
             }
             let m = a_shape[..a_shape.len() - 1].iter().product::<i64>() as usize;
-            let run = |f: &(dyn Fn(usize) + Sync), total: usize| super::ops::parallel(ctx, total, f);
+            let run = |f: &(dyn Fn(usize) + Sync), total: usize| super::ops::parallel(parts, total, f);
             matmul_group(a, m, k, &mut products, parts, &mut scratch, run)
         }))
     }

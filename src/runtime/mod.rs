@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 pub mod attention;
 pub mod matmul;
 pub mod ops;
+pub mod pool;
 
 /// Environment variables that name the onnxruntime shared library, most specific first.
 pub const LIBRARY_ENV_VARS: [&str; 2] = ["MUSICGEN_INTERP_ORT_LIB", "ORT_DYLIB_PATH"];
@@ -76,6 +77,9 @@ pub struct RuntimeOptions {
     /// cost about 10% of the step on a 2-core VM (50 cached positions, three alternating runs of 60
     /// steps: 51-55 ms medians spinning against 58-66 ms sleeping).
     /// The price is CPU time burnt while a step waits on the host, which other processes cannot use.
+    /// The decoder's CPU copies run their parallel work on the operators' own pool instead
+    /// ([`pool::Pool`], which spins for 5 ms and then sleeps), so this affects the text encoder,
+    /// EnCodec and the plain graphs.
     pub spin: bool,
     /// On the CPU provider, load the decoder's `*.cpu.onnx` graphs (built from the runtime's own
     /// operators, [`ops`]) when the bundle has them; `false` runs the plain graphs.
@@ -178,7 +182,10 @@ impl Runtime {
         }
         if kernels {
             let domain = ops::domain(self.threads).map_err(Error::ort(context.clone()))?;
-            builder = builder.with_operators(domain)?;
+            // The operators' parallel parts run on their own pool ([`pool::Pool`]); the session's
+            // other operators (a few microseconds each at decoding) run on the calling thread, so
+            // no onnxruntime worker spins beside the pool's.
+            builder = builder.with_operators(domain)?.with_independent_thread_pool()?.with_intra_threads(1)?;
         }
         // onnxruntime adds a custom domain to a process-wide table (which every model load reads)
         // while it creates the session; two sessions created at once collided there ("domain is

@@ -8,12 +8,15 @@ use ort::value::TensorElementType;
 
 pub use super::attention::{CachedAttention, CrossAttention};
 pub use super::matmul::StreamMatMul;
+pub use super::pool::Pool;
 
 /// The operators' domain in the graphs.
 pub const DOMAIN: &str = "musicgen_interp";
 
-/// The domain with every operator, their parallel work split over `threads` (the pool's size).
+/// The domain with every operator, their parallel work split over `threads` (the size of the
+/// operators' own pool, [`Pool::global`], started here).
 pub fn domain(threads: usize) -> ort::Result<OperatorDomain> {
+    Pool::global(threads);
     OperatorDomain::new(DOMAIN)?
         .add(StreamMatMul { threads })?
         .add(CachedAttention { threads })?
@@ -21,16 +24,11 @@ pub fn domain(threads: usize) -> ort::Result<OperatorDomain> {
         .add(Intervene)
 }
 
-/// Runs `f(0)`, ..., `f(total - 1)` on onnxruntime's pool, one task each, and returns when all are
-/// done (on this thread when there is at most one). The runtime's kernels split their work into as
-/// many tasks as the pool has threads.
-pub fn parallel(ctx: &ComputeContext, total: usize, f: &(dyn Fn(usize) + Sync)) -> ort::Result<()> {
-    if total <= 1 {
-        (0..total).for_each(f);
-        Ok(())
-    } else {
-        ctx.par_for(total, total, f)
-    }
+/// Runs `f(0)`, ..., `f(total - 1)` on the operators' own pool of `threads` threads ([`Pool`]) and
+/// returns when all are done. The runtime's kernels split their work into as many parts as the pool
+/// has threads.
+pub fn parallel(threads: usize, total: usize, f: &(dyn Fn(usize) + Sync)) -> ort::Result<()> {
+    Pool::global(threads).run(total, f).map_err(ort::Error::new)
 }
 
 /// `Intervene(residual, out, add, replace, mask) = residual + (out * (1 - mask) + replace * mask +
