@@ -165,7 +165,7 @@ impl Shared {
                 }
                 std::hint::spin_loop();
                 spins = spins.wrapping_add(1);
-                if spins % 1024 == 0 && started.elapsed() > SPIN {
+                if spins.is_multiple_of(1024) && started.elapsed() > SPIN {
                     let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
                     self.sleepers.fetch_add(1, SeqCst);
                     let guard = self
