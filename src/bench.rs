@@ -127,8 +127,9 @@ pub fn peak_rss() -> Option<u64> {
 
 /// Steps set against the bandwidths measured between them: `copies[i]` and `reads[i]` were
 /// measured just before step `i` (`times[i]`, seconds; the mean step of a block of consecutive
-/// steps) and `copies[i + 1]`, `reads[i + 1]` just after it. Each step is compared with the faster of its two neighbouring measurements, so a host
-/// whose bandwidth drifts from minute to minute moves the step and its floor together.
+/// steps) and `copies[i + 1]`, `reads[i + 1]` just after it. Each step is compared with the faster
+/// of its two neighbouring measurements, so a host whose bandwidth drifts from minute to minute
+/// moves the step and its floor together.
 #[derive(Clone, Copy, Debug)]
 struct Paired {
     /// Median step, seconds.

@@ -8,7 +8,7 @@ use ort::value::TensorElementType;
 
 pub use super::attention::{CachedAttention, CrossAttention};
 pub use super::matmul::StreamMatMul;
-pub use super::pool::Pool;
+use super::pool::Pool;
 
 /// The operators' domain in the graphs.
 pub const DOMAIN: &str = "musicgen_interp";

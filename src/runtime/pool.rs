@@ -85,11 +85,6 @@ impl Pool {
         POOL.get_or_init(|| Pool::new(threads))
     }
 
-    /// Threads a section runs on (the caller included).
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
     /// Runs `f(0)`, ..., `f(total - 1)`, each once, on the caller and the workers, and returns when
     /// all are done. A panic in a part comes back as an error after every part has ended.
     pub fn run(&self, total: usize, f: &(dyn Fn(usize) + Sync)) -> Result<(), String> {
