@@ -235,11 +235,18 @@ fn cpu_copies_match_plain_graphs(preset: &str) {
     let layers = cpu.decoder.num_layers();
     let d = cpu.manifest().decoder.clone();
     for guided in [false, true] {
-        let mut states = [&mut cpu, &mut plain].map(|m| {
+        let states = [&mut cpu, &mut plain].map(|m| {
             let (states, mask) = (enc.last_hidden_state.view(), enc.attention_mask.view());
-            let st = if guided { m.decoder.start_guided(states, mask) } else { m.decoder.start(states, mask, 0..3) };
-            (m, st.unwrap())
+            let mut st = if guided { m.decoder.start_guided(states, mask) } else { m.decoder.start(states, mask, 0..3) }.unwrap();
+            // A generation's whole length reserved at once (the CPU copies only) must not change
+            // a number: the CPU copies then run on a cache far larger than the live positions,
+            // the plain graphs on one grown chunk by chunk.
+            let reserved = m.decoder.reserve(&mut st, 200);
+            (m, st, reserved)
         });
+        assert!(states[0].2 && states[0].1.capacity() >= 200, "{preset}: the CPU copies did not reserve");
+        assert!(!states[1].2 && states[1].1.capacity() < 200, "{preset}: the plain graphs reserved");
+        let mut states = states.map(|(m, st, _)| (m, st));
         let rows = states[0].1.rows();
         let calls: &[usize] = if guided { &[3, 2, 1] } else { &[5, 4, 1, 1] };
         for (call, &t) in calls.iter().enumerate() {
@@ -262,6 +269,7 @@ fn cpu_copies_match_plain_graphs(preset: &str) {
             }
             assert_close(&what("logits"), &got.1.logits, &want.1.logits, 1e-5);
         }
+        assert!(states[0].1.capacity() >= 200, "{preset}: the reserved cache was reallocated");
     }
 }
 

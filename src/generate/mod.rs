@@ -124,6 +124,7 @@ pub fn generate_early_exit(
     } else {
         model.decoder.start(states, text.attention_mask.view(), 0..b)?
     };
+    model.decoder.reserve(&mut state, max_length);
     let copies = state.rows() / b;
 
     let mut seq = Array3::<i64>::from_elem((b, k, max_length), cfg.pad_token_id);
