@@ -130,7 +130,7 @@ fn write_wav(path: &Path, rate: u32, channels: u16, seconds: f32) {
     let spec = hound::WavSpec { channels, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
     let mut w = hound::WavWriter::create(path, spec).unwrap();
     for i in 0..(rate as f32 * seconds) as usize {
-        let v = ((i as f32 * 440.0 * 6.283 / rate as f32).sin() * 8000.0) as i16;
+        let v = ((i as f32 * 440.0 * std::f32::consts::TAU / rate as f32).sin() * 8000.0) as i16;
         for _ in 0..channels {
             w.write_sample(v).unwrap();
         }

@@ -83,7 +83,7 @@ fn case_hooks(preset: &str, case: &str, layers: usize) -> Box<dyn Hooks> {
                     if layer == last {
                         for row in ctx.conditional_rows.clone() {
                             for pos in 0..ctx.new_len {
-                                if (ctx.past_len + pos) % 2 == 0 {
+                                if (ctx.past_len + pos).is_multiple_of(2) {
                                     edits.replace_at(Component::Mlp, row, pos, value.as_slice().unwrap())?;
                                 }
                             }
