@@ -318,3 +318,37 @@ per_preset! {
     encodec_matches_transformers => encodec;
     cpu_graph_copies_match_the_plain_graphs => cpu_copies_match_plain_graphs;
 }
+
+/// The int8 bundle (`onnx/quantize.py --bits 8 --reference-checkpoint`): its CPU copies
+/// (`StreamMatMulInt8`, int8 weights and fp32 activations) against transformers running the same
+/// dequantized weights (the bundle's `hf/`), every hook point and the logits, with and without
+/// interventions.
+mod tiny_int8 {
+    use super::*;
+
+    const PRESET: &str = "tiny-int8";
+
+    fn runs_the_int8_copies() {
+        let m = load(PRESET);
+        let files = m.decoder.graph_files();
+        assert!(files.iter().all(|f| f.ends_with(".cpu.onnx")), "the int8 CPU copies were not loaded: {files:?}");
+    }
+
+    #[test]
+    fn decoder_plain_matches_transformers_on_the_dequantized_weights() {
+        runs_the_int8_copies();
+        decoder_case(PRESET, "plain");
+    }
+
+    #[test]
+    fn decoder_interventions_match_forward_hooks_on_the_dequantized_weights() {
+        for case in ["add", "replace", "resid"] {
+            decoder_case(PRESET, case);
+        }
+    }
+
+    #[test]
+    fn decoder_chunked_prefill_matches_transformers_on_the_dequantized_weights() {
+        decoder_chunked_prefill(PRESET, "replace");
+    }
+}

@@ -35,10 +35,16 @@ pub struct Precision {
     /// `int8` or `int4` (block-wise weight-only matmuls).
     pub weights: String,
     pub block_size: usize,
+    /// `MatMulNBits`' compute type in the plain graphs (4: int8 activations); the CPU copies keep
+    /// the activations fp32.
     #[serde(default)]
     pub accuracy_level: Option<u32>,
     /// The graphs whose matmul weights were quantized.
     pub graphs: Vec<String>,
+    /// Whether the bundle has CPU copies of those graphs (int8: `StreamMatMulInt8` on the plain
+    /// graphs' own int8 weights).
+    #[serde(default)]
+    pub cpu_copies: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 
 pub mod attention;
 pub mod matmul;
+pub mod matmul_int8;
 pub mod ops;
 pub mod pool;
 

@@ -1,5 +1,5 @@
 //! The runtime's own onnxruntime operators, in the `musicgen_interp` domain, which the CPU copies of
-//! the decoder graphs (`*.cpu.onnx`) use: [`StreamMatMul`] (the weight matmuls),
+//! the decoder graphs (`*.cpu.onnx`) use: [`StreamMatMul`] (the weight matmuls; [`StreamMatMulInt8`] in an int8 bundle's copies),
 //! [`CachedAttention`] and [`CrossAttention`] (the layer's two attentions), and [`Intervene`] (a
 //! component's edit and the residual add, one node where the plain graph has six).
 
@@ -8,6 +8,7 @@ use ort::value::TensorElementType;
 
 pub use super::attention::{CachedAttention, CrossAttention};
 pub use super::matmul::StreamMatMul;
+pub use super::matmul_int8::StreamMatMulInt8;
 use super::pool::Pool;
 
 /// The operators' domain in the graphs.
@@ -19,6 +20,7 @@ pub fn domain(threads: usize) -> ort::Result<OperatorDomain> {
     Pool::global(threads);
     OperatorDomain::new(DOMAIN)?
         .add(StreamMatMul { threads })?
+        .add(StreamMatMulInt8 { threads })?
         .add(CachedAttention { threads })?
         .add(CrossAttention { threads })?
         .add(Intervene)
