@@ -320,7 +320,7 @@ per_preset! {
 }
 
 /// The int8 bundle (`onnx/quantize.py --bits 8 --reference-checkpoint`): its CPU copies
-/// (`StreamMatMulInt8`, int8 weights and fp32 activations) against transformers running the same
+/// (`StreamMatMulInt8`: int8 weights, rows rounded to int16 per block) against transformers running the same
 /// dequantized weights (the bundle's `hf/`), every hook point and the logits, with and without
 /// interventions.
 mod tiny_int8 {
