@@ -205,7 +205,10 @@ impl Rows16 {
         for r in 0..m {
             for (b, x) in a[r * k..(r + 1) * k].chunks(bs).enumerate() {
                 let top = x.iter().fold(0f32, |t, v| t.max(v.abs()));
-                if top > 0.0 {
+                if !top.is_finite() || x.iter().any(|v| v.is_nan()) {
+                    // NaN or infinity in the block: the row's outputs come out NaN, as in f32
+                    scale[r * blocks + b] = f32::NAN;
+                } else if top > 0.0 {
                     let to_q = 32767.0 / top;
                     for (qv, v) in q[(r * blocks + b) * bs..].iter_mut().zip(x) {
                         // to nearest, halves away from zero (vectorises, unlike `f32::round`)
@@ -472,6 +475,21 @@ mod tests {
             let mut views: Vec<&mut [f32]> = ys.iter_mut().map(|y| &mut y[..]).collect();
             matmul_int8(&a, m, k, &qs, &mut views, parts, threaded).unwrap();
             assert_eq!(ys, alone, "parts {parts}");
+        }
+    }
+
+    #[test]
+    fn a_nan_or_infinity_in_a_row_reaches_that_rows_outputs_only() {
+        let (m, k, n, bs) = (3, 64, 8, 32);
+        let (b, scales, blocks, _) = weight(k, n, bs, 9);
+        let w = QWeight { b: &b, scales: &scales, n, blocks, bs };
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut a = values(m * k, 4);
+            a[k + 40] = bad;
+            let mut y = vec![0f32; m * n];
+            matmul_int8(&a, m, k, &[w], &mut [&mut y[..]], 2, threaded).unwrap();
+            assert!(y[n..2 * n].iter().all(|v| v.is_nan()), "{bad}: row 1 {:?}", &y[n..2 * n]);
+            assert!(y[..n].iter().chain(&y[2 * n..]).all(|v| v.is_finite()), "{bad}: {y:?}");
         }
     }
 
