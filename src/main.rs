@@ -656,7 +656,7 @@ fn info(runtime: &Runtime, model: PathBuf, verify: Verify) -> Result<()> {
     println!("decoder      {} layers, d_model {}, {} heads x {}, ffn {}, {} codebooks x {}", d.num_layers, d.d_model, d.num_heads, d.head_dim, d.ffn_dim, d.num_codebooks, d.vocab_size);
     println!("text encoder {} layers, d_model {}, vocabulary {}", t.num_layers, t.d_model, t.vocab_size);
     let precision = man.precision.as_ref().map_or("fp32".to_string(), |p| {
-        let copies = if p.cpu_copies { ", CPU copies with fp32 activations" } else { "" };
+        let copies = if p.cpu_copies { ", CPU copies with int16 activations" } else { "" };
         format!("{} weight-only matmuls (block {}) in {} graphs{copies}", p.weights, p.block_size, p.graphs.len())
     });
     println!("weights      {precision}");

@@ -35,8 +35,8 @@ pub struct Precision {
     /// `int8` or `int4` (block-wise weight-only matmuls).
     pub weights: String,
     pub block_size: usize,
-    /// `MatMulNBits`' compute type in the plain graphs (4: int8 activations); the CPU copies keep
-    /// the activations fp32.
+    /// `MatMulNBits`' compute type in the plain graphs (4: int8 activations); the CPU copies round
+    /// the activations to int16 per block.
     #[serde(default)]
     pub accuracy_level: Option<u32>,
     /// The graphs whose matmul weights were quantized.
