@@ -444,7 +444,7 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn reference(a: &[f32], w: &[f32], s: Shape) -> Vec<f64> {
@@ -459,8 +459,8 @@ mod tests {
         y
     }
 
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        // A fixed pseudo-random sequence in [-1, 1).
+    /// A fixed pseudo-random sequence in [-1, 1) (the int8 kernel's tests use it too).
+    pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut x = seed.wrapping_mul(2654435761).wrapping_add(12345);
         (0..len)
             .map(|_| {
@@ -472,12 +472,12 @@ mod tests {
             .collect()
     }
 
-    fn serial(f: &(dyn Fn(usize) + Sync), total: usize) -> Result<(), ()> {
+    pub(crate) fn serial(f: &(dyn Fn(usize) + Sync), total: usize) -> Result<(), ()> {
         (0..total).for_each(f);
         Ok(())
     }
 
-    fn threaded(f: &(dyn Fn(usize) + Sync), total: usize) -> Result<(), ()> {
+    pub(crate) fn threaded(f: &(dyn Fn(usize) + Sync), total: usize) -> Result<(), ()> {
         std::thread::scope(|sc| {
             for i in 0..total {
                 sc.spawn(move || f(i));

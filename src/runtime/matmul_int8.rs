@@ -354,6 +354,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::matmul::tests::{serial, threaded, values};
 
     /// A random int8 weight `[n, blocks, bs]` with scales, and its dequantized `[k, n]` in f64.
     fn weight(k: usize, n: usize, bs: usize, seed: u64) -> (Vec<u8>, Vec<f32>, usize, Vec<f64>) {
@@ -374,32 +375,6 @@ mod tests {
             }
         }
         (b, scales, blocks, deq)
-    }
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2654435761).wrapping_add(12345);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x as f64 / u32::MAX as f64 * 2.0 - 1.0) as f32
-            })
-            .collect()
-    }
-
-    fn serial(f: &(dyn Fn(usize) + Sync), total: usize) -> Result<(), ()> {
-        (0..total).for_each(f);
-        Ok(())
-    }
-
-    fn threaded(f: &(dyn Fn(usize) + Sync), total: usize) -> Result<(), ()> {
-        std::thread::scope(|sc| {
-            for i in 0..total {
-                sc.spawn(move || f(i));
-            }
-        });
-        Ok(())
     }
 
     #[test]
