@@ -29,7 +29,7 @@ from mg_fs import swap_in  # noqa: E402
 
 EXPORTER_VERSION = "0.5.0"
 FORMAT = "musicgen-interp-bundle"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 OPSET = 17
 MAX_IR_VERSION = 10  # onnxruntime 1.31 rejects newer IR versions
 EXTERNAL_DATA_BYTES = 100 * 1024 * 1024  # graphs larger than this keep their weights in NAME.onnx.data
@@ -486,7 +486,7 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
     onnx.checker.check_model(str(path))
     del proto
     if cpu_copy:
-        files.append(write_cpu_copy(folder, stem, traced=layer))
+        files += write_cpu_copy(folder, stem, traced=layer)
     size = sum((folder / f).stat().st_size for f in files)
     msg = f"  {path.name:<24} {mb(size):>10}  {time.time() - t0:5.1f} s"
     if verify:
@@ -550,24 +550,63 @@ def relink_weights(proto, folder: Path, plain):
         t.external_data.extend(entries)
 
 
+PANEL = 16  # columns per panel of a CPU copy's weight (src/runtime/matmul.rs)
+DATA_ALIGN = 4096  # offset of each tensor in a CPU copy's weights file (page-aligned, so it can be mapped)
+
+
+def pack_panels(w):
+    """A [K, N] weight in the CPU copies' layout: [ceil(N / 16), K, 16], panel p holding columns
+    16p..16p+16 of every row, the last panel zero-padded (one panel is one run of K cache lines)."""
+    import numpy as np
+
+    k, n = w.shape
+    panels = -(-n // PANEL)
+    padded = np.zeros((k, panels * PANEL), w.dtype)
+    padded[:, :n] = w
+    return np.ascontiguousarray(padded.reshape(k, panels, PANEL).transpose(1, 0, 2))
+
+
+def unpack_panels(packed, n):
+    """The [K, N] weight that pack_panels(w) stores."""
+    panels, k, _ = packed.shape
+    return packed.transpose(1, 0, 2).reshape(k, panels * PANEL)[:, :n]
+
+
+def write_weights_file(proto, folder: Path, location):
+    """Moves every initializer of 1024 bytes or more into `location` (one file, each tensor at a
+    page-aligned offset) and points the initializer at it."""
+    from onnx import TensorProto
+
+    with open(folder / location, "wb") as f:
+        for t in proto.graph.initializer:
+            if len(t.raw_data) < 1024:
+                continue
+            f.write(b"\0" * (-f.tell() % DATA_ALIGN))
+            offset = f.tell()
+            f.write(t.raw_data)
+            t.ClearField("raw_data")
+            t.data_location = TensorProto.EXTERNAL
+            del t.external_data[:]
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(f.tell() - offset))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+
+
 def write_cpu_copy(folder: Path, stem, traced):
-    """`STEM.cpu.onnx`: STEM.onnx, or with `traced` the graph the exporter traced with the runtime's
-    own attention and intervention operators (already at STEM.cpu.onnx, for a layer). In both, each
-    MatMul whose second input is a 2-D fp32 weight becomes the runtime's StreamMatMul (same inputs,
-    same output), and the weights are read from STEM.onnx.data."""
+    """`STEM.cpu.onnx` with its weights in `STEM.cpu.onnx.data`: STEM.onnx, or with `traced` the graph
+    the exporter traced with the runtime's own attention and intervention operators (already at
+    STEM.cpu.onnx, for a layer). In both, each MatMul whose second input is a 2-D fp32 weight becomes
+    the runtime's StreamMatMul (same input and output; attribute `widths` gives each weight's N), its
+    weight stored in panels (pack_panels). Returns the two file names."""
     import onnx
     from mg_wrappers import CPU_DOMAIN
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     name = f"{stem}.cpu.onnx"
-    plain = onnx.load(str(folder / f"{stem}.onnx"), load_external_data=False)
-    if traced:
-        proto = onnx.load(str(folder / name))
-        relink_weights(proto, folder, plain)
-        proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
-    else:
-        proto = plain
-    weights = {i.name for i in proto.graph.initializer if len(i.dims) == 2 and i.data_type == TensorProto.FLOAT}
+    proto = onnx.load(str(folder / (name if traced else f"{stem}.onnx")))  # with the weights
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    inits = {i.name: i for i in proto.graph.initializer}
+    weights = {n for n, i in inits.items() if len(i.dims) == 2 and i.data_type == TensorProto.FLOAT}
     # Weight matmuls of one input (q, k and v; the codebook heads) become one StreamMatMul node with
     # a weight and an output each, so they stream in one parallel section. The node takes the place
     # of the first of them: its input exists there, and every consumer of theirs comes later.
@@ -578,21 +617,30 @@ def write_cpu_copy(folder: Path, stem, traced):
             groups.setdefault(node.input[0], []).append(i)
     if not groups:
         raise ExportError(f"{stem}: no matmul against a weight found for the CPU copy (exporter bug)")
+    streamed = [nodes[i].input[1] for group in groups.values() for i in group]
+    for node in nodes:
+        if not (node.op_type == "MatMul" and node.input[1] in weights) and set(node.input) & set(streamed):
+            raise ExportError(f"{stem}: a streamed weight is also an input of {node.name} (exporter bug)")
     for x, group in groups.items():
         first = nodes[group[0]]
+        widths = [int(inits[nodes[i].input[1]].dims[1]) for i in group]
         nodes[group[0]] = helper.make_node(
             CPU_OP, [x] + [nodes[i].input[1] for i in group], [nodes[i].output[0] for i in group], name=first.name,
-            domain=CPU_DOMAIN,
+            domain=CPU_DOMAIN, widths=widths,
         )
         for i in group[1:]:
             nodes[i] = None
+    for w in set(streamed):
+        inits[w].CopyFrom(numpy_helper.from_array(pack_panels(numpy_helper.to_array(inits[w])), w))
     nodes = [n for n in nodes if n is not None]
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
     if not any(o.domain == CPU_DOMAIN for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid(CPU_DOMAIN, 1))
+    data = f"{name}.data"
+    write_weights_file(proto, folder, data)
     onnx.save_model(proto, str(folder / name))
-    return name
+    return [name, data]
 
 
 def manifest(model, source, graph_files, tokenizer_file, folder: Path):
@@ -765,7 +813,8 @@ def main(argv=None):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     runtime = folder_size(out, skip=("hf",))
-    log(f"wrote {args.out}: {mb(runtime)} read by the runtime, {mb(folder_size(out))} in all, {time.time() - t_start:.1f} s")
+    log(f"wrote {args.out}: {mb(runtime)} of graphs (the plain decoder graphs and their CPU copies each hold the "
+        f"weights), {mb(folder_size(out))} in all, {time.time() - t_start:.1f} s")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from export import CPU_OP, MAX_IR_VERSION, ExportError, make_readable, relink_weights, sha256  # noqa: E402
+from export import CPU_OP, MAX_IR_VERSION, ExportError, make_readable, relink_weights, sha256, unpack_panels  # noqa: E402
 from mg_fs import swap_in  # noqa: E402
 
 INT8_OP = "StreamMatMulInt8"  # the runtime's int8 weight matmul (src/runtime/matmul_int8.rs)
@@ -103,7 +103,7 @@ def write_int8_cpu_copy(src_copy, dst_copy, plain, quantized):
     or more is read from that weights file."""
     import onnx
     from mg_wrappers import CPU_DOMAIN
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     proto = onnx.load(str(src_copy))  # with the fp32 weights, from the source folder
     inits = {t.name: t for t in proto.graph.initializer}
@@ -113,8 +113,10 @@ def write_int8_cpu_copy(src_copy, dst_copy, plain, quantized):
     for node in proto.graph.node:
         if node.op_type == CPU_OP and node.domain == CPU_DOMAIN:
             inputs = [node.input[0]]
-            for w in node.input[1:]:
-                q = quantized.get(tensor_key(inits[w]))
+            widths = next(list(a.ints) for a in node.attribute if a.name == "widths")
+            for w, n in zip(node.input[1:], widths):
+                # the fp32 copy holds the weight in panels: its [K, N] form is the plain graph's
+                q = quantized.get(array_key(unpack_panels(numpy_helper.to_array(inits[w]), n)))
                 if q is None:
                     raise QuantizeError(f"{src_copy.name}: weight {w} of {node.name} matches no quantized matmul of {plain.name}")
                 inputs += [q.b.name, q.scales.name]
@@ -236,7 +238,7 @@ def main(argv=None):
     if "decoder_layers_cpu" in graphs:
         cpu_copy = dict(zip(targets, graphs["decoder_layers_cpu"] + [graphs["decoder_head_cpu"]]))
     # the fp32 weights files and CPU copies of the targets: replaced, or dropped
-    skipped = {f"{t}.data" for t in targets} | set(cpu_copy.values())
+    skipped = {f"{t}.data" for t in targets} | set(cpu_copy.values()) | {f"{c}.data" for c in cpu_copy.values()}
     if args.bits != 8:
         graphs.pop("decoder_layers_cpu", None)
         graphs.pop("decoder_head_cpu", None)

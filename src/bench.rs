@@ -179,13 +179,9 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
     let k = d.num_codebooks;
     let frame_rate = man.audio.frame_rate;
     let steps_for = |secs: f64| (secs * frame_rate).round() as usize + k - 1;
-    let decoder_bytes: u64 = man
-        .files
-        .iter()
-        .filter(|(name, _)| name.starts_with("decoder_layer_") || name.starts_with("decoder_head"))
-        .map(|(_, f)| f.bytes)
-        .sum();
-    let weight_bytes: u64 = man.files.values().map(|f| f.bytes).sum();
+    // What the loaded sessions read: the decoder's plain graphs or their CPU copies, not both.
+    let decoder_bytes: u64 = model.decoder.graph_files().iter().map(|g| man.graph_bytes(g)).sum();
+    let weight_bytes = model.loaded_bytes();
     let mut peak = PeakRss::new();
     let bandwidth = peak.measure(|| copy_bandwidth(5));
     say(format!(

@@ -663,7 +663,12 @@ fn info(runtime: &Runtime, model: PathBuf, verify: Verify) -> Result<()> {
     println!("audio        {} Hz, {} frames/s, {} channel(s)", man.audio.sample_rate, man.audio.frame_rate, man.audio.channels);
     println!("hook points  {} ({} ... {})", man.hook_points.len(), man.hook_points.first().map_or("", String::as_str), man.hook_points.last().map_or("", String::as_str));
     let bytes: u64 = man.files.values().map(|f| f.bytes).sum();
-    println!("files        {} ({:.1} MB, checksums verified)", man.files.len(), bytes as f64 / 1e6);
+    println!(
+        "files        {} ({:.1} MB, checksums verified; {:.1} MB of graphs loaded here)",
+        man.files.len(),
+        bytes as f64 / 1e6,
+        m.loaded_bytes() as f64 / 1e6
+    );
     println!("provider     {}", runtime.describe());
     println!("runtime      {}", runtime.library().display());
     Ok(())

@@ -117,7 +117,7 @@ def test_manifest(bundle):
     import onnx
 
     man = json.loads((bundle / "manifest.json").read_text())
-    assert man["format"] == "musicgen-interp-bundle" and man["format_version"] == 5
+    assert man["format"] == "musicgen-interp-bundle" and man["format_version"] == 6
     assert man["source"]["kind"] == "random" and man["source"]["seed"] == 0
     audio = man["audio"]
     assert audio["hop_length"] * audio["frame_rate"] == audio["sample_rate"] and 1 <= audio["decode_context_frames"] <= 16
@@ -140,14 +140,19 @@ def test_manifest(bundle):
     assert (bundle / "hf" / "config.json").is_file() and (bundle / "hf" / "tokenizer.json").is_file()
 
 
-def test_cpu_copies_share_the_weights_and_use_the_runtime_operators(bundle):
+def test_cpu_copies_use_the_runtime_operators_and_weights_in_panels(bundle):
     """The `*.cpu.onnx` decoder graphs (the Rust tests check their numbers against the plain graphs and
     transformers) have the plain graphs' inputs and outputs; the head's codebook heads are one
     StreamMatMul; a layer has its eight weight matmuls as StreamMatMul (q, k, v in one node), its two
-    attentions and three interventions as the runtime's operators; neither holds weight bytes of its
-    own, each weight being a tensor of the plain graph's weights file."""
+    attentions and three interventions as the runtime's operators. Each copy keeps its weights in
+    its own `STEM.cpu.onnx.data` at page-aligned offsets; a StreamMatMul weight is the plain graph's
+    [K, N] weight in panels of 16 columns, N in the node's `widths`."""
+    import numpy as np
     import onnx
     from collections import Counter
+    from onnx import numpy_helper
+
+    from export import PANEL, unpack_panels
 
     man = json.loads((bundle / "manifest.json").read_text())
     g = man["graphs"]
@@ -155,19 +160,35 @@ def test_cpu_copies_share_the_weights_and_use_the_runtime_operators(bundle):
     assert len(pairs) == man["decoder"]["num_layers"] + 1
     ours = "musicgen_interp"
     for plain_name, cpu_name in pairs:
-        plain = onnx.load(str(bundle / plain_name), load_external_data=False)
+        plain = onnx.load(str(bundle / plain_name))
         cpu = onnx.load(str(bundle / cpu_name), load_external_data=False)
         assert (bundle / cpu_name).stat().st_size < 1 << 20, cpu_name
+        assert f"{cpu_name}.data" in man["files"], cpu_name
         assert [i.name for i in cpu.graph.input] == [i.name for i in plain.graph.input], cpu_name
         assert [o.name for o in cpu.graph.output] == [o.name for o in plain.graph.output], cpu_name
-        weights = {i.name: i for i in cpu.graph.initializer}
+        for t in cpu.graph.initializer:
+            assert len(t.raw_data) < 1024 or t.external_data, (cpu_name, t.name)
+            info = {d.key: d.value for d in t.external_data}
+            assert not info or (info["location"] == f"{cpu_name}.data" and int(info["offset"]) % 4096 == 0), (cpu_name, t.name)
+        onnx.load_external_data_for_model(cpu, str(bundle))
+        weights = {i.name: numpy_helper.to_array(i) for i in cpu.graph.initializer}
+        plain_weights = [numpy_helper.to_array(i) for i in plain.graph.initializer if len(i.dims) == 2]
+        plain_matmuls = {n.input[1] for n in plain.graph.node if n.op_type == "MatMul"}
+        plain_by_name = {i.name: numpy_helper.to_array(i) for i in plain.graph.initializer}
         streamed = 0
         for node in cpu.graph.node:
             if node.op_type == "StreamMatMul":
-                assert len(node.input) == len(node.output) + 1, (cpu_name, node.name)
-                assert all(len(weights[w].dims) == 2 for w in node.input[1:]), (cpu_name, node.name)
+                widths = next(list(a.ints) for a in node.attribute if a.name == "widths")
+                assert len(node.input) == len(node.output) + 1 == len(widths) + 1, (cpu_name, node.name)
+                for w, n in zip(node.input[1:], widths):
+                    packed = weights[w]
+                    assert packed.ndim == 3 and packed.shape[0] == -(-n // PANEL) and packed.shape[2] == PANEL
+                    assert not packed[-1, :, n - (packed.shape[0] - 1) * PANEL:].any(), "padding is zero"
+                    w2 = unpack_panels(packed, n)
+                    assert any(p.shape == w2.shape and np.array_equal(p, w2) for p in plain_weights), (cpu_name, w)
                 streamed += len(node.output)
             assert node.op_type != "MatMul" or node.input[1] not in weights, (cpu_name, node.name)
+        assert streamed == sum(1 for w in plain_matmuls if w in plain_by_name and plain_by_name[w].ndim == 2)
         ops = Counter(n.op_type for n in cpu.graph.node if n.domain == ours)
         if plain_name == g["decoder_head"]:
             # the codebook heads, all of one input, in one node
@@ -179,11 +200,18 @@ def test_cpu_copies_share_the_weights_and_use_the_runtime_operators(bundle):
             assert ops == {"StreamMatMul": 6, "CachedAttention": 1, "CrossAttention": 1, "Intervene": 3}, ops
             assert not any(n.op_type == "GroupQueryAttention" for n in cpu.graph.node)
             assert len(cpu.graph.node) < len(plain.graph.node) // 2, (len(cpu.graph.node), len(plain.graph.node))
-        where = lambda t: frozenset((d.key, d.value) for d in t.external_data)  # noqa: E731
-        stored = {where(t) for t in plain.graph.initializer if t.external_data}
-        external = [where(t) for t in cpu.graph.initializer if t.external_data]
-        assert external and all(w in stored for w in external), cpu_name
-        assert all(len(t.raw_data) < 1024 for t in cpu.graph.initializer), cpu_name
+
+
+def test_panels_round_trip_with_a_partial_last_panel():
+    import numpy as np
+
+    from export import pack_panels, unpack_panels
+
+    w = np.arange(5 * 37, dtype=np.float32).reshape(5, 37)
+    p = pack_panels(w)
+    assert p.shape == (3, 5, 16)
+    assert np.array_equal(p[1, 2], w[2, 16:32]) and not p[2, :, 5:].any()
+    assert np.array_equal(unpack_panels(p, 37), w)
 
 
 I64, F32 = "tensor(int64)", "tensor(float)"

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ONNX_DIR))
 
 import check_bundle  # noqa: E402
 from test_export import run, session  # noqa: E402
+from export import unpack_panels  # noqa: E402
 
 SOURCE = ONNX_DIR.parent / "tests" / "data" / "tiny"
 OURS = "musicgen_interp"
@@ -103,7 +104,10 @@ def test_int8_cpu_copies_read_the_plain_graphs_int8_weights(int8):
                 assert cpu_inits[b].data_type == TensorProto.UINT8 and len(cpu_inits[b].dims) == 3
                 assert cpu_inits[s].data_type == TensorProto.FLOAT
                 got, scale = dequantized(nbits[b], plain_inits, 8)
-                assert np.abs(got - numpy_helper.to_array(fp32_inits[w])).max() <= scale + 1e-6, (cpu_name, w)
+                # the fp32 copy's weight is in panels ([K, N] in export.pack_panels' layout)
+                widths = next(list(a.ints) for a in before.attribute if a.name == "widths")
+                fp32_w = unpack_panels(numpy_helper.to_array(fp32_inits[w]), widths[i])
+                assert np.abs(got - fp32_w).max() <= scale + 1e-6, (cpu_name, w)
                 scales.add(s)
         # no fp32 weight matrix left (the scales are [N, blocks]); nothing of 1024 bytes inline
         for t in cpu.graph.initializer:

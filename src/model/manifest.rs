@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 pub const FORMAT: &str = "musicgen-interp-bundle";
 /// The bundle format this runtime reads; a different one is refused.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -144,9 +144,16 @@ pub struct FileEntry {
 }
 
 impl Manifest {
-    /// Bytes of one graph: its file plus its external weights file (`GRAPH.data`), if it has one.
+    /// Bytes of one graph: its file plus its external weights file, if it has one: `GRAPH.data`, or
+    /// for a CPU copy without one (an int8 bundle's, which reads the plain graph's tensors) the plain
+    /// graph's `STEM.onnx.data`.
     pub fn graph_bytes(&self, graph: &str) -> u64 {
-        [graph.to_string(), format!("{graph}.data")].iter().filter_map(|f| self.files.get(f)).map(|f| f.bytes).sum()
+        let own = format!("{graph}.data");
+        let data = match graph.strip_suffix(".cpu.onnx") {
+            Some(stem) if !self.files.contains_key(&own) => format!("{stem}.onnx.data"),
+            _ => own,
+        };
+        [graph, data.as_str()].iter().filter_map(|f| self.files.get(*f)).map(|f| f.bytes).sum()
     }
 
     /// Reads and checks `manifest.json` (format, version, internal consistency). Files are checked by

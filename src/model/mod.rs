@@ -30,6 +30,21 @@ pub struct MusicGen {
 }
 
 impl MusicGen {
+    /// The graph files this model's sessions loaded (the decoder's plain graphs or CPU copies).
+    pub fn loaded_graphs(&self) -> Vec<&str> {
+        let g = &self.bundle.manifest.graphs;
+        let mut v = vec![g.text_encoder.as_str(), g.cross_kv.as_str(), g.decoder_embed.as_str()];
+        v.extend(self.decoder.graph_files());
+        v.extend([g.encodec_encode.as_str(), g.encodec_decode_latent.as_str(), g.encodec_decode_upsample.as_str()]);
+        v
+    }
+
+    /// Bytes of the graphs this model loaded, weights files included ([`Manifest::graph_bytes`]):
+    /// what the runtime reads.
+    pub fn loaded_bytes(&self) -> u64 {
+        self.loaded_graphs().iter().map(|g| self.bundle.manifest.graph_bytes(g)).sum()
+    }
+
     /// Opens and checks the bundle at `dir`, then loads its graphs.
     pub fn load(runtime: &Runtime, dir: impl AsRef<Path>, verify: Verify) -> Result<MusicGen> {
         let bundle = Bundle::open(dir, verify)?;

@@ -1,16 +1,18 @@
 //! `musicgen_interp.StreamMatMul`: the CPU kernel for the decoder's weight matmuls, registered as an
-//! onnxruntime custom operator. The exporter writes a copy of each decoder graph (`*.cpu.onnx`, same
-//! weights file) whose `MatMul(x, W)` nodes with a 2-D fp32 weight use it; the CPU provider runs
-//! those, the CUDA provider the plain graphs.
+//! onnxruntime custom operator. The exporter writes a copy of each decoder graph (`*.cpu.onnx`, with
+//! its own weights file) whose `MatMul(x, W)` nodes with a 2-D fp32 weight use it, with `W` stored
+//! in panels (below); the CPU provider runs those, the CUDA provider the plain graphs.
 //!
 //! Why: a decoding step multiplies 2-4 rows by every weight matrix once, so it is a matrix-vector
-//! product bound by how fast the weights stream from memory. onnxruntime's MLAS kernels reach about
-//! 80% of a bare read on these shapes (all 192 matmuls of the small model, 2 rows, 2 threads: 55-63
-//! ms against 46-51 ms here, same host). This kernel splits the rows of `W` (`[K, N]`, row-major)
-//! into one contiguous block per thread, so each thread reads its block once, front to back; each
-//! thread sums into its own partial result, and the partials are added in a fixed order, so the
-//! result does not depend on scheduling. Many rows (a prefill) go to `matrixmultiply`'s GEMM with
-//! the columns split between threads.
+//! product bound by how fast the weights stream from memory. The weights are stored as panels of
+//! [`PANEL`] columns, `[ceil(N / 16), K, 16]` (the last panel zero-padded): one panel is one run of
+//! `K` cache lines, and each thread takes a contiguous range of panels, so it reads one long run of
+//! memory front to back with the 2 x 16 block of outputs in registers, and no thread's result
+//! depends on another's (no partial sums). Row-major weights read four rows at a time with the
+//! accumulators in L1 ran at about 75% of a bare read (all 192 matmuls of the small model, 2 rows,
+//! 2 threads: 48-53 ms against 31-40 ms in panels, same host, interleaved). Each output is one sum
+//! over `K` in order, whatever the split. Many rows (a prefill) take the same panels in blocks of
+//! rows of `W` that stay in L1 while every six rows of `x` pass over them.
 
 use ort::operator::{
     BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput,
@@ -20,9 +22,21 @@ use ort::value::TensorElementType;
 /// The operator's name in the graphs (domain [`super::ops::DOMAIN`]).
 pub const OP_NAME: &str = "StreamMatMul";
 
-/// Up to this many rows the weights are streamed once per pair of rows; above it, a GEMM in
-/// 16-column panels.
+/// Columns per panel of a stored weight: one cache line of fp32.
+pub const PANEL: usize = 16;
+
+/// Up to this many rows a thread reads each of its panels once, front to back; above it (a
+/// prefill), blocks of [`KB`] rows of `W` are taken across the panels, each reused from L1 by every
+/// row of `x`.
 const STREAM_MAX_ROWS: usize = 8;
+
+/// Rows of `W` per block: 256 x 16 fp32 = 16 KB of a panel.
+const KB: usize = 256;
+
+/// Parts of a parallel section per pool thread: parts are claimed, so a thread the host slows down
+/// holds back a smaller share. (1, 2 and 4 gave 250-step generations within the host's noise of
+/// each other: 15.2-19.9, 18.0-18.9 and 17.7-20.4 steps/s in three rounds.)
+const PARTS_PER_THREAD: usize = 2;
 
 /// The operator, with the number of threads the kernel splits its work over (the pool's size).
 pub struct StreamMatMul {
@@ -47,31 +61,42 @@ impl Operator for StreamMatMul {
         [OperatorOutput::variadic(1).homogenous(TensorElementType::Float32)]
     }
 
-    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        let parts = self.threads.max(1);
-        let mut scratch: Vec<f32> = Vec::new();
+    fn create_kernel<'attr>(&self, info: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        let threads = self.threads.max(1);
+        // The weights' column counts N, one per weight (a panel-stored weight does not say it).
+        let widths: Vec<i64> = info.get("widths").ok_or_else(|| ort::Error::new("StreamMatMul: no `widths` attribute"))?;
+        if widths.iter().any(|&n| n < 0) {
+            return Err(ort::Error::new(format!("StreamMatMul: negative width in {widths:?}")));
+        }
         Ok(Box::new(move |ctx: &ComputeContext| {
             let missing = || ort::Error::new("StreamMatMul: missing input or output");
             let a = ctx.input(0)?.ok_or_else(missing)?;
             let (a_shape, a) = a.try_extract_tensor::<f32>()?;
             let weights = (1..ctx.num_inputs()?).map(|i| ctx.input(i)?.ok_or_else(missing)).collect::<ort::Result<Vec<_>>>()?;
-            if weights.len() != ctx.num_outputs()? {
-                return Err(ort::Error::new("StreamMatMul: one output per weight"));
+            if weights.len() != ctx.num_outputs()? || weights.len() != widths.len() {
+                return Err(ort::Error::new(format!(
+                    "StreamMatMul: {} weights, {} outputs, {} widths: want one of each per weight",
+                    weights.len(),
+                    ctx.num_outputs()?,
+                    widths.len()
+                )));
             }
+            let k = match a_shape.last() {
+                Some(&k) if k >= 0 => k as usize,
+                _ => return Err(ort::Error::new(format!("StreamMatMul: input of shape {:?}", &a_shape[..]))),
+            };
             let mut outputs = Vec::with_capacity(weights.len());
             let mut ws = Vec::with_capacity(weights.len());
-            let mut k = 0;
-            for (i, weight) in weights.iter().enumerate() {
+            for (i, (weight, &n)) in weights.iter().zip(&widths).enumerate() {
+                let n = n as usize;
                 let (b_shape, w) = weight.try_extract_tensor::<f32>()?;
-                let (wk, n) = match (&b_shape[..], a_shape.last()) {
-                    ([wk, n], Some(&ak)) if ak == *wk && *wk >= 0 && *n >= 0 => (*wk as usize, *n as usize),
-                    _ => return Err(ort::Error::new(format!(
-                        "StreamMatMul: input {:?} does not fit weight {:?} (want [..., K] x [K, N])",
+                if b_shape[..] != [n.div_ceil(PANEL) as i64, k as i64, PANEL as i64] {
+                    return Err(ort::Error::new(format!(
+                        "StreamMatMul: input {:?} does not fit weight {:?} of width {n} (want [..., K] x [ceil(N / {PANEL}), K, {PANEL}])",
                         &a_shape[..],
                         &b_shape[..]
-                    ))),
-                };
-                k = wk;
+                    )));
+                }
                 let mut out_shape = a_shape.to_vec();
                 *out_shape.last_mut().expect("rank checked") = n as i64;
                 outputs.push(ctx.output(i, out_shape)?.ok_or_else(missing)?);
@@ -82,8 +107,8 @@ impl Operator for StreamMatMul {
                 products.push(Product { w, y: y.try_extract_tensor_mut::<f32>()?.1, n });
             }
             let m = a_shape[..a_shape.len() - 1].iter().product::<i64>() as usize;
-            let run = |f: &(dyn Fn(usize) + Sync), total: usize| super::ops::parallel(parts, total, f);
-            matmul_group(a, m, k, &mut products, parts, &mut scratch, run)
+            let run = |f: &(dyn Fn(usize) + Sync), total: usize| super::ops::parallel(threads, total, f);
+            matmul_group(a, m, k, &mut products, threads * PARTS_PER_THREAD, run)
         }))
     }
 }
@@ -100,15 +125,24 @@ pub fn avx2_available() -> bool {
     }
 }
 
-/// `y[m, n] = a[m, k] · w[k, n]`, all row-major.
-#[derive(Clone, Copy, Debug)]
-pub struct Shape {
-    pub m: usize,
-    pub k: usize,
-    pub n: usize,
+/// A row-major `[k, n]` weight in the operator's layout: `[ceil(n / 16), k, 16]`, panel `p` holding
+/// columns `16p..16p + 16` of every row, the last panel's missing columns zero. (The exporter
+/// stores the weights so; this is its definition for the tests.)
+pub fn pack(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(w.len(), k * n, "a [{k}, {n}] weight");
+    let panels = n.div_ceil(PANEL);
+    let mut packed = vec![0f32; panels * k * PANEL];
+    for p in 0..panels {
+        let cols = PANEL.min(n - p * PANEL);
+        for j in 0..k {
+            packed[(p * k + j) * PANEL..][..cols].copy_from_slice(&w[j * n + p * PANEL..][..cols]);
+        }
+    }
+    packed
 }
 
-/// One product of [`matmul_group`]: `y[m, n] = a[m, k] · w[k, n]`.
+/// One product of [`matmul_group`]: `y[m, n] = a[m, k] · w`, `w` a `[k, n]` weight in panels
+/// ([`pack`]).
 pub struct Product<'a> {
     pub w: &'a [f32],
     pub y: &'a mut [f32],
@@ -123,44 +157,29 @@ struct Ptrs {
     n: usize,
 }
 // SAFETY: the pointers outlive the parallel section (`run` returns after every part is done) and
-// each part writes only its own region of `y` or of the scratch.
+// each part writes only its own panels' columns of `y`.
 unsafe impl Send for Ptrs {}
 unsafe impl Sync for Ptrs {}
-
-/// `y = a · w` (one product), see [`matmul_group`].
-pub fn matmul<E>(
-    a: &[f32],
-    w: &[f32],
-    y: &mut [f32],
-    s: Shape,
-    parts: usize,
-    scratch: &mut Vec<f32>,
-    run: impl Fn(&(dyn Fn(usize) + Sync), usize) -> Result<(), E>,
-) -> Result<(), E> {
-    matmul_group(a, s.m, s.k, &mut [Product { w, y, n: s.n }], parts, scratch, run)
-}
 
 /// Every product `y_i = a · w_i` of one input `a` (`[m, k]`, row-major) by several weights (the q,
 /// k and v projections, or the codebook heads), in one parallel section; `run(f, total)` calls
 /// `f(0..total)`, possibly at once, and returns when all are done.
 ///
-/// Up to [`STREAM_MAX_ROWS`] rows, the rows of every `w_i` are split into `parts` contiguous blocks
-/// (the same split for each), and part `p` streams its block of each weight in turn; the partial
-/// sums are added in a fixed order, so the result does not depend on scheduling. More rows (a
-/// prefill) take a GEMM per weight, columns split between the parts.
+/// The panels of all the weights, in order, are split into `parts` contiguous ranges; a part
+/// computes its panels' columns of `y` for every row, so parts share nothing. Each output is one
+/// fp32 sum over `k` in order (blocks of [`KB`] terms carried through `y`), whatever the split.
 pub fn matmul_group<E>(
     a: &[f32],
     m: usize,
     k: usize,
     products: &mut [Product<'_>],
     parts: usize,
-    scratch: &mut Vec<f32>,
     run: impl Fn(&(dyn Fn(usize) + Sync), usize) -> Result<(), E>,
 ) -> Result<(), E> {
     for p in products.iter() {
         assert!(
-            a.len() >= m * k && p.w.len() >= k * p.n && p.y.len() >= m * p.n,
-            "StreamMatMul: buffers smaller than [{m}, {k}] x [{k}, {}]",
+            a.len() >= m * k && p.w.len() >= p.n.div_ceil(PANEL) * k * PANEL && p.y.len() >= m * p.n,
+            "StreamMatMul: buffers smaller than [{m}, {k}] x [{k}, {}] in panels",
             p.n
         );
     }
@@ -172,125 +191,152 @@ pub fn matmul_group<E>(
         return Ok(());
     }
     let ptrs: Vec<Ptrs> = products.iter_mut().map(|p| Ptrs { w: p.w.as_ptr(), y: p.y.as_mut_ptr(), n: p.n }).collect();
-    let a_addr = a.as_ptr() as usize;
-    if m > STREAM_MAX_ROWS {
-        for &p in ptrs.iter().filter(|p| p.n > 0) {
-            let n = p.n;
-            // Columns split between the threads, in multiples of 16 (whole vector registers).
-            let cols = n.div_ceil(parts).next_multiple_of(16).min(n);
-            let total = n.div_ceil(cols);
-            let part = move |i: usize| {
-                let p = p;
-                let n0 = i * cols;
-                let nb = cols.min(n - n0);
-                // SAFETY: in-bounds by the asserts above; part i writes columns n0..n0+nb of y only.
-                unsafe { gemm_columns(a_addr as *const f32, p.w, p.y, Shape { m, k, n }, n0, nb) };
-            };
-            run(&part, total)?;
-        }
+    let panels: usize = ptrs.iter().map(|p| p.n.div_ceil(PANEL)).sum();
+    if panels == 0 {
         return Ok(());
     }
-    // Rows of W split into `parts` contiguous blocks of whole 4-row groups.
-    let per = k.div_ceil(parts).next_multiple_of(4);
-    let total = k.div_ceil(per);
-    let width: usize = ptrs.iter().map(|p| p.n).sum();
-    scratch.resize((total - 1) * m * width, 0.0);
-    let scratch_addr = scratch.as_mut_ptr() as usize;
+    let per = panels.div_ceil(parts.max(1));
+    let a_addr = a.as_ptr() as usize;
     let ptrs = &ptrs;
     let part = move |i: usize| {
-        let (k0, k1) = (i * per, ((i + 1) * per).min(k));
-        // SAFETY: in-bounds by the asserts above.
-        let a = unsafe { std::slice::from_raw_parts(a_addr as *const f32, m * k) };
-        let mut offset = 0;
+        let (g0, g1) = (i * per, ((i + 1) * per).min(panels));
+        let mut first = 0; // the first panel of the current product, in the global numbering
         for p in ptrs {
-            let n = p.n;
-            // SAFETY: part 0 writes y, part i > 0 its own block of the scratch; each m*n long.
-            let acc = unsafe {
-                let dst = if i == 0 { p.y } else { (scratch_addr as *mut f32).add(((i - 1) * width + offset) * m) };
-                std::slice::from_raw_parts_mut(dst, m * n)
-            };
-            let w = unsafe { std::slice::from_raw_parts(p.w, k * n) };
-            stream_rows(a, w, acc, Shape { m, k, n }, k0, k1);
-            offset += n;
+            let count = p.n.div_ceil(PANEL);
+            let (lo, hi) = (g0.max(first), g1.min(first + count));
+            if lo < hi {
+                // SAFETY: in-bounds by the asserts above; this part writes the columns of panels
+                // lo..hi of this product's y only.
+                unsafe { panels_of(a_addr as *const f32, m, k, *p, lo - first, hi - first) };
+            }
+            first += count;
         }
     };
-    run(&part, total)?;
-    let mut offset = 0;
-    for p in products.iter_mut() {
-        let n = p.n;
-        for i in 1..total {
-            let block = &scratch[((i - 1) * width + offset) * m..][..m * n];
-            p.y[..m * n].iter_mut().zip(block).for_each(|(y, b)| *y += b);
-        }
-        offset += n;
-    }
-    Ok(())
+    run(&part, panels.div_ceil(per))
 }
 
-/// Columns `n0..n0 + nb` of `y = a · w` for all rows (many rows: a prefill).
+/// Columns of panels `p0..p1` of `y = a · w` for every row.
 ///
 /// # Safety
-/// The pointers hold `m * k`, `k * n` and `m * n` values; nothing else writes those columns of `y`.
-unsafe fn gemm_columns(a: *const f32, w: *const f32, y: *mut f32, s: Shape, n0: usize, nb: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if avx2::available() {
-            return avx2::gemm_columns(a, w, y, s, n0, nb);
-        }
-    }
-    let Shape { m, k, n } = s;
-    matrixmultiply::sgemm(m, k, nb, 1.0, a, k as isize, 1, w.add(n0), n as isize, 1, 0.0, y.add(n0), n as isize, 1);
-}
-
-/// `acc[r, :] = Σ_{k0 <= j < k1} a[r, j] · w[j, :]` for every row r, rows taken in pairs.
-fn stream_rows(a: &[f32], w: &[f32], acc: &mut [f32], s: Shape, k0: usize, k1: usize) {
-    let Shape { m, k, n } = s;
-    acc.fill(0.0);
-    let mut r = 0;
-    while r < m {
-        let rows = (m - r).min(2);
-        let (x0, x1) = (
-            &a[r * k..(r + 1) * k],
-            &a[(r + rows - 1) * k..(r + rows) * k],
-        );
-        let (acc0, rest) = acc[r * n..].split_at_mut(n);
-        let acc1 = if rows == 2 {
-            Some(&mut rest[..n])
-        } else {
-            None
-        };
-        #[cfg(target_arch = "x86_64")]
-        {
-            if avx2::available() {
-                // SAFETY: the features were just detected.
-                unsafe { avx2::pair(x0, x1, w, n, k0, k1, acc0, acc1) };
-                r += rows;
-                continue;
+/// `a` holds `m * k` values, `w` the product's panels, `y` `m * n`; nothing else writes those
+/// columns of `y`.
+unsafe fn panels_of(a: *const f32, m: usize, k: usize, p: Ptrs, p0: usize, p1: usize) {
+    if m <= STREAM_MAX_ROWS {
+        // Panel by panel, each read whole for a pair of rows: one run of memory front to back.
+        for panel in p0..p1 {
+            let c0 = panel * PANEL;
+            let cols = PANEL.min(p.n - c0);
+            for r in (0..m).step_by(2) {
+                let x0 = a.add(r * k);
+                let x1 = if r + 1 < m { x0.add(k) } else { x0 };
+                let mut tile = [[0f32; PANEL]; 2];
+                pair(x0, x1, p.w.add(panel * k * PANEL), k, &mut tile);
+                for (i, t) in tile.iter().enumerate().take(m - r) {
+                    std::ptr::copy_nonoverlapping(t.as_ptr(), p.y.add((r + i) * p.n + c0), cols);
+                }
             }
         }
-        portable_pair(x0, x1, w, n, k0, k1, acc0, acc1);
+    } else {
+        // Block by block: a block of a's columns stays in cache across the panels.
+        for k0 in (0..k).step_by(KB) {
+            for panel in p0..p1 {
+                rows(a, m, k, p, panel, k0, (k0 + KB).min(k));
+            }
+        }
+    }
+}
+
+/// `y[:, cols] (+)= a[:, k0..k1] · w[k0..k1, cols]` for one panel's columns `cols`, all rows; the
+/// sum starts from zero at `k0 == 0` and from `y` after.
+///
+/// # Safety
+/// As [`panels_of`].
+unsafe fn rows(a: *const f32, m: usize, k: usize, p: Ptrs, panel: usize, k0: usize, k1: usize) {
+    let w = p.w.add(panel * k * PANEL);
+    let c0 = panel * PANEL;
+    let cols = PANEL.min(p.n - c0);
+    let mut r = 0;
+    while r < m {
+        let rows = (m - r).min(6);
+        // The block of y in a full panel's width (a partial last panel through a copy).
+        let mut tile = [[0f32; PANEL]; 6];
+        if k0 > 0 {
+            for (i, t) in tile.iter_mut().enumerate().take(rows) {
+                std::ptr::copy_nonoverlapping(p.y.add((r + i) * p.n + c0), t.as_mut_ptr(), cols);
+            }
+        }
+        block(a.add(r * k), k, w, &mut tile[..rows], k0, k1);
+        for (i, t) in tile.iter().enumerate().take(rows) {
+            std::ptr::copy_nonoverlapping(t.as_ptr(), p.y.add((r + i) * p.n + c0), cols);
+        }
         r += rows;
     }
 }
 
-/// The same loop in plain Rust (the compiler vectorises it for the baseline target).
-#[allow(clippy::too_many_arguments)]
-fn portable_pair(
-    x0: &[f32],
-    x1: &[f32],
-    w: &[f32],
-    n: usize,
-    k0: usize,
-    k1: usize,
-    acc0: &mut [f32],
-    mut acc1: Option<&mut [f32]>,
-) {
-    for j in k0..k1 {
-        let row = &w[j * n..(j + 1) * n];
-        let (c0, c1) = (x0[j], x1[j]);
-        acc0.iter_mut().zip(row).for_each(|(y, w)| *y += c0 * w);
-        if let Some(acc1) = acc1.as_deref_mut() {
-            acc1.iter_mut().zip(row).for_each(|(y, w)| *y += c1 * w);
+/// `tile[i] += Σ_{k0 <= j < k1} a[i, j] · w[j, :]` for up to six rows `a[i]` (stride `k`) and one
+/// panel `w` (`[k, 16]`).
+///
+/// # Safety
+/// `a` holds `tile.len()` rows of `k` values, `w` at least `k1` rows of a panel.
+unsafe fn block(a: *const f32, k: usize, w: *const f32, tile: &mut [[f32; PANEL]], k0: usize, k1: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx2::available() {
+            return match tile.len() {
+                1 => avx2::block::<1>(a, k, w, tile, k0, k1),
+                2 => avx2::block::<2>(a, k, w, tile, k0, k1),
+                3 => avx2::block::<3>(a, k, w, tile, k0, k1),
+                4 => avx2::block::<4>(a, k, w, tile, k0, k1),
+                5 => avx2::block::<5>(a, k, w, tile, k0, k1),
+                _ => avx2::block::<6>(a, k, w, tile, k0, k1),
+            };
+        }
+    }
+    portable_block(a, k, w, tile, k0, k1)
+}
+
+/// `tile[i] = x_i · w` for two rows `x0`, `x1` (`k` values each) and one panel `w` (`[k, 16]`): the
+/// terms of even and of odd `j` summed apart (two chains per output, so the FMAs do not wait on
+/// each other), then added.
+///
+/// # Safety
+/// `x0` and `x1` hold `k` values, `w` a panel of `k` rows.
+unsafe fn pair(x0: *const f32, x1: *const f32, w: *const f32, k: usize, tile: &mut [[f32; PANEL]; 2]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx2::available() {
+            return avx2::pair(x0, x1, w, k, tile);
+        }
+    }
+    portable_pair(x0, x1, w, k, tile)
+}
+
+/// [`pair`] in plain Rust, in the same order of operations.
+unsafe fn portable_pair(x0: *const f32, x1: *const f32, w: *const f32, k: usize, tile: &mut [[f32; PANEL]; 2]) {
+    let mut even = [[0f32; PANEL]; 2];
+    let mut odd = [[0f32; PANEL]; 2];
+    for j in 0..k {
+        let row = std::slice::from_raw_parts(w.add(j * PANEL), PANEL);
+        let sums = if j % 2 == 0 { &mut even } else { &mut odd };
+        for (s, x) in sums.iter_mut().zip([*x0.add(j), *x1.add(j)]) {
+            s.iter_mut().zip(row).for_each(|(y, w)| *y = x.mul_add(*w, *y));
+        }
+    }
+    for i in 0..2 {
+        for c in 0..PANEL {
+            tile[i][c] = even[i][c] + odd[i][c];
+        }
+    }
+}
+
+/// The same sums in plain Rust (one FMA per term, as the vector path; the compiler vectorises the
+/// sixteen columns).
+unsafe fn portable_block(a: *const f32, k: usize, w: *const f32, tile: &mut [[f32; PANEL]], k0: usize, k1: usize) {
+    for (i, t) in tile.iter_mut().enumerate() {
+        for j in k0..k1 {
+            let x = *a.add(i * k + j);
+            let row = std::slice::from_raw_parts(w.add(j * PANEL), PANEL);
+            t.iter_mut().zip(row).for_each(|(y, w)| *y = x.mul_add(*w, *y));
         }
     }
 }
@@ -299,146 +345,70 @@ fn portable_pair(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::Shape;
+    use super::PANEL;
 
     /// Whether this CPU has the instructions the kernels below are compiled for.
     pub fn available() -> bool {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
     }
 
-    /// Columns `n0..n0 + nb` of `y = a · w`, in panels of 16 columns (one cache line of each row of
-    /// W) and blocks of `KB` rows of W: a panel's block (16 KB, as many pages) is read from memory
-    /// once and then from L1 by every block of six rows of `a`, each 6 x 16 block of `y` in twelve
-    /// registers. No packing, so no copy of W is made; edge columns and rows take plain loops.
+    /// [`super::pair`]: eight accumulators, two cache lines of the panel per step.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gemm_columns(a: *const f32, w: *const f32, y: *mut f32, s: Shape, n0: usize, nb: usize) {
-        const KB: usize = 256;
-        let Shape { m, k, n } = s;
-        let full = nb - nb % 16;
-        for r in 0..m {
-            std::ptr::write_bytes(y.add(r * n + n0), 0, nb);
+    pub unsafe fn pair(x0: *const f32, x1: *const f32, w: *const f32, k: usize, tile: &mut [[f32; PANEL]; 2]) {
+        let mut even = [_mm256_setzero_ps(); 4];
+        let mut odd = [_mm256_setzero_ps(); 4];
+        let mut j = 0;
+        while j + 2 <= k {
+            let wp = w.add(j * PANEL);
+            let (w0, w1, w2, w3) = (_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8)), _mm256_loadu_ps(wp.add(16)), _mm256_loadu_ps(wp.add(24)));
+            let (u0, u1) = (_mm256_broadcast_ss(&*x0.add(j)), _mm256_broadcast_ss(&*x1.add(j)));
+            let (v0, v1) = (_mm256_broadcast_ss(&*x0.add(j + 1)), _mm256_broadcast_ss(&*x1.add(j + 1)));
+            even[0] = _mm256_fmadd_ps(u0, w0, even[0]);
+            even[1] = _mm256_fmadd_ps(u0, w1, even[1]);
+            even[2] = _mm256_fmadd_ps(u1, w0, even[2]);
+            even[3] = _mm256_fmadd_ps(u1, w1, even[3]);
+            odd[0] = _mm256_fmadd_ps(v0, w2, odd[0]);
+            odd[1] = _mm256_fmadd_ps(v0, w3, odd[1]);
+            odd[2] = _mm256_fmadd_ps(v1, w2, odd[2]);
+            odd[3] = _mm256_fmadd_ps(v1, w3, odd[3]);
+            j += 2;
         }
-        for k0 in (0..k).step_by(KB) {
-            let k1 = (k0 + KB).min(k);
-            for c in (n0..n0 + full).step_by(16) {
-                let mut r = 0;
-                while r < m {
-                    match m - r {
-                        1 => block::<1>(a, w, y, s, r, c, k0, k1),
-                        2 => block::<2>(a, w, y, s, r, c, k0, k1),
-                        3 => block::<3>(a, w, y, s, r, c, k0, k1),
-                        4 => block::<4>(a, w, y, s, r, c, k0, k1),
-                        5 => block::<5>(a, w, y, s, r, c, k0, k1),
-                        _ => block::<6>(a, w, y, s, r, c, k0, k1),
-                    }
-                    r += 6;
-                }
-            }
-            for c in n0 + full..n0 + nb {
-                for r in 0..m {
-                    let mut sum = *y.add(r * n + c);
-                    for j in k0..k1 {
-                        sum = (*a.add(r * k + j)).mul_add(*w.add(j * n + c), sum);
-                    }
-                    *y.add(r * n + c) = sum;
-                }
-            }
+        if j < k {
+            let wp = w.add(j * PANEL);
+            let (w0, w1) = (_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8)));
+            let (u0, u1) = (_mm256_broadcast_ss(&*x0.add(j)), _mm256_broadcast_ss(&*x1.add(j)));
+            even[0] = _mm256_fmadd_ps(u0, w0, even[0]);
+            even[1] = _mm256_fmadd_ps(u0, w1, even[1]);
+            even[2] = _mm256_fmadd_ps(u1, w0, even[2]);
+            even[3] = _mm256_fmadd_ps(u1, w1, even[3]);
+        }
+        for i in 0..2 {
+            _mm256_storeu_ps(tile[i].as_mut_ptr(), _mm256_add_ps(even[2 * i], odd[2 * i]));
+            _mm256_storeu_ps(tile[i].as_mut_ptr().add(8), _mm256_add_ps(even[2 * i + 1], odd[2 * i + 1]));
         }
     }
 
-    /// `y[r..r + R, c..c + 16] += a[r..r + R, k0..k1] · w[k0..k1, c..c + 16]`, the block of `y` in
-    /// 2R registers (R = 6: twelve accumulators, enough to keep both FMA pipes busy).
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block<const R: usize>(a: *const f32, w: *const f32, y: *mut f32, s: Shape, r: usize, c: usize, k0: usize, k1: usize) {
-        let Shape { k, n, .. } = s;
+    /// [`super::block`] for `R` rows: the `R x 16` block in `2R` registers (R = 6: twelve
+    /// accumulators, enough to keep both FMA pipes busy), one cache line of the panel per term.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn block<const R: usize>(a: *const f32, k: usize, w: *const f32, tile: &mut [[f32; PANEL]], k0: usize, k1: usize) {
         let mut acc = [_mm256_setzero_ps(); 12];
         for i in 0..R {
-            let o = y.add((r + i) * n + c);
-            acc[2 * i] = _mm256_loadu_ps(o);
-            acc[2 * i + 1] = _mm256_loadu_ps(o.add(8));
+            acc[2 * i] = _mm256_loadu_ps(tile[i].as_ptr());
+            acc[2 * i + 1] = _mm256_loadu_ps(tile[i].as_ptr().add(8));
         }
         for j in k0..k1 {
-            let wp = w.add(j * n + c);
+            let wp = w.add(j * PANEL);
             let (w0, w1) = (_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8)));
             for i in 0..R {
-                let x = _mm256_broadcast_ss(&*a.add((r + i) * k + j));
+                let x = _mm256_broadcast_ss(&*a.add(i * k + j));
                 acc[2 * i] = _mm256_fmadd_ps(x, w0, acc[2 * i]);
                 acc[2 * i + 1] = _mm256_fmadd_ps(x, w1, acc[2 * i + 1]);
             }
         }
         for i in 0..R {
-            let o = y.add((r + i) * n + c);
-            _mm256_storeu_ps(o, acc[2 * i]);
-            _mm256_storeu_ps(o.add(8), acc[2 * i + 1]);
-        }
-    }
-
-    /// Four rows of W at a time, eight columns per register; the accumulators stay in L1.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn pair(
-        x0: &[f32],
-        x1: &[f32],
-        w: &[f32],
-        n: usize,
-        k0: usize,
-        k1: usize,
-        acc0: &mut [f32],
-        mut acc1: Option<&mut [f32]>,
-    ) {
-        let two = acc1.is_some();
-        let a0 = acc0.as_mut_ptr();
-        let a1 = acc1.as_mut().map_or(a0, |a| a.as_mut_ptr());
-        let n8 = n - n % 8;
-        let mut j = k0;
-        while j + 4 <= k1 {
-            let wp = w.as_ptr().add(j * n);
-            let b0 = [x0[j], x0[j + 1], x0[j + 2], x0[j + 3]].map(|v| _mm256_set1_ps(v));
-            let b1 = [x1[j], x1[j + 1], x1[j + 2], x1[j + 3]].map(|v| _mm256_set1_ps(v));
-            let mut c = 0;
-            while c < n8 {
-                let w0 = _mm256_loadu_ps(wp.add(c));
-                let w1 = _mm256_loadu_ps(wp.add(n + c));
-                let w2 = _mm256_loadu_ps(wp.add(2 * n + c));
-                let w3 = _mm256_loadu_ps(wp.add(3 * n + c));
-                let mut s0 = _mm256_loadu_ps(a0.add(c));
-                s0 = _mm256_fmadd_ps(b0[0], w0, s0);
-                s0 = _mm256_fmadd_ps(b0[1], w1, s0);
-                s0 = _mm256_fmadd_ps(b0[2], w2, s0);
-                s0 = _mm256_fmadd_ps(b0[3], w3, s0);
-                _mm256_storeu_ps(a0.add(c), s0);
-                if two {
-                    let mut s1 = _mm256_loadu_ps(a1.add(c));
-                    s1 = _mm256_fmadd_ps(b1[0], w0, s1);
-                    s1 = _mm256_fmadd_ps(b1[1], w1, s1);
-                    s1 = _mm256_fmadd_ps(b1[2], w2, s1);
-                    s1 = _mm256_fmadd_ps(b1[3], w3, s1);
-                    _mm256_storeu_ps(a1.add(c), s1);
-                }
-                c += 8;
-            }
-            for c in n8..n {
-                for (t, wv) in (0..4).map(|t| (t, *wp.add(t * n + c))) {
-                    *a0.add(c) = x0[j + t].mul_add(wv, *a0.add(c));
-                    if two {
-                        *a1.add(c) = x1[j + t].mul_add(wv, *a1.add(c));
-                    }
-                }
-            }
-            j += 4;
-        }
-        // Fewer than four rows left (K not a multiple of 4).
-        while j < k1 {
-            let wp = w.as_ptr().add(j * n);
-            for c in 0..n {
-                let wv = *wp.add(c);
-                *a0.add(c) = x0[j].mul_add(wv, *a0.add(c));
-                if two {
-                    *a1.add(c) = x1[j].mul_add(wv, *a1.add(c));
-                }
-            }
-            j += 1;
+            _mm256_storeu_ps(tile[i].as_mut_ptr(), acc[2 * i]);
+            _mm256_storeu_ps(tile[i].as_mut_ptr().add(8), acc[2 * i + 1]);
         }
     }
 }
@@ -446,6 +416,14 @@ mod avx2 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// `y[m, n] = a[m, k] · w[k, n]`, all row-major.
+    #[derive(Clone, Copy, Debug)]
+    struct Shape {
+        m: usize,
+        k: usize,
+        n: usize,
+    }
 
     fn reference(a: &[f32], w: &[f32], s: Shape) -> Vec<f64> {
         let mut y = vec![0f64; s.m * s.n];
@@ -456,6 +434,14 @@ pub(crate) mod tests {
                 }
             }
         }
+        y
+    }
+
+    /// `y = a · w` for a row-major `w`, through the panels.
+    fn matmul(a: &[f32], w: &[f32], s: Shape, parts: usize, run: impl Fn(&(dyn Fn(usize) + Sync), usize) -> Result<(), ()>) -> Vec<f32> {
+        let packed = pack(w, s.k, s.n);
+        let mut y = vec![f32::NAN; s.m * s.n];
+        matmul_group(a, s.m, s.k, &mut [Product { w: &packed, y: &mut y, n: s.n }], parts, run).unwrap();
         y
     }
 
@@ -487,6 +473,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn panels_hold_the_columns_of_every_row() {
+        let (k, n) = (3, 20);
+        let w: Vec<f32> = (0..k * n).map(|i| i as f32).collect();
+        let p = pack(&w, k, n);
+        assert_eq!(p.len(), 2 * k * PANEL);
+        // panel 1, row 2: columns 16..20 of row 2, then zeros
+        assert_eq!(&p[(k + 2) * PANEL..][..PANEL], &[56., 57., 58., 59., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.]);
+        assert_eq!(&p[PANEL..2 * PANEL], &w[n..n + PANEL]);
+    }
+
+    #[test]
     fn matches_a_float64_reference_for_odd_shapes_rows_and_thread_counts() {
         for &(m, k, n) in &[
             (1, 4, 8),
@@ -497,50 +494,37 @@ pub(crate) mod tests {
             (8, 130, 24),
             (9, 70, 50),
             (40, 300, 70),
+            (2, 600, 48),
             (2, 3, 5),
         ] {
             let s = Shape { m, k, n };
             let (a, w) = (values(m * k, 1), values(k * n, 2));
             let want = reference(&a, &w, s);
-            for parts in [1, 2, 3] {
+            for parts in [1, 2, 3, 7] {
                 for threads in [false, true] {
-                    let mut y = vec![f32::NAN; m * n];
-                    let mut scratch = Vec::new();
-                    let run = if threads { threaded } else { serial };
-                    matmul(&a, &w, &mut y, s, parts, &mut scratch, run).unwrap();
-                    let err = y
-                        .iter()
-                        .zip(&want)
-                        .map(|(g, w)| (*g as f64 - w).abs())
-                        .fold(0.0, f64::max);
+                    let y = matmul(&a, &w, s, parts, if threads { threaded } else { serial });
+                    let err = y.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
                     // fp32 sums of k terms of size <= 1
-                    assert!(
-                        err <= 1e-5 * k as f64,
-                        "{s:?} parts {parts}: max error {err}"
-                    );
+                    assert!(err <= 1e-5 * k as f64, "{s:?} parts {parts}: max error {err}");
                 }
             }
         }
     }
 
     #[test]
-    fn same_result_whichever_thread_finishes_first() {
-        let s = Shape {
-            m: 2,
-            k: 4096,
-            n: 64,
-        };
-        let (a, w) = (values(s.m * s.k, 3), values(s.k * s.n, 4));
-        let mut first = vec![0f32; s.m * s.n];
-        matmul(&a, &w, &mut first, s, 2, &mut Vec::new(), serial).unwrap();
-        let reversed = |f: &(dyn Fn(usize) + Sync), total: usize| -> Result<(), ()> {
-            (0..total).rev().for_each(f);
-            Ok(())
-        };
-        for _ in 0..3 {
-            let mut again = vec![0f32; s.m * s.n];
-            matmul(&a, &w, &mut again, s, 2, &mut Vec::new(), reversed).unwrap();
-            assert_eq!(first, again);
+    fn same_result_for_any_split_and_order() {
+        for m in [2, 12] {
+            let s = Shape { m, k: 4096, n: 64 };
+            let (a, w) = (values(s.m * s.k, 3), values(s.k * s.n, 4));
+            let first = matmul(&a, &w, s, 1, serial);
+            let reversed = |f: &(dyn Fn(usize) + Sync), total: usize| -> Result<(), ()> {
+                (0..total).rev().for_each(f);
+                Ok(())
+            };
+            for parts in [2, 3, 4] {
+                assert_eq!(first, matmul(&a, &w, s, parts, reversed), "m {m} parts {parts}");
+                assert_eq!(first, matmul(&a, &w, s, parts, threaded), "m {m} parts {parts}");
+            }
         }
     }
 
@@ -551,27 +535,35 @@ pub(crate) mod tests {
             let a = values(m * k, 8);
             let widths = [24, 40, 0, 17];
             let ws: Vec<Vec<f32>> = widths.iter().enumerate().map(|(i, &n)| values(k * n, 9 + i as u32)).collect();
+            let packed: Vec<Vec<f32>> = ws.iter().zip(widths).map(|(w, n)| pack(w, k, n)).collect();
             let mut ys: Vec<Vec<f32>> = widths.iter().map(|&n| vec![f32::NAN; m * n]).collect();
             let mut products: Vec<Product<'_>> =
-                ws.iter().zip(ys.iter_mut()).zip(widths).map(|((w, y), n)| Product { w, y, n }).collect();
-            matmul_group(&a, m, k, &mut products, 2, &mut Vec::new(), threaded).unwrap();
+                packed.iter().zip(ys.iter_mut()).zip(widths).map(|((w, y), n)| Product { w, y, n }).collect();
+            matmul_group(&a, m, k, &mut products, 3, threaded).unwrap();
             for ((w, y), n) in ws.iter().zip(&ys).zip(widths) {
-                let mut alone = vec![0f32; m * n];
-                matmul(&a, w, &mut alone, Shape { m, k, n }, 2, &mut Vec::new(), serial).unwrap();
-                assert_eq!(y, &alone, "m {m} k {k} n {n}");
+                assert_eq!(y, &matmul(&a, w, Shape { m, k, n }, 2, serial), "m {m} k {k} n {n}");
             }
         }
     }
 
     #[test]
-    fn portable_loop_matches_the_vector_one() {
-        let (k, n) = (37, 29);
-        let (x0, x1, w) = (values(k, 5), values(k, 6), values(k * n, 7));
-        let (mut p0, mut p1) = (vec![0f32; n], vec![0f32; n]);
-        portable_pair(&x0, &x1, &w, n, 0, k, &mut p0, Some(&mut p1));
-        let a: Vec<f32> = x0.iter().chain(&x1).copied().collect();
-        let want = reference(&a, &w, Shape { m: 2, k, n });
-        for (g, w) in p0.iter().chain(&p1).zip(&want) {
+    fn portable_block_matches_the_vector_one() {
+        let (k, rows) = (300, 5);
+        let (a, w) = (values(rows * k, 5), values(k * PANEL, 6));
+        let start: Vec<[f32; PANEL]> = (0..rows).map(|i| std::array::from_fn(|c| (i * PANEL + c) as f32 * 0.01)).collect();
+        let (mut portable, mut vector) = (start.clone(), start);
+        unsafe {
+            portable_block(a.as_ptr(), k, w.as_ptr(), &mut portable, 10, 290);
+            block(a.as_ptr(), k, w.as_ptr(), &mut vector, 10, 290);
+        }
+        if avx2_available() {
+            // one FMA per term in the same order: the same rounding
+            assert_eq!(portable, vector);
+        }
+        let want: Vec<f64> = (0..rows * PANEL)
+            .map(|i| (i as f64 * 0.01) as f32 as f64 + (10..290).map(|j| a[(i / PANEL) * k + j] as f64 * w[j * PANEL + i % PANEL] as f64).sum::<f64>())
+            .collect();
+        for (g, w) in portable.iter().flatten().zip(&want) {
             assert!((*g as f64 - w).abs() < 1e-4, "{g} vs {w}");
         }
     }
