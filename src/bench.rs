@@ -185,7 +185,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
     let mut peak = PeakRss::new();
     let bandwidth = peak.measure(|| copy_bandwidth(5));
     say(format!(
-        "model {} ({} layers, d_model {}), decoder weights {:.2} GB, all graphs {:.2} GB; memory copy bandwidth {:.1} GB/s",
+        "model {} ({} layers, d_model {}), decoder weights {:.2} GB, graphs loaded {:.2} GB; memory copy bandwidth {:.1} GB/s",
         man.source.model_id,
         d.num_layers,
         d.d_model,
@@ -324,7 +324,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         // The first phase after which the peak stood at its final value.
         let when = peaks.iter().find(|(_, p)| *p == rss).map_or("-", |(w, _)| w.as_str());
         say(format!(
-            "peak RSS {:.2} GB = {:.2}x the bundle's weight bytes ({:.2} GB), reached during {when}",
+            "peak RSS {:.2} GB = {:.2}x the weight bytes of the graphs loaded ({:.2} GB), reached during {when}",
             rss as f64 / 1e9,
             rss as f64 / weight_bytes as f64,
             weight_bytes as f64 / 1e9
