@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from export import CPU_OP, MAX_IR_VERSION, ExportError, make_readable, relink_weights, sha256, unpack_panels  # noqa: E402
+from export import CPU_OP, FORMAT_VERSION, MAX_IR_VERSION, ExportError, make_readable, relink_weights, sha256, unpack_panels  # noqa: E402
 from mg_fs import swap_in  # noqa: E402
 
 INT8_OP = "StreamMatMulInt8"  # the runtime's int8 weight matmul (src/runtime/matmul_int8.rs)
@@ -227,6 +227,11 @@ def main(argv=None):
     if out.exists():
         raise QuantizeError(f"{out} exists; choose a new --out")
     manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise QuantizeError(
+            f"{src} is bundle format {manifest.get('format_version')}, this quantize.py reads format {FORMAT_VERSION}: "
+            "export it again with onnx/export.py"
+        )
     if manifest.get("precision", {}).get("weights", "fp32") != "fp32":
         raise QuantizeError(f"{src} is already reduced-precision ({manifest['precision']['weights']}); start from an fp32 bundle")
     if args.reference_checkpoint and not (src / "hf" / "config.json").is_file():

@@ -224,3 +224,21 @@ def test_a_weight_without_its_quantized_matmul_is_an_error(int8, tmp_path):
     plain, cpu = pairs(int8)[0]
     with pytest.raises(quantize.QuantizeError, match="matches no quantized matmul"):
         quantize.write_int8_cpu_copy(SOURCE / cpu, tmp_path / cpu, int8 / plain, [])
+
+
+def test_a_bundle_of_another_format_is_refused(tmp_path):
+    import shutil
+
+    import quantize
+
+    if not (SOURCE / "manifest.json").is_file():
+        pytest.skip(f"{SOURCE} is missing: scripts/test.sh exports it")
+    old = tmp_path / "old"
+    old.mkdir()
+    man = json.loads((SOURCE / "manifest.json").read_text())
+    man["format_version"] = quantize.FORMAT_VERSION - 1  # say, row-major CPU copies
+    (old / "manifest.json").write_text(json.dumps(man))
+    shutil.copy(SOURCE / "tokenizer.json", old / "tokenizer.json")
+    with pytest.raises(quantize.QuantizeError, match="export it again"):
+        quantize.main(["--bundle", str(old), "--out", str(tmp_path / "int8")])
+    assert not (tmp_path / "int8").exists()

@@ -8,11 +8,12 @@
 //! [`PANEL`] columns, `[ceil(N / 16), K, 16]` (the last panel zero-padded): one panel is one run of
 //! `K` cache lines, and each thread takes a contiguous range of panels, so it reads one long run of
 //! memory front to back with the 2 x 16 block of outputs in registers, and no thread's result
-//! depends on another's (no partial sums). Row-major weights read four rows at a time with the
-//! accumulators in L1 ran at about 75% of a bare read (all 192 matmuls of the small model, 2 rows,
-//! 2 threads: 48-53 ms against 31-40 ms in panels, same host, interleaved). Each output is one sum
-//! over `K` in order, whatever the split. Many rows (a prefill) take the same panels in blocks of
-//! rows of `W` that stay in L1 while every six rows of `x` pass over them.
+//! depends on another's (no partial sums). Row-major weights, read four rows at a time with the
+//! partial sums in L1, took 56.4 / 60.6 ms (medians) for the small model's 145 weight sections (2
+//! rows, 2 threads) against 45 ms for a bare read of as many bytes; panels take 52.9-54.5 ms against
+//! 45.6-47.1 (same host, interleaved rounds). Many rows (a prefill) take the same panels in blocks
+//! of rows of `W` that stay in L1 while every six rows of `x` pass over them. The order of each
+//! output's sum is fixed by `K` and the row count alone, so the result does not depend on the split.
 
 use ort::operator::{
     BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput,
@@ -25,9 +26,9 @@ pub const OP_NAME: &str = "StreamMatMul";
 /// Columns per panel of a stored weight: one cache line of fp32.
 pub const PANEL: usize = 16;
 
-/// Up to this many rows a thread reads each of its panels once, front to back; above it (a
-/// prefill), blocks of [`KB`] rows of `W` are taken across the panels, each reused from L1 by every
-/// row of `x`.
+/// Up to this many rows a thread reads each of its panels whole for each pair of rows (from memory
+/// for the first pair), front to back; above it (a prefill), blocks of [`KB`] rows of `W` are taken
+/// across the panels, each reused from L1 by every row of `x`.
 const STREAM_MAX_ROWS: usize = 8;
 
 /// Rows of `W` per block: 256 x 16 fp32 = 16 KB of a panel.
@@ -166,8 +167,10 @@ unsafe impl Sync for Ptrs {}
 /// `f(0..total)`, possibly at once, and returns when all are done.
 ///
 /// The panels of all the weights, in order, are split into `parts` contiguous ranges; a part
-/// computes its panels' columns of `y` for every row, so parts share nothing. Each output is one
-/// fp32 sum over `k` in order (blocks of [`KB`] terms carried through `y`), whatever the split.
+/// computes its panels' columns of `y` for every row, so parts share nothing. Up to
+/// [`STREAM_MAX_ROWS`] rows each output is its even terms' sum plus its odd terms' sum ([`pair`]);
+/// more rows, one fp32 sum over `k` in order (blocks of [`KB`] terms carried through `y`). Either
+/// way the result does not depend on the split.
 pub fn matmul_group<E>(
     a: &[f32],
     m: usize,
