@@ -230,6 +230,14 @@ fn cpu_copies_match_plain_graphs(preset: &str) {
     let files = |m: &MusicGen| m.decoder.graph_files().iter().map(|f| f.ends_with(".cpu.onnx")).collect::<Vec<_>>();
     assert!(files(&cpu).iter().all(|&c| c), "{preset}: the CPU runtime did not load the CPU copies");
     assert!(files(&plain).iter().all(|&c| !c), "{preset}: --plain-graphs still loaded CPU copies");
+    // Each session's bytes are its graph and its own weights file: the copies' panels or the plain
+    // graphs' weights, never both (what `bench` sets the floor and the peak RSS against).
+    let man = cpu.manifest().clone();
+    let size = |f: &str| man.files.get(f).unwrap_or_else(|| panic!("{preset}: {f} not in the manifest")).bytes;
+    for m in [&cpu, &plain] {
+        let want: u64 = m.loaded_graphs().iter().map(|g| size(g) + man.files.get(&format!("{g}.data")).map_or(0, |f| f.bytes)).sum();
+        assert_eq!(m.loaded_bytes(), want, "{preset}");
+    }
     let enc = cpu.text.encode(&["drums", "a slow violin", "bass"]).unwrap();
     assert!(enc.attention_mask.iter().any(|&m| m == 0), "{preset}: the prompts should need padding");
     let layers = cpu.decoder.num_layers();

@@ -24,6 +24,15 @@ fn int8_bundle_is_smaller_and_says_so() {
     assert!(f.manifest().precision.is_none());
     let bytes = |m: &MusicGen| -> u64 { p.graphs.iter().map(|g| m.manifest().graph_bytes(g)).sum() };
     assert!((bytes(&q) as f64) < 0.6 * bytes(&f) as f64, "int8 {} vs fp32 {} bytes", bytes(&q), bytes(&f));
+    // The int8 CPU copies have no weights file of their own: they read the quantized plain graphs'
+    // tensors, so what the session reads counts those files once.
+    let man = q.manifest();
+    let copies = q.decoder.graph_files();
+    assert!(copies.iter().all(|g| g.ends_with(".cpu.onnx") && !man.files.contains_key(&format!("{g}.data"))), "{copies:?}");
+    let plain_data: u64 = p.graphs.iter().map(|g| man.files[&format!("{g}.data")].bytes).sum();
+    let copy_files: u64 = copies.iter().map(|g| man.files[*g].bytes).sum();
+    assert_eq!(copies.iter().map(|g| man.graph_bytes(g)).sum::<u64>(), copy_files + plain_data);
+    assert!(q.loaded_bytes() < f.loaded_bytes(), "int8 {} vs fp32 {} bytes loaded", q.loaded_bytes(), f.loaded_bytes());
 }
 
 #[test]
