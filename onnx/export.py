@@ -519,37 +519,6 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
     return files
 
 
-def relink_weights(proto, folder: Path, plain):
-    """Points each initializer of `proto` at the identical tensor in the plain graph's weights file
-    (matched by content), so a CPU copy traced on its own holds no weights of its own. Initializers
-    below the external-data threshold stay inline, as they are in the plain graph."""
-    import hashlib
-
-    from onnx import TensorProto
-    from onnx.external_data_helper import ExternalDataInfo
-
-    def key(tensor, raw):
-        return (tensor.data_type, tuple(tensor.dims), hashlib.sha256(raw).hexdigest())
-
-    stored = {}
-    for t in plain.graph.initializer:
-        if t.data_location == TensorProto.EXTERNAL:
-            info = ExternalDataInfo(t)
-            with open(folder / info.location, "rb") as f:
-                f.seek(info.offset or 0)
-                raw = f.read(info.length)
-            stored[key(t, raw)] = list(t.external_data)
-    for t in proto.graph.initializer:
-        if len(t.raw_data) < 1024:
-            continue
-        entries = stored.get(key(t, t.raw_data))
-        if entries is None:
-            raise ExportError(f"CPU copy: initializer {t.name} {list(t.dims)} is not in the plain graph's weights (exporter bug)")
-        t.ClearField("raw_data")
-        t.data_location = TensorProto.EXTERNAL
-        t.external_data.extend(entries)
-
-
 PANEL = 16  # columns per panel of a CPU copy's weight (src/runtime/matmul.rs)
 DATA_ALIGN = 4096  # offset of each tensor in a CPU copy's weights file (page-aligned, so it can be mapped)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from export import CPU_OP, FORMAT_VERSION, MAX_IR_VERSION, ExportError, make_readable, relink_weights, sha256, unpack_panels  # noqa: E402
+from export import CPU_OP, FORMAT_VERSION, MAX_IR_VERSION, make_readable, sha256, unpack_panels  # noqa: E402
 from mg_fs import swap_in  # noqa: E402
 
 INT8_OP = "StreamMatMulInt8"  # the runtime's int8 weight matmul (src/runtime/matmul_int8.rs)
@@ -95,6 +95,37 @@ def quantize_graph(src, dst, bits, block_size, accuracy_level):
     return quantized
 
 
+def relink_weights(proto, folder: Path, plain):
+    """Points each initializer of `proto` at the identical tensor in the plain graph's weights file
+    (matched by content), so an int8 CPU copy holds no weights of its own. Initializers below the
+    external-data threshold stay inline, as they are in the plain graph."""
+    import hashlib
+
+    from onnx import TensorProto
+    from onnx.external_data_helper import ExternalDataInfo
+
+    def key(tensor, raw):
+        return (tensor.data_type, tuple(tensor.dims), hashlib.sha256(raw).hexdigest())
+
+    stored = {}
+    for t in plain.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL:
+            info = ExternalDataInfo(t)
+            with open(folder / info.location, "rb") as f:
+                f.seek(info.offset or 0)
+                raw = f.read(info.length)
+            stored[key(t, raw)] = list(t.external_data)
+    for t in proto.graph.initializer:
+        if len(t.raw_data) < 1024:
+            continue
+        entries = stored.get(key(t, t.raw_data))
+        if entries is None:
+            raise QuantizeError(f"CPU copy: initializer {t.name} {list(t.dims)} is not in the plain graph's weights (quantize.py bug)")
+        t.ClearField("raw_data")
+        t.data_location = TensorProto.EXTERNAL
+        t.external_data.extend(entries)
+
+
 def write_int8_cpu_copy(src_copy, dst_copy, plain, quantized):
     """`dst_copy`: the fp32 CPU copy `src_copy` with each StreamMatMul(x, W_1..W_n) -> (y_1..y_n) turned
     into StreamMatMulInt8(x, B_1, scales_1, .., B_n, scales_n) -> (y_1..y_n), B_i and scales_i being the
@@ -133,10 +164,7 @@ def write_int8_cpu_copy(src_copy, dst_copy, plain, quantized):
         raise QuantizeError(f"{src_copy.name}: tensor names {sorted(clash)} exist in both graphs")
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(kept + list(added.values()))
-    try:
-        relink_weights(proto, plain.parent, onnx.load(str(plain), load_external_data=False))
-    except ExportError as e:
-        raise QuantizeError(str(e))
+    relink_weights(proto, plain.parent, onnx.load(str(plain), load_external_data=False))
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
 
     matrices = [t.name for t in proto.graph.initializer

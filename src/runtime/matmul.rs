@@ -126,24 +126,8 @@ pub fn avx2_available() -> bool {
     }
 }
 
-/// A row-major `[k, n]` weight in the operator's layout: `[ceil(n / 16), k, 16]`, panel `p` holding
-/// columns `16p..16p + 16` of every row, the last panel's missing columns zero. (The exporter
-/// stores the weights so; this is its definition for the tests.)
-pub fn pack(w: &[f32], k: usize, n: usize) -> Vec<f32> {
-    assert_eq!(w.len(), k * n, "a [{k}, {n}] weight");
-    let panels = n.div_ceil(PANEL);
-    let mut packed = vec![0f32; panels * k * PANEL];
-    for p in 0..panels {
-        let cols = PANEL.min(n - p * PANEL);
-        for j in 0..k {
-            packed[(p * k + j) * PANEL..][..cols].copy_from_slice(&w[j * n + p * PANEL..][..cols]);
-        }
-    }
-    packed
-}
-
 /// One product of [`matmul_group`]: `y[m, n] = a[m, k] · w`, `w` a `[k, n]` weight in panels
-/// ([`pack`]).
+/// (`[ceil(n / 16), k, 16]`, module docs).
 pub struct Product<'a> {
     pub w: &'a [f32],
     pub y: &'a mut [f32],
@@ -438,6 +422,22 @@ pub(crate) mod tests {
             }
         }
         y
+    }
+
+    /// A row-major `[k, n]` weight in the operator's layout: `[ceil(n / 16), k, 16]`, panel `p` holding
+    /// columns `16p..16p + 16` of every row, the last panel's missing columns zero. (The exporter
+    /// stores the weights so: `onnx/export.py` `pack_panels`.)
+    fn pack(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+        assert_eq!(w.len(), k * n, "a [{k}, {n}] weight");
+        let panels = n.div_ceil(PANEL);
+        let mut packed = vec![0f32; panels * k * PANEL];
+        for p in 0..panels {
+            let cols = PANEL.min(n - p * PANEL);
+            for j in 0..k {
+                packed[(p * k + j) * PANEL..][..cols].copy_from_slice(&w[j * n + p * PANEL..][..cols]);
+            }
+        }
+        packed
     }
 
     /// `y = a · w` for a row-major `w`, through the panels.
