@@ -18,7 +18,7 @@ pub mod attention;
 pub mod matmul;
 pub mod matmul_int8;
 pub mod ops;
-pub mod pool;
+pub use musicgen_interp_pool as pool;
 
 /// Environment variables that name the onnxruntime shared library, most specific first.
 pub const LIBRARY_ENV_VARS: [&str; 2] = ["MUSICGEN_INTERP_ORT_LIB", "ORT_DYLIB_PATH"];
