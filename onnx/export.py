@@ -73,6 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default 0)")
     p.add_argument("--out", required=True, help="bundle folder to write (must not exist or be empty, unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--source-key", help="what --model was made from, as the Rust runtime keys it (recorded as "
+                   "manifest source.key, compared before the runtime reuses the bundle)")
     p.add_argument("--no-verify", action="store_true", help="skip running each graph once with onnxruntime")
     args = p.parse_args(argv)
     if (args.config or args.preset) and not args.random_weights:
@@ -721,7 +723,10 @@ def make_readable(folder: Path):
 
 
 def folder_size(path: Path, skip=()):
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not any(s in f.parts for s in skip))
+    """Bytes of the files under `path`, leaving out sub-folders named in `skip` (relative to `path`:
+    a bundle written into a folder called `hf` still counts)."""
+    files = (f for f in path.rglob("*") if f.is_file())
+    return sum(f.stat().st_size for f in files if not any(s in f.relative_to(path).parts for s in skip))
 
 
 def main(argv=None):
@@ -762,6 +767,10 @@ def main(argv=None):
         }
     else:
         model, hf_tok, source = load_pretrained(args.model, args.revision)
+        if source["kind"] == "local":
+            source["path"] = str(Path(args.model).resolve())
+    if args.source_key:
+        source["key"] = args.source_key
     check_supported(model)
     tok = bundle_tokenizer(model, hf_tok)
     dcfg = model.config.decoder

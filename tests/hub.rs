@@ -59,18 +59,91 @@ fn hub_id_in_the_cache_is_exported_once_offline_and_reused() {
 }
 
 #[test]
-fn hub_id_missing_from_the_cache_offline_is_a_clear_error() {
+fn hub_id_missing_from_the_cache_offline_is_refused_at_once() {
     let tmp = tempfile::tempdir().unwrap();
+    // Offline by HF_HUB_OFFLINE, and offline because the endpoint refuses connections.
+    for (var, value) in [("HF_HUB_OFFLINE", "1"), ("HF_ENDPOINT", "http://127.0.0.1:9")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"))
+            .args(["--device", "cpu", "info", "--model", "test-org/not-cached"])
+            .env("HF_HOME", tmp.path().join("hf"))
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_HUB_OFFLINE")
+            .env(var, value)
+            .env("MUSICGEN_INTERP_MODELS", tmp.path().join("models"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("no such bundle or checkpoint folder, and not in the Hugging Face cache"), "{stderr}");
+        assert!(!stderr.contains("exporting"), "no exporter may start: {stderr}");
+        assert!(!tmp.path().join("models").exists(), "nothing is created before the model resolves");
+    }
+}
+
+/// `info --model DIR` with exports going to `models`; returns (success, stdout + stderr).
+fn info_local(models: &Path, model: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"))
-        .args(["--device", "cpu", "info", "--model", "test-org/not-cached"])
-        .env("HF_HOME", tmp.path().join("hf"))
-        .env_remove("HF_HUB_CACHE")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("MUSICGEN_INTERP_MODELS", tmp.path().join("models"))
+        .args(["--device", "cpu", "info", "--model"])
+        .arg(model)
+        .env("MUSICGEN_INTERP_MODELS", models)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("exporting test-org/not-cached failed"), "{stderr}");
-    assert!(!tmp.path().join("models/test-org--not-cached/manifest.json").exists());
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn layers_line(log: &str) -> String {
+    log.lines().find(|l| l.starts_with("decoder ")).unwrap_or_else(|| panic!("no decoder line in {log}")).to_string()
+}
+
+#[test]
+fn checkpoint_folders_of_the_same_name_get_their_own_bundles_and_a_changed_one_is_exported_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    // Two checkpoints in folders both called `hf` (the old cache key was the folder name alone).
+    let (a, b) = (tmp.path().join("tiny/hf"), tmp.path().join("tiny2/hf"));
+    for (dir, fixture) in [(&a, "tiny"), (&b, "tiny2")] {
+        std::fs::create_dir_all(dir).unwrap();
+        for entry in std::fs::read_dir(common::fixture(fixture).join("hf")).unwrap().flatten() {
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+    }
+    let (ok, log_a) = info_local(&models, &a);
+    assert!(ok, "{log_a}");
+    assert!(log_a.contains("from the checkpoint folder") && !log_a.contains("Hugging Face cache"), "{log_a}");
+    assert!(!log_a.contains(" 0.0 MB of graphs"), "{log_a}");
+    let (ok, log_b) = info_local(&models, &b);
+    assert!(ok, "{log_b}");
+    let (want_a, want_b) = (common::load("tiny").decoder.num_layers(), common::load("tiny2").decoder.num_layers());
+    assert_ne!(want_a, want_b, "the fixtures must differ in depth for this test");
+    assert!(layers_line(&log_a).contains(&format!("{want_a} layers")), "{log_a}");
+    assert!(layers_line(&log_b).contains(&format!("{want_b} layers")), "{}", layers_line(&log_b));
+    // The bundles record what they were made from.
+    let bundles: Vec<_> = std::fs::read_dir(&models).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(bundles.len(), 2, "{bundles:?}");
+    for bundle in &bundles {
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["source"]["kind"], "local");
+        assert_eq!(manifest["source"]["key"].as_str().map(str::len), Some(16));
+    }
+    // Reused while unchanged.
+    let (ok, again) = info_local(&models, &a);
+    assert!(ok && !again.contains("exporting"), "{again}");
+    // The weights re-saved (a new modification time): exported again, with the reason.
+    let weights = std::fs::read_dir(&a).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "safetensors")).unwrap();
+    let later = std::fs::metadata(&weights).unwrap().modified().unwrap() + std::time::Duration::from_secs(60);
+    std::fs::OpenOptions::new().write(true).open(&weights).unwrap().set_modified(later).unwrap();
+    let (ok, changed) = info_local(&models, &a);
+    assert!(ok, "{changed}");
+    assert!(changed.contains("again") && changed.contains("as it was then"), "{changed}");
+}
+
+#[test]
+fn a_missing_path_or_a_file_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("model.onnx");
+    std::fs::write(&file, b"x").unwrap();
+    let (ok, log) = info_local(&tmp.path().join("models"), &file);
+    assert!(!ok && log.contains("is a file"), "{log}");
+    let (ok, log) = info_local(&tmp.path().join("models"), &tmp.path().join("no/such/dir"));
+    assert!(!ok && log.contains("no such bundle or checkpoint folder"), "{log}");
 }

@@ -347,7 +347,13 @@ def test_export_from_local_checkpoint(bundle, tmp_path):
     res = run(ONNX_DIR / "export.py", "--model", bundle / "hf", "--out", out)
     assert "decoder_layer_0.onnx" in res.stdout
     man = json.loads((out / "manifest.json").read_text())
-    assert man["source"] == {"kind": "local", "model_id": "hf", "revision": None, "seed": None}
+    assert man["source"] == {
+        "kind": "local",
+        "model_id": "hf",
+        "revision": None,
+        "seed": None,
+        "path": str((bundle / "hf").resolve()),
+    }
     assert not (out / "hf").exists()
     report = check_bundle.check(out, bundle / "reference", verbose=False)
     assert report["ok"], json.dumps(report, indent=1)

@@ -55,6 +55,13 @@ pub struct Source {
     pub revision: Option<String>,
     #[serde(default)]
     pub seed: Option<u64>,
+    /// For a bundle exported by `--model` from a checkpoint folder or hub id: what it was made from
+    /// ([`crate::model::hub::SourceKey`]), compared before every reuse.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The checkpoint folder it was exported from (absolute), for a local checkpoint.
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
