@@ -102,7 +102,11 @@ enum Command {
         num_classes: usize,
         #[arg(long)]
         output_plot: PathBuf,
-        /// The split written by train-probes (default: split.json beside the weights).
+        /// Folder for the CSVs and the confusion matrices (default: the weights' folder).
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        /// The split written by train-probes with these weights (default: NAME_split.json beside
+        /// NAME_weights.npy); a split written for other weights is refused.
         #[arg(long)]
         split: Option<PathBuf>,
         /// mse or ce (default: from the weights file name, `ce_weights.npy` -> ce).
@@ -558,32 +562,40 @@ fn run(cli: Cli) -> Result<()> {
                 println!("layer {:>3}  test accuracy {:.4}  test loss {:.6}", m.layer, m.accuracy, m.loss);
             }
             let best = musicgen_interp::probe::best_layer(&metrics);
-            println!("best layer {best}; wrote {}/{loss_type}_weights.npy, {loss_type}_metrics.json, split.json", output_dir.display());
+            println!("best layer {best}; wrote {}/{loss_type}_weights.npy, {loss_type}_metrics.json, {loss_type}_split.json", output_dir.display());
             Ok(())
         }
-        Command::Evaluate { data_dir, weights_file, num_classes, output_plot, split, loss_type } => {
-            let split = split.unwrap_or_else(|| weights_file.with_file_name("split.json"));
+        Command::Evaluate { data_dir, weights_file, num_classes, output_plot, output_dir, split, loss_type } => {
+            let split = split.unwrap_or_else(|| {
+                // NAME_split.json beside NAME_weights.npy; an older training wrote split.json.
+                let own = musicgen_interp::probe::split_path_for(&weights_file);
+                let legacy = weights_file.with_file_name("split.json");
+                if !own.is_file() && legacy.is_file() { legacy } else { own }
+            });
             let kind = loss_type.unwrap_or_else(|| {
                 let name = weights_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 if name.starts_with("ce") { "ce".into() } else { "mse".into() }
             });
+            let dir = output_dir.unwrap_or_else(|| weights_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).to_path_buf());
             check_parent(&output_plot)?;
+            check_parent(&dir.join("x"))?;
             let e = musicgen_interp::probe::evaluate(&data_dir, &weights_file, &split, &kind)?;
             if e.split.num_classes != num_classes {
                 return Err(Error::Input(format!("--num-classes {num_classes}, but the split was made for {}", e.split.num_classes)));
             }
-            let dir = output_plot.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-            musicgen_interp::probe::write_evaluation(dir, &e)?;
+            let stem = musicgen_interp::probe::output_stem(&weights_file);
+            musicgen_interp::probe::write_evaluation(&dir, &stem, &e)?;
             musicgen_interp::probe::plot(&output_plot, &e.metrics, &kind, e.best)?;
             for m in &e.metrics {
                 println!("layer {:>3}  accuracy {:.4}  loss {:.6}", m.layer, m.accuracy, m.loss);
             }
             println!(
-                "best layer {} (accuracy {:.4}) on {} test samples; wrote {}, evaluation.csv, confusion.npy, confusion_best.csv",
+                "best layer {} (accuracy {:.4}) on {} test samples; wrote {} and {stem}_evaluation.csv, {stem}_confusion.npy, {stem}_confusion_best.csv in {}",
                 e.best,
                 e.metrics[e.best].accuracy,
                 e.split.test.len(),
-                output_plot.display()
+                output_plot.display(),
+                dir.display()
             );
             Ok(())
         }

@@ -200,8 +200,8 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, mut say: impl FnMut(St
     let weights_path = probe_dir.join(format!("{}_weights.npy", t.loss));
 
     // 3. evaluate
-    let ev = crate::probe::evaluate(&ext_dir, &weights_path, &probe_dir.join("split.json"), &t.loss)?;
-    crate::probe::write_evaluation(&probe_dir, &ev)?;
+    let ev = crate::probe::evaluate(&ext_dir, &weights_path, &crate::probe::split_path_for(&weights_path), &t.loss)?;
+    crate::probe::write_evaluation(&probe_dir, &t.loss, &ev)?;
     crate::probe::plot(&probe_dir.join("evaluation.png"), &ev.metrics, &t.loss, ev.best)?;
     say(format!("evaluate: best layer {} (test accuracy {:.3})", ev.best, ev.metrics[ev.best].accuracy));
 

@@ -1,11 +1,13 @@
 //! Probe training and evaluation (seed A) on extracted residuals, through probe-model plugins.
 //!
 //! Training: features L2-normalised per sample; classes balanced by downsampling to the smallest
-//! (seeded); a stratified test split (15%, seeded) saved as `split.json` so evaluation uses the same
-//! split; one probe per layer (`blocks.{l}.hook_resid_post`), weights saved as
-//! `{loss}_weights.npy` `[layers, classes, d_model]` plus `{loss}_metrics.json`.
-//! Evaluation: accuracy, loss and confusion matrix per layer on the saved test split; CSV, `.npy`,
-//! a PNG plot of accuracy and loss against layer; the best layer named.
+//! (seeded); a stratified test split (15%, seeded); one probe per layer
+//! (`blocks.{l}.hook_resid_post`), weights saved as `{loss}_weights.npy` `[layers, classes, d_model]`
+//! with `{loss}_metrics.json` and their own split, `{loss}_split.json`, which records what it belongs
+//! to (loss, stream, seed, the data's fingerprint and the weights' sha256).
+//! Evaluation: accuracy, loss and confusion matrix per layer on the split that belongs to the weights
+//! (another is refused); CSV, `.npy`, a PNG plot of accuracy and loss against layer; the best layer
+//! named.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +51,34 @@ pub struct Split {
     pub num_classes: usize,
     /// Samples per class after balancing.
     pub per_class: usize,
+    /// The probe loss the split was made for (absent in splits written before it was recorded).
+    #[serde(default)]
+    pub loss: Option<String>,
+    /// The data it indexes: [`data_fingerprint`] of the features.
+    #[serde(default)]
+    pub data: Option<String>,
+    /// sha256 of the weights file trained on it.
+    #[serde(default)]
+    pub weights_sha256: Option<String>,
+}
+
+/// The split file that belongs to weights file `weights`: `NAME_split.json` beside `NAME_weights.npy`.
+pub fn split_path_for(weights: &Path) -> PathBuf {
+    let name = weights.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = name.strip_suffix("_weights.npy").or_else(|| name.strip_suffix(".npy")).unwrap_or(&name);
+    weights.with_file_name(format!("{stem}_split.json"))
+}
+
+/// The prefix of an evaluation's output files for weights file `weights` (`mse` for `mse_weights.npy`).
+pub fn output_stem(weights: &Path) -> String {
+    let name = weights.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    name.strip_suffix("_weights.npy").or_else(|| name.strip_suffix(".npy")).unwrap_or(&name).to_string()
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Per-layer numbers.
@@ -96,6 +126,15 @@ impl Features {
         self.x.shape()[1]
     }
 
+    /// What a split indexes: the labels and the features' shape (hashed).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(format!("{:?}", self.x.shape()).as_bytes());
+        self.labels.iter().for_each(|l| h.update(l.to_le_bytes()));
+        h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Rows `idx` of layer `l`, each L2-normalised.
     pub fn layer(&self, l: usize, idx: &[usize]) -> Array2<f32> {
         let mut x = Array2::<f32>::zeros((idx.len(), self.x.shape()[2]));
@@ -137,7 +176,7 @@ pub fn split(labels: &[i64], num_classes: usize, test_fraction: f64, seed: u64, 
     }
     train.sort_unstable();
     test.sort_unstable();
-    Ok(Split { train, test, seed, test_fraction, stream, num_classes, per_class })
+    Ok(Split { train, test, seed, test_fraction, stream, num_classes, per_class, loss: None, data: None, weights_sha256: None })
 }
 
 fn labels_at(labels: &[i64], idx: &[usize]) -> Vec<i64> {
@@ -190,13 +229,14 @@ pub struct TrainOptions {
     pub probe: String,
 }
 
-/// Trains one probe per layer; writes `split.json`, `{loss}_weights.npy` and `{loss}_metrics.json`
-/// into `out`. Returns the test metrics per layer.
+/// Trains one probe per layer; writes `{loss}_weights.npy`, `{loss}_split.json` and
+/// `{loss}_metrics.json` into `out`. Returns the test metrics per layer.
 pub fn train(data: &Path, out: &Path, o: &TrainOptions, mut progress: impl FnMut(usize, usize)) -> Result<Vec<LayerMetrics>> {
     let f = Features::load(data, o.stream)?;
-    let sp = split(&f.labels, o.num_classes, o.test_fraction, o.seed, o.stream)?;
+    let mut sp = split(&f.labels, o.num_classes, o.test_fraction, o.seed, o.stream)?;
+    sp.loss = Some(o.loss.clone());
+    sp.data = Some(f.fingerprint());
     std::fs::create_dir_all(out).map_err(Error::io(out))?;
-    write_atomic(&out.join("split.json"), serde_json::to_string_pretty(&sp).expect("json").as_bytes())?;
     let settings = serde_json::json!({"loss": o.loss, "epochs": o.epochs}).to_string();
     let (layers, d) = (f.layers(), f.x.shape()[2]);
     let mut weights = Array3::<f32>::zeros((layers, o.num_classes, d));
@@ -226,7 +266,10 @@ pub fn train(data: &Path, out: &Path, o: &TrainOptions, mut progress: impl FnMut
         progress(l + 1, layers);
     }
     let _ = std::fs::remove_file(&tmp);
-    write_npy(&out.join(format!("{}_weights.npy", o.loss)), &weights)?;
+    let weights_path = out.join(format!("{}_weights.npy", o.loss));
+    write_npy(&weights_path, &weights)?;
+    sp.weights_sha256 = Some(sha256_file(&weights_path)?);
+    write_atomic(&split_path_for(&weights_path), serde_json::to_string_pretty(&sp).expect("json").as_bytes())?;
     let best = best_layer(&metrics);
     let summary = serde_json::json!({
         "loss": o.loss, "probe": o.probe, "stream": o.stream, "num_classes": o.num_classes,
@@ -258,11 +301,47 @@ pub struct Evaluation {
     pub split: Split,
 }
 
-/// Evaluates `weights` `[layers, classes, d]` on the test split saved beside them.
+/// Evaluates `weights` `[layers, classes, d]` on the test split `split_path`, which must be the one
+/// written with them (its recorded weights sha256 and data fingerprint are checked).
 pub fn evaluate(data: &Path, weights: &Path, split_path: &Path, loss_kind: &str) -> Result<Evaluation> {
+    if !split_path.is_file() {
+        return Err(Error::Input(format!(
+            "no split at {}: train-probes writes NAME_split.json beside NAME_weights.npy; pass the split the weights were trained with (--split)",
+            split_path.display()
+        )));
+    }
     let sp: Split = serde_json::from_slice(&std::fs::read(split_path).map_err(Error::io(split_path))?)
         .map_err(|e| Error::Input(format!("{}: {e}", split_path.display())))?;
+    let made_for = || {
+        format!(
+            "loss {}, stream {}, seed {}",
+            sp.loss.as_deref().unwrap_or("unrecorded"),
+            format!("{:?}", sp.stream).to_lowercase(),
+            sp.seed
+        )
+    };
+    match &sp.weights_sha256 {
+        Some(recorded) if *recorded != sha256_file(weights)? => {
+            return Err(Error::Input(format!(
+                "the split {} was written for other weights ({}), not {}: evaluate with the split trained with them (--split)",
+                split_path.display(),
+                made_for(),
+                weights.display()
+            )))
+        }
+        Some(_) => {}
+        None => eprintln!("note: {} records no weights (an older split); it cannot be checked against {}", split_path.display(), weights.display()),
+    }
     let f = Features::load(data, sp.stream)?;
+    if let Some(recorded) = &sp.data {
+        if *recorded != f.fingerprint() {
+            return Err(Error::Input(format!(
+                "the split {} was made on other data than {} (its labels or shapes differ): another dataset or extraction?",
+                split_path.display(),
+                data.display()
+            )));
+        }
+    }
     let w: Array3<f32> = ndarray_npy::read_npy(weights).map_err(|e| Error::Input(format!("{}: {e}", weights.display())))?;
     let (layers, classes, d) = w.dim();
     if layers != f.layers() || d != f.x.shape()[2] || classes != sp.num_classes {
@@ -293,14 +372,15 @@ pub fn evaluate(data: &Path, weights: &Path, split_path: &Path, loss_kind: &str)
     Ok(Evaluation { metrics, confusion, best, split: sp })
 }
 
-/// Writes `evaluation.csv`, `confusion.npy` and the best layer's `confusion_best.csv` into `dir`.
-pub fn write_evaluation(dir: &Path, e: &Evaluation) -> Result<()> {
+/// Writes `{stem}_evaluation.csv`, `{stem}_confusion.npy` and the best layer's
+/// `{stem}_confusion_best.csv` into `dir`.
+pub fn write_evaluation(dir: &Path, stem: &str, e: &Evaluation) -> Result<()> {
     let mut csv = String::from("layer,point,accuracy,loss\n");
     for m in &e.metrics {
         csv.push_str(&format!("{},blocks.{}.hook_resid_post,{:.6},{:.6}\n", m.layer, m.layer, m.accuracy, m.loss));
     }
-    write_atomic(&dir.join("evaluation.csv"), csv.as_bytes())?;
-    write_npy(&dir.join("confusion.npy"), &e.confusion)?;
+    write_atomic(&dir.join(format!("{stem}_evaluation.csv")), csv.as_bytes())?;
+    write_npy(&dir.join(format!("{stem}_confusion.npy")), &e.confusion)?;
     let c = e.confusion.index_axis(Axis(0), e.best);
     let mut best = String::from("true\\predicted");
     for j in 0..c.ncols() {
@@ -314,7 +394,7 @@ pub fn write_evaluation(dir: &Path, e: &Evaluation) -> Result<()> {
         }
         best.push('\n');
     }
-    write_atomic(&dir.join("confusion_best.csv"), best.as_bytes())
+    write_atomic(&dir.join(format!("{stem}_confusion_best.csv")), best.as_bytes())
 }
 
 /// A PNG of test accuracy and loss against layer, written atomically.

@@ -83,7 +83,7 @@ import json, sys, numpy as np
 data, out = sys.argv[1], sys.argv[2]
 x = np.load(f"{data}/residuals_cond.npy")[:, 1:, :].astype(np.float64)
 y = np.load(f"{data}/labels.npy")
-split = json.load(open(f"{out}/split.json"))
+split = json.load(open(f"{out}/mse_split.json"))
 tr = np.array(split["train"])
 w = []
 for l in range(x.shape[1]):
@@ -106,17 +106,17 @@ np.save(f"{out}/numpy_weights.npy", np.array(w, dtype=np.float64))
         "evaluate", "--data-dir", data.to_str().unwrap(), "--weights-file", out.join("mse_weights.npy").to_str().unwrap(),
         "--num-classes", "4", "--output-plot", plot.to_str().unwrap(),
     ]);
-    let split: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("split.json")).unwrap()).unwrap();
+    let split: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("mse_split.json")).unwrap()).unwrap();
     let n_test = split["test"].as_array().unwrap().len();
     assert!(log.contains(&format!("on {n_test} test samples")), "{log}");
-    let confusion = npy::<i64>(out.join("confusion.npy"));
+    let confusion = npy::<i64>(out.join("mse_confusion.npy"));
     assert_eq!(confusion.shape(), &[LAYERS, CLASSES, CLASSES]);
     for l in 0..LAYERS {
         let total: i64 = confusion.index_axis(ndarray::Axis(0), l).sum();
         let diag: i64 = (0..CLASSES).map(|c| confusion[[l, c, c]]).sum();
         assert_eq!((total, diag), (n_test as i64, n_test as i64));
     }
-    let csv = std::fs::read_to_string(out.join("evaluation.csv")).unwrap();
+    let csv = std::fs::read_to_string(out.join("mse_evaluation.csv")).unwrap();
     assert_eq!(csv.lines().count(), LAYERS + 1);
     let png = std::fs::read(&plot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
@@ -190,7 +190,7 @@ fn extract_train_evaluate_end_to_end_on_the_tiny_model() {
         "--num-classes", "3", "--output-plot", probes.join("eval.png").to_str().unwrap(),
     ]);
     assert!(log.contains("best layer"), "{log}");
-    assert!(probes.join("eval.png").is_file() && probes.join("evaluation.csv").is_file());
+    assert!(probes.join("eval.png").is_file() && probes.join("mse_evaluation.csv").is_file());
 }
 
 #[test]
@@ -219,7 +219,7 @@ fn probe_pipeline_runs_end_to_end_and_reports_the_steering_effect() {
     .unwrap();
     let log = cli(&["probe-pipeline", config.to_str().unwrap()]);
     assert!(log.contains("extract: 12 segments") && log.contains("evaluate: best layer"), "{log}");
-    for f in ["extract/residuals_cond.npy", "probes/mse_weights.npy", "probes/split.json", "probes/evaluation.png", "steer/steering_report.csv", "steer/steered_0.wav", "steer/plain_0.wav", "pipeline.resolved.yaml"] {
+    for f in ["extract/residuals_cond.npy", "probes/mse_weights.npy", "probes/mse_split.json", "probes/evaluation.png", "steer/steering_report.csv", "steer/steered_0.wav", "steer/plain_0.wav", "pipeline.resolved.yaml"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("steer/steering_report.json")).unwrap()).unwrap();
@@ -237,4 +237,58 @@ fn probe_pipeline_runs_end_to_end_and_reports_the_steering_effect() {
 #[test]
 fn example_pipeline_config_parses() {
     musicgen_interp::pipeline::PipelineConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/probe-pipeline.yaml")).unwrap();
+}
+
+#[test]
+fn evaluate_refuses_a_split_written_for_other_weights() {
+    // mse on cond, then ce on uncond, into one folder: each probe file keeps its own split, and a
+    // split written for other weights is refused rather than used.
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("probes"));
+    std::fs::create_dir_all(&data).unwrap();
+    features(&data);
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    cli(&["train-probes", "--data-dir", d, "--output-dir", o, "--num-classes", "4", "--stream", "cond", "--seed", "1"]);
+    cli(&["train-probes", "--data-dir", d, "--output-dir", o, "--num-classes", "4", "--loss-type", "ce", "--stream", "uncond", "--seed", "2"]);
+    let mse_split: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("mse_split.json")).unwrap()).unwrap();
+    assert_eq!((mse_split["stream"].as_str(), mse_split["loss"].as_str(), mse_split["seed"].as_u64()), (Some("cond"), Some("mse"), Some(1)));
+
+    // The default split is the weights' own: the mse test metrics of training come back.
+    let plot = tmp.path().join("plots/mse.png");
+    std::fs::create_dir_all(plot.parent().unwrap()).unwrap();
+    let mse = out.join("mse_weights.npy");
+    cli(&["evaluate", "--data-dir", d, "--weights-file", mse.to_str().unwrap(), "--num-classes", "4", "--output-plot", plot.to_str().unwrap()]);
+    // Outputs go beside the weights, not beside the plot.
+    assert!(out.join("mse_evaluation.csv").is_file() && !plot.with_file_name("mse_evaluation.csv").exists());
+    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("mse_metrics.json")).unwrap()).unwrap();
+    let csv = std::fs::read_to_string(out.join("mse_evaluation.csv")).unwrap();
+    for (row, line) in metrics["layers"].as_array().unwrap().iter().zip(csv.lines().skip(1)) {
+        let acc: f64 = line.split(',').nth(2).unwrap().parse().unwrap();
+        assert!((acc - row["test_accuracy"].as_f64().unwrap()).abs() < 1e-6, "{line} vs {row}");
+    }
+
+    // The ce (uncond) split with the mse weights: refused, naming what the split was made for.
+    let err = cli_err(&[
+        "evaluate", "--data-dir", d, "--weights-file", mse.to_str().unwrap(), "--num-classes", "4",
+        "--output-plot", plot.to_str().unwrap(), "--split", out.join("ce_split.json").to_str().unwrap(),
+    ]);
+    assert!(err.contains("written for other weights") && err.contains("loss ce, stream uncond"), "{err}");
+
+    // A split from another dataset: refused too.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    features(&other);
+    let labels: Array1<i64> = npy::<i64>(other.join("labels.npy")).into_dimensionality().unwrap();
+    let mut flipped = labels.clone();
+    flipped.swap(0, labels.len() - 1);
+    musicgen_interp::store::write_npy(&other.join("labels.npy"), &flipped).unwrap();
+    let err = cli_err(&[
+        "evaluate", "--data-dir", other.to_str().unwrap(), "--weights-file", mse.to_str().unwrap(), "--num-classes", "4",
+        "--output-plot", plot.to_str().unwrap(),
+    ]);
+    assert!(err.contains("made on other data"), "{err}");
+    // No split at all: the message names --split.
+    std::fs::remove_file(out.join("mse_split.json")).unwrap();
+    let err = cli_err(&["evaluate", "--data-dir", d, "--weights-file", mse.to_str().unwrap(), "--num-classes", "4", "--output-plot", plot.to_str().unwrap()]);
+    assert!(err.contains("--split"), "{err}");
 }
