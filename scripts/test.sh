@@ -29,6 +29,9 @@ fi
 echo "== exporter checks (pytest)"
 .venv/bin/python -m pytest -q onnx/tests
 
+echo "== the kernels' pool under loom (every interleaving of the claim protocol; own target dir, as --cfg loom rebuilds what it touches)"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -q -p musicgen-interp-pool --lib
+
 echo "== Rust tests"
 # --release shares the build with scripts/setup.sh (one compile instead of two on CI's two cores)
 cargo test --workspace --release
