@@ -78,8 +78,7 @@ pub struct DecoderLensConfig {
 
 impl DecoderLensConfig {
     pub fn load(path: &Path) -> Result<DecoderLensConfig> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        crate::config::parse_yaml(&text, path)
+        crate::config::load_yaml(path)
     }
 
     /// The prompts and their concepts (checked).

@@ -157,8 +157,7 @@ pub struct InterveneConfig {
 
 impl InterveneConfig {
     pub fn load(path: &Path) -> Result<InterveneConfig> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        crate::config::parse_yaml(&text, path)
+        crate::config::load_yaml(path)
     }
 
     /// The run's concepts, checked (an unknown one is an error naming the ten).

@@ -506,6 +506,10 @@ impl GenerateArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Ctrl-C or SIGTERM: remove this process's temporary files and exit 130, leaving no debris.
+    if let Err(e) = ctrlc::set_handler(|| musicgen_interp::store::remove_temporaries_and_exit()) {
+        eprintln!("note: Ctrl-C will not clean up temporary files ({e})");
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -538,7 +542,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { model } => info(&runtime, model, verify),
         Command::Inspect { model, text, save } => inspect(&runtime, model, verify, &text, save),
-        Command::Generate(args) => generate(&runtime, verify, args, Vec::new()),
+        Command::Generate(args) => generate(&runtime, verify, args, Vec::new(), &|| Ok(())),
         Command::Extract(args) => extract(&runtime, verify, args),
         Command::ProcessLewtun(mut args) => {
             args.lewtun = true;
@@ -719,15 +723,30 @@ fn inspect(runtime: &Runtime, model: PathBuf, verify: Verify, text: &str, save: 
     Ok(())
 }
 
-fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs, mut plugins: Vec<MethodPlugin>) -> Result<()> {
+/// `generate`: checks every output location, loads the plugins and the model and checks the
+/// plugins' hook points against it, calls `ready` (which may create the run's folder), generates,
+/// and commits every output file together.
+fn generate(
+    runtime: &Runtime,
+    verify: Verify,
+    args: GenerateArgs,
+    mut plugins: Vec<MethodPlugin>,
+    ready: &dyn Fn() -> Result<()>,
+) -> Result<()> {
     // Check every output location before the long work, so no run ends without its files.
     for path in [Some(&args.output), args.save_codes.as_ref()].into_iter().flatten() {
-        check_parent(path)?;
+        musicgen_interp::store::check_writable(path, false)?;
+    }
+    if let Some(dir) = &args.save_residuals {
+        musicgen_interp::store::check_writable(dir, true)?;
     }
     if let Some(settings) = args.steering_settings() {
         plugins.push(MethodPlugin::load("steering", &settings.to_string())?);
     }
     let mut m = load(runtime, args.model.clone(), verify)?;
+    for p in &plugins {
+        p.check_points(m.decoder.num_layers())?;
+    }
     let man = m.manifest().clone();
     let k = man.decoder.num_codebooks;
     let sampling = args.sampling.resolve(&man.generation);
@@ -758,6 +777,7 @@ fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs, mut plugins: 
         }
     };
     let request = GenerationRequest { prompts: args.text.clone(), audio_codes, max_new_tokens: steps, sampling, ..Default::default() };
+    ready()?;
     let mut capture = args.save_residuals.as_ref().map(|_| ResidualCapture::new(m.decoder.num_layers(), args.residual_reduction));
     let bar = indicatif::ProgressBar::new(steps as u64).with_style(
         indicatif::ProgressStyle::with_template("{spinner} decoding {pos}/{len} steps [{elapsed_precise}] {per_sec} eta {eta}")
@@ -785,18 +805,23 @@ fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs, mut plugins: 
     let wave = m.encodec.decode(out.codes.view())?;
     let codec_s = decode_start.elapsed().as_secs_f64();
     let rate = man.audio.sample_rate;
+    // Every output is written to a temporary first and renamed into place together at the end.
+    let mut staged = musicgen_interp::store::Staged::new();
+    let mut written = Vec::new();
     for i in 0..b {
         let path = if b == 1 { args.output.clone() } else { numbered(&args.output, i) };
         let samples: Vec<f32> = wave.slice(s![i, 0, ..]).to_vec();
-        musicgen_interp::audio::write_wav(&path, &samples, rate)?;
-        eprintln!("wrote {} ({:.2} s)", path.display(), samples.len() as f64 / rate as f64);
+        staged.stage_with(&path, musicgen_interp::audio::wav_writer(&samples, rate))?;
+        written.push(format!("wrote {} ({:.2} s)", path.display(), samples.len() as f64 / rate as f64));
     }
     if let Some(path) = &args.save_codes {
-        write_npy(path, &out.codes)?;
+        staged.stage_with(path, musicgen_interp::store::npy_writer(&out.codes))?;
     }
     if let (Some(dir), Some(capture)) = (&args.save_residuals, &capture) {
-        save_residuals(dir, capture, b, request.sampling.guided())?;
+        save_residuals(&mut staged, dir, capture, b, request.sampling.guided())?;
     }
+    staged.commit()?;
+    written.iter().for_each(|line| eprintln!("{line}"));
     for p in plugins.iter_mut() {
         p.run_end()?;
     }
@@ -831,7 +856,7 @@ fn numbered(path: &std::path::Path, i: usize) -> PathBuf {
 
 /// `residuals_cond.npy` and (with guidance) `residuals_uncond.npy`, `[points, batch, (positions,) d_model]`,
 /// and `residuals.json` naming the points and shapes.
-fn save_residuals(dir: &std::path::Path, capture: &ResidualCapture, batch: usize, guided: bool) -> Result<()> {
+fn save_residuals(staged: &mut musicgen_interp::store::Staged, dir: &std::path::Path, capture: &ResidualCapture, batch: usize, guided: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
     let all = capture.result()?;
     let mut files = serde_json::Map::new();
@@ -840,7 +865,7 @@ fn save_residuals(dir: &std::path::Path, capture: &ResidualCapture, batch: usize
     for (name, rows) in halves {
         let part = all.slice_axis(Axis(1), ndarray::Slice::from(rows.clone())).to_owned();
         let file = format!("residuals_{name}.npy");
-        write_npy(&dir.join(&file), &part)?;
+        staged.stage_with(&dir.join(&file), musicgen_interp::store::npy_writer(&part))?;
         files.insert((*name).into(), serde_json::json!({"file": file, "shape": part.shape()}));
     }
     let sidecar = serde_json::json!({
@@ -848,15 +873,15 @@ fn save_residuals(dir: &std::path::Path, capture: &ResidualCapture, batch: usize
         "axes": if all.ndim() == 4 { "[point, batch, position, d_model]" } else { "[point, batch, d_model]" },
         "arrays": files,
     });
-    musicgen_interp::store::write_atomic(&dir.join("residuals.json"), serde_json::to_string_pretty(&sidecar).expect("json").as_bytes())
+    staged.stage(&dir.join("residuals.json"), serde_json::to_string_pretty(&sidecar).expect("json").as_bytes())
 }
 
-/// `run CONFIG.yaml`: the resolved config is written first, then the run goes through the same path
-/// as `generate`, with the config's plugins.
+/// `run CONFIG.yaml`: the same path as `generate`, with the config's plugins; the output folder
+/// and the resolved config are written once the plugins have loaded and the model has resolved and
+/// accepted their hook points.
 fn run_config_file(runtime: &Runtime, verify: Verify, config: RunConfig) -> Result<()> {
     let out = &config.output;
-    std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.clone(), source: e })?;
-    musicgen_interp::store::write_atomic(&out.join("config.resolved.yaml"), config.to_yaml().as_bytes())?;
+    musicgen_interp::store::check_writable(out, true)?;
     let plugins = config
         .plugins
         .iter()
@@ -886,7 +911,11 @@ fn run_config_file(runtime: &Runtime, verify: Verify, config: RunConfig) -> Resu
         steering_period: 1,
         offset: 0,
     };
-    generate(runtime, verify, args, plugins)
+    let ready = || {
+        std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.clone(), source: e })?;
+        musicgen_interp::store::write_atomic(&out.join("config.resolved.yaml"), config.to_yaml().as_bytes())
+    };
+    generate(runtime, verify, args, plugins, &ready)
 }
 
 fn list_plugins() -> Result<()> {

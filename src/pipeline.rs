@@ -121,8 +121,7 @@ impl Default for TrainStage {
 
 impl PipelineConfig {
     pub fn load(path: &Path) -> Result<PipelineConfig> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        crate::config::parse_yaml(&text, path)
+        crate::config::load_yaml(path)
     }
 }
 

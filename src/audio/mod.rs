@@ -173,14 +173,19 @@ pub fn window(audio: &Audio, path: &Path, rate: u32, start_s: f64, duration_s: O
 
 /// Writes mono float samples as a 32-bit float WAV, atomically.
 pub fn write_wav(path: &Path, samples: &[f32], rate: u32) -> Result<()> {
+    crate::store::write_atomic_with(path, wav_writer(samples, rate))
+}
+
+/// The bytes of a mono 32-bit float WAV, for [`crate::store::Staged::stage_with`].
+pub fn wav_writer(samples: &[f32], rate: u32) -> impl FnOnce(&mut std::fs::File) -> std::io::Result<()> + '_ {
     let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 32, sample_format: hound::SampleFormat::Float };
-    crate::store::write_atomic_with(path, |file| {
+    move |file| {
         let mut w = hound::WavWriter::new(std::io::BufWriter::new(file), spec).map_err(std::io::Error::other)?;
         for &s in samples {
             w.write_sample(s).map_err(std::io::Error::other)?;
         }
         w.finalize().map_err(std::io::Error::other)
-    })
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,11 @@
 //! The YAML run config: what runs (model, device, seed, generation settings, prompts, plugins with
 //! their own settings, output folder). Unknown keys and wrong types are errors with line and column;
 //! every default is written out in the resolved config saved next to the outputs.
+//!
+//! Relative paths in a config file are relative to the file's own folder, so a config works from any
+//! working folder ([`PATH_KEYS`], at any depth, plugin and judge settings included); `model` too
+//! when that path exists beside the config (otherwise it stays as written: a hub id, or a path the
+//! CLI resolves).
 
 use std::path::{Path, PathBuf};
 
@@ -98,12 +103,48 @@ fn empty_map() -> serde_yaml::Value {
     serde_yaml::Value::Mapping(Default::default())
 }
 
+/// Keys whose string values are paths, wherever they appear in a config file.
+pub const PATH_KEYS: &[&str] = &["output", "data_dir", "path", "labels", "weights", "pre_computed_means"];
+
 /// Parses YAML into `T`; errors name `origin`, the problem, and its line and column.
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, origin: &Path) -> Result<T> {
     serde_yaml::from_str(text).map_err(|e| {
         let at = e.location().map_or(String::new(), |l| format!(" (line {}, column {})", l.line(), l.column()));
         Error::Input(format!("{}{at}: {e}", origin.display()))
     })
+}
+
+/// Reads config file `path` into `T`, its relative paths taken relative to the file's folder.
+pub fn load_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    // Parsed as written first, so a mistake is reported with its line and column.
+    parse_yaml::<T>(&text, path)?;
+    let mut value: serde_yaml::Value = parse_yaml(&text, path)?;
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    resolve_paths(&mut value, base);
+    serde_yaml::from_value(value).map_err(|e| Error::Input(format!("{}: {e}", path.display())))
+}
+
+/// Makes the relative paths under [`PATH_KEYS`] (and an existing `model` path) relative to `base`.
+fn resolve_paths(value: &mut serde_yaml::Value, base: &Path) {
+    match value {
+        serde_yaml::Value::Mapping(map) => {
+            for (key, v) in map.iter_mut() {
+                let key = key.as_str().unwrap_or_default();
+                if let serde_yaml::Value::String(s) = v {
+                    let p = Path::new(s.as_str());
+                    let is_path = PATH_KEYS.contains(&key) || (key == "model" && base.join(p).exists());
+                    if is_path && p.is_relative() && !s.is_empty() {
+                        *s = base.join(p).to_string_lossy().into_owned();
+                    }
+                } else {
+                    resolve_paths(v, base);
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(items) => items.iter_mut().for_each(|v| resolve_paths(v, base)),
+        _ => {}
+    }
 }
 
 impl PluginConfig {
@@ -125,7 +166,8 @@ impl RunConfig {
 
     pub fn load(path: &Path) -> Result<RunConfig> {
         let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        RunConfig::parse(&text, path)
+        RunConfig::parse(&text, path)?;
+        load_yaml(path)
     }
 
     /// The YAML written next to the outputs (every setting, defaults included), so the run can be
@@ -146,6 +188,27 @@ mod tests {
         assert_eq!(c.output, PathBuf::from("runs/out"));
         let again = RunConfig::parse(&c.to_yaml(), Path::new("b.yaml")).unwrap();
         assert_eq!(again.to_yaml(), c.to_yaml());
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("models/tiny")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("configs")).unwrap();
+        let file = tmp.path().join("configs/run.yaml");
+        let yaml = "model: ../models/tiny\nprompts: [a]\noutput: ../runs/x\naudio:\n  path: clip.wav\nplugins:\n  - plugin: steering\n    settings:\n      weights: w.npy\n      layers: [0]\n";
+        std::fs::write(&file, yaml).unwrap();
+        let c = RunConfig::load(&file).unwrap();
+        let dir = tmp.path().join("configs");
+        assert_eq!(Path::new(&c.model), dir.join("../models/tiny"));
+        assert_eq!(c.output, dir.join("../runs/x"));
+        assert_eq!(c.audio.unwrap().path, dir.join("clip.wav"));
+        assert_eq!(c.plugins[0].settings["weights"].as_str().map(PathBuf::from), Some(dir.join("w.npy")));
+        assert_eq!(c.plugins[0].settings["layers"][0].as_u64(), Some(0));
+        // A hub id (no such folder beside the config) and an absolute path stay as written.
+        std::fs::write(&file, "model: facebook/musicgen-small\nprompts: [a]\noutput: /tmp/abs\n").unwrap();
+        let c = RunConfig::load(&file).unwrap();
+        assert_eq!((c.model.as_str(), c.output.as_path()), ("facebook/musicgen-small", Path::new("/tmp/abs")));
     }
 
     #[test]

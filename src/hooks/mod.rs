@@ -110,6 +110,19 @@ impl HookPoint {
     }
 }
 
+/// Checks the hook points `owner` asked for against a decoder of `layers` layers: a point the model
+/// does not have is an error naming the valid range (a hook on a layer past the last would
+/// otherwise never be called, and the run would succeed without doing what was asked).
+pub fn check_points(owner: &str, points: &[HookPoint], layers: usize) -> Result<()> {
+    match points.iter().find(|p| p.layer().is_some_and(|l| l >= layers)) {
+        None => Ok(()),
+        Some(p) => Err(Error::Input(format!(
+            "{owner} asks for hook point {p}, but the model has {layers} decoder layer(s): layer points are blocks.0 to blocks.{}, plus embed.hook_out and ln_final.hook_normalized",
+            layers.saturating_sub(1)
+        ))),
+    }
+}
+
 impl fmt::Display for HookPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -247,6 +260,12 @@ pub trait Hooks {
     fn exit_after(&self) -> Option<usize> {
         None
     }
+
+    /// Checks that every hook point this hook asked for exists in a decoder of `layers` layers
+    /// (with [`check_points`]); the generation loop calls it before the first forward.
+    fn check_points(&self, _layers: usize) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// No hooks: the plain forward.
@@ -277,6 +296,9 @@ impl<H: Hooks> Hooks for Vec<H> {
     fn exit_after(&self) -> Option<usize> {
         self.iter().filter_map(|h| h.exit_after()).min()
     }
+    fn check_points(&self, layers: usize) -> Result<()> {
+        self.iter().try_for_each(|h| h.check_points(layers))
+    }
 }
 
 macro_rules! forward_hooks {
@@ -299,6 +321,9 @@ macro_rules! forward_hooks {
             }
             fn exit_after(&self) -> Option<usize> {
                 (**self).exit_after()
+            }
+            fn check_points(&self, layers: usize) -> Result<()> {
+                (**self).check_points(layers)
             }
         }
     )*};
@@ -340,6 +365,9 @@ impl Recorder {
 impl Hooks for Recorder {
     fn wants(&self, point: &HookPoint) -> bool {
         self.points.as_ref().is_none_or(|p| p.contains(point))
+    }
+    fn check_points(&self, layers: usize) -> Result<()> {
+        check_points("the recorder", self.points.as_deref().unwrap_or(&[]), layers)
     }
     fn on_residual(&mut self, ctx: &ForwardContext, point: HookPoint, h: ArrayViewMut3<'_, f32>) -> Result<()> {
         self.record(ctx, point, h.view());
@@ -390,6 +418,15 @@ mod tests {
         assert_eq!(HookPoint::all(3).len(), 2 + 3 * 5);
         assert!("blocks.x.hook_resid_post".parse::<HookPoint>().is_err());
         assert!("blocks.1.attn".parse::<HookPoint>().is_err());
+    }
+
+    #[test]
+    fn points_past_the_last_layer_are_refused_with_the_range() {
+        let ok = [HookPoint::Embed, HookPoint::ResidPost(3), HookPoint::LnFinal];
+        check_points("p", &ok, 4).unwrap();
+        let err = check_points("plugin steering", &[HookPoint::ResidPost(4)], 4).unwrap_err().to_string();
+        assert!(err.contains("plugin steering") && err.contains("blocks.4.hook_resid_post") && err.contains("blocks.0 to blocks.3"), "{err}");
+        assert!(Recorder::points([HookPoint::Component(9, Component::Mlp)]).check_points(2).is_err());
     }
 
     #[test]

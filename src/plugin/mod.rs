@@ -278,6 +278,10 @@ impl Hooks for MethodPlugin {
         self.points.contains(point)
     }
 
+    fn check_points(&self, layers: usize) -> Result<()> {
+        crate::hooks::check_points(&format!("plugin {}", self.name()), &self.points, layers)
+    }
+
     fn edit_components(&mut self, ctx: &ForwardContext, layer: usize, edits: &mut LayerEdits) -> Result<()> {
         if !self.points.iter().any(|p| matches!(p, HookPoint::Component(l, _) if *l == layer)) {
             return Ok(());

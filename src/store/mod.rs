@@ -1,10 +1,180 @@
 //! Results on disk: every write goes to a temporary file beside the target and is renamed into
 //! place, so a killed job never leaves a half-written file under the final name.
 
+use std::collections::HashSet;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
+
+/// Temporary files this process is writing (removed on Ctrl-C, see [`remove_temporaries_and_exit`]).
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Folders whose stale temporaries were already cleaned by this process.
+static CLEANED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+
+fn live() -> MutexGuard<'static, Vec<PathBuf>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The temporary name of `path` for this process: `.NAME.tmp-PID` beside it.
+fn temporary(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    folder_of(path).join(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Removes `.NAME.tmp-PID` files in `dir` whose process no longer runs (left by a killed run); once
+/// per folder and process, before this process's first write there. Returns how many it removed.
+pub fn clean_stale_temporaries(dir: &Path) -> usize {
+    {
+        let mut cleaned = CLEANED.lock().unwrap_or_else(|e| e.into_inner());
+        if !cleaned.get_or_insert_with(HashSet::new).insert(dir.to_path_buf()) {
+            return 0;
+        }
+    }
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).and_then(|(_, pid)| pid.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() as i32 && !process_alive(pid) && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+fn process_alive(pid: i32) -> bool {
+    // kill(pid, 0) delivers nothing; it fails with ESRCH when no such process exists.
+    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH))
+}
+
+/// Removes every temporary file this process is writing and exits with status 130 (as a shell
+/// reports a run ended by Ctrl-C). Holds the registry's lock to the end, so no new temporary is
+/// created meanwhile; a write in progress loses its file and never renames it into place.
+pub fn remove_temporaries_and_exit() -> ! {
+    let guard = live();
+    for tmp in guard.iter() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    eprintln!("interrupted: no partial output was left (a resumable job goes on from its finished parts when run again)");
+    // _exit: no static destructors while onnxruntime's threads may still run.
+    unsafe { libc::_exit(130) }
+}
+
+/// Checks, before any long work, that `path` can be written: its folder exists (or, with
+/// `create_folder`, the nearest existing folder above it) and takes a new file, and `path` is not a
+/// folder. Leaves nothing behind.
+pub fn check_writable(path: &Path, create_folder: bool) -> Result<()> {
+    if path.is_dir() && !create_folder {
+        return Err(Error::Input(format!("{} is a folder; give a file name", path.display())));
+    }
+    let mut dir = if create_folder { path } else { folder_of(path) };
+    if create_folder {
+        while !dir.is_dir() {
+            if dir.exists() {
+                return Err(Error::Input(format!("{} is a file, not a folder", dir.display())));
+            }
+            dir = folder_of(dir);
+        }
+    } else if !dir.is_dir() {
+        return Err(Error::Input(format!("the folder of {} does not exist: create it first", path.display())));
+    }
+    let probe = dir.join(format!(".write-check.tmp-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(Error::Input(format!("cannot write {}: {e} (in {})", path.display(), dir.display()))),
+    }
+}
+
+/// Output files written to temporaries first and renamed into place together by [`Staged::commit`],
+/// so a command that fails part-way leaves none of its outputs (dropping uncommitted files removes
+/// their temporaries).
+#[derive(Default)]
+pub struct Staged {
+    files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Staged {
+    pub fn new() -> Staged {
+        Staged::default()
+    }
+
+    /// Writes `path`'s content (by `fill`) to its temporary and fsyncs it.
+    pub fn stage_with(&mut self, path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
+        let dir = folder_of(path);
+        if !dir.is_dir() {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("folder {} does not exist", dir.display())),
+            });
+        }
+        clean_stale_temporaries(dir);
+        let tmp = temporary(path);
+        let result = (|| {
+            let mut file = {
+                let mut live = live();
+                let file = std::fs::File::create(&tmp)?;
+                live.push(tmp.clone());
+                file
+            };
+            fill(&mut file)?;
+            file.sync_all()
+        })();
+        match result {
+            Ok(()) => {
+                self.files.push((tmp, path.to_path_buf()));
+                Ok(())
+            }
+            Err(source) => {
+                forget(&tmp);
+                Err(Error::Io { path: path.to_path_buf(), source })
+            }
+        }
+    }
+
+    pub fn stage(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        self.stage_with(path, |w| w.write_all(bytes))
+    }
+
+    /// Renames every staged file into place.
+    pub fn commit(mut self) -> Result<()> {
+        for (tmp, path) in std::mem::take(&mut self.files) {
+            let renamed = std::fs::rename(&tmp, &path);
+            live().retain(|p| *p != tmp);
+            renamed.map_err(|source| {
+                let _ = std::fs::remove_file(&tmp);
+                Error::Io { path: path.clone(), source }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (tmp, _) in self.files.drain(..) {
+            forget(&tmp);
+        }
+    }
+}
+
+/// Removes temporary `tmp` and its registration.
+fn forget(tmp: &Path) {
+    let _ = std::fs::remove_file(tmp);
+    live().retain(|p| p != tmp);
+}
 
 /// Writes `bytes` to `path` atomically (temporary file in the same folder, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -13,29 +183,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Like [`write_atomic`], with the content produced by `fill`.
 pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        return Err(Error::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("folder {} does not exist", dir.display())),
-        });
+    let mut staged = Staged::new();
+    staged.stage_with(path, fill)?;
+    staged.commit()
+}
+
+/// The `.npy` bytes of an array, for [`Staged::stage_with`].
+pub fn npy_writer<'a, A, S, D>(array: &'a ndarray::ArrayBase<S, D>) -> impl FnOnce(&mut std::fs::File) -> std::io::Result<()> + 'a
+where
+    A: ndarray_npy::WritableElement,
+    S: ndarray::Data<Elem = A>,
+    D: ndarray::Dimension,
+{
+    use ndarray_npy::WriteNpyExt;
+    move |file| {
+        let mut w = std::io::BufWriter::new(file);
+        array.write_npy(&mut w).map_err(std::io::Error::other)?;
+        w.flush()
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        fill(&mut file)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(source) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::Io { path: path.to_path_buf(), source });
-    }
-    Ok(())
 }
 
 /// Writes an array as `.npy` (readable by numpy) atomically.
@@ -45,10 +210,5 @@ where
     S: ndarray::Data<Elem = A>,
     D: ndarray::Dimension,
 {
-    use ndarray_npy::WriteNpyExt;
-    write_atomic_with(path, |file| {
-        let mut w = std::io::BufWriter::new(file);
-        array.write_npy(&mut w).map_err(std::io::Error::other)?;
-        w.flush()
-    })
+    write_atomic_with(path, npy_writer(array))
 }

@@ -69,11 +69,23 @@ impl Method for Steering {
             if layer >= layers {
                 return Err(format!("steering: layer {layer} but the weights cover layers 0..{layers}"));
             }
+            if !strength.is_finite() {
+                return Err(format!("steering: strength {strength} for layer {layer} is not a finite number"));
+            }
             if !(strength > -1.0) {
                 return Err(format!("steering: strength {strength} would divide by 1 + s <= 0"));
             }
             let row = w.index_axis(Axis(0), layer).index_axis(Axis(0), s.target_class).to_owned();
+            if let Some(i) = row.iter().position(|x| !x.is_finite()) {
+                return Err(format!(
+                    "steering: the weights hold a non-finite value ({}) at layer {layer}, class {}, index {i}: retrain or fix the weights file",
+                    row[i], s.target_class
+                ));
+            }
             let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if !norm.is_finite() {
+                return Err(format!("steering: the probe row for layer {layer}, class {} overflows (its norm is infinite)", s.target_class));
+            }
             if !(norm > 0.0) {
                 return Err(format!("steering: the probe row for layer {layer}, class {} is zero", s.target_class));
             }
