@@ -70,6 +70,7 @@ fn decode(mss: MediaSourceStream, ext: Option<&str>, path: &Path) -> Result<Audi
         .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
         .ok_or_else(|| unreadable(path, "no audio track"))?;
     let track_id = track.id;
+    let promised = track.codec_params.n_frames;
     let sample_rate = track.codec_params.sample_rate.ok_or_else(|| unreadable(path, "no sample rate"))?;
     let mut decoder = symphonia::default::get_codecs()
         .make(&track.codec_params, &DecoderOptions::default())
@@ -107,7 +108,30 @@ fn decode(mss: MediaSourceStream, ext: Option<&str>, path: &Path) -> Result<Audi
     if channels.is_empty() || channels[0].is_empty() {
         return Err(unreadable(path, "no audio samples decoded (empty or truncated file)"));
     }
+    if sample_rate == 0 {
+        return Err(unreadable(path, "its header gives a sample rate of 0 Hz"));
+    }
+    check_finite(&channels, path)?;
+    let read = channels[0].len() as u64;
+    if let Some(promised) = promised.filter(|&n| n > read) {
+        eprintln!(
+            "warning: {} is truncated: its header promises {promised} samples per channel, {read} were read; using the {read}",
+            path.display()
+        );
+    }
     Ok(Audio { sample_rate, channels })
+}
+
+/// Refuses NaN or infinite samples (a float WAV can hold them): they would turn into silent codes
+/// or poison every residual downstream. Names the first one.
+fn check_finite(channels: &[Vec<f32>], path: &Path) -> Result<()> {
+    for (c, samples) in channels.iter().enumerate() {
+        if let Some(i) = samples.iter().position(|s| !s.is_finite()) {
+            let which = if channels.len() > 1 { format!("sample {i} of channel {c}") } else { format!("sample {i}") };
+            return Err(unreadable(path, format!("{which} is {}; only finite samples can be used", samples[i])));
+        }
+    }
+    Ok(())
 }
 
 /// Resamples one channel from `from` Hz to `to` Hz (FFT resampler, anti-aliased), keeping the
@@ -152,8 +176,13 @@ pub fn load_mono(path: &Path, rate: u32, start_s: f64, duration_s: Option<f64>) 
 
 /// Mixes `audio` to mono, resamples it to `rate`, and keeps `duration_s` seconds from `start_s`.
 pub fn window(audio: &Audio, path: &Path, rate: u32, start_s: f64, duration_s: Option<f64>) -> Result<Vec<f32>> {
-    if start_s < 0.0 || duration_s.is_some_and(|d| d <= 0.0) {
-        return Err(Error::Input("the audio window needs a start >= 0 and a duration > 0".into()));
+    // Written so that NaN fails too.
+    if !(start_s >= 0.0 && start_s.is_finite()) || duration_s.is_some_and(|d| !(d > 0.0 && d.is_finite())) {
+        return Err(Error::Input(format!(
+            "the audio window of {} needs a finite start >= 0 and a finite duration > 0 (got start {start_s}, duration {})",
+            path.display(),
+            duration_s.map_or("to the end".into(), |d| d.to_string())
+        )));
     }
     if start_s >= audio.duration_s() {
         return Err(Error::Input(format!(
@@ -163,9 +192,9 @@ pub fn window(audio: &Audio, path: &Path, rate: u32, start_s: f64, duration_s: O
         )));
     }
     let mono = resample(&audio.to_mono(), audio.sample_rate, rate)?;
-    let start = (start_s * rate as f64).round() as usize;
+    let start = ((start_s * rate as f64).round() as usize).min(mono.len());
     let end = match duration_s {
-        Some(d) => (start + (d * rate as f64).round() as usize).min(mono.len()),
+        Some(d) => start.saturating_add((d * rate as f64).round() as usize).min(mono.len()),
         None => mono.len(),
     };
     Ok(mono[start..end].to_vec())
@@ -237,5 +266,25 @@ mod tests {
         let out = dir.path().join("missing-folder/x.wav");
         assert!(write_wav(&out, &[0.0; 10], 32000).is_err());
         assert!(!out.exists());
+    }
+
+    #[test]
+    fn non_finite_samples_are_refused_with_file_and_index() {
+        let dir = tempfile::tempdir().unwrap();
+        for (bad, word) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf"), (f32::NEG_INFINITY, "-inf")] {
+            let path = dir.path().join("bad.wav");
+            let mut x = vec![0.25f32; 100];
+            x[37] = bad;
+            write_wav(&path, &x, 16000).unwrap();
+            let e = read(&path).unwrap_err().to_string();
+            assert!(e.contains("bad.wav") && e.contains("sample 37") && e.contains(word), "{e}");
+        }
+        let path = dir.path().join("ok.wav");
+        write_wav(&path, &[0.1; 1000], 16000).unwrap();
+        let audio = read(&path).unwrap();
+        for (start, dur) in [(f64::NAN, None), (f64::INFINITY, None), (0.0, Some(f64::NAN)), (0.0, Some(f64::INFINITY)), (-1.0, None)] {
+            let e = window(&audio, &path, 16000, start, dur).unwrap_err().to_string();
+            assert!(e.contains("finite start >= 0"), "{e}");
+        }
     }
 }
