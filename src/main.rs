@@ -511,9 +511,15 @@ impl GenerateArgs {
 }
 
 /// Every option takes negative numbers as values, so `--duration -1` reaches its range check (and
-/// a message naming the flag) instead of clap's "unexpected argument '-1'".
+/// a message naming the flag) instead of clap's "unexpected argument '-1'"; a single-valued float
+/// option takes any value starting with a hyphen (`-inf`), which its value parser then judges.
 fn negatives_as_values(cmd: clap::Command) -> clap::Command {
-    cmd.mut_args(|a| a.allow_negative_numbers(true)).mut_subcommands(negatives_as_values)
+    use std::any::TypeId;
+    cmd.mut_args(|a| {
+        let float = { let t = a.get_value_parser().type_id(); t == TypeId::of::<f64>() || t == TypeId::of::<f32>() };
+        if float && a.get_num_args().is_none() { a.allow_hyphen_values(true) } else { a.allow_negative_numbers(true) }
+    })
+    .mut_subcommands(negatives_as_values)
 }
 
 /// A number that is finite (clap names the flag and the value in its error).
@@ -767,6 +773,8 @@ fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs, mut plugins: 
     if let Some(settings) = args.steering_settings() {
         plugins.push(MethodPlugin::load("steering", &settings.to_string())?);
     }
+    // The audio prompt is decoded (and refused if unusable) before the model loads.
+    let prompt_audio = args.audio.as_ref().map(|path| musicgen_interp::audio::read(path)).transpose()?;
     let mut m = load(runtime, args.model.clone(), verify)?;
     let man = m.manifest().clone();
     let k = man.decoder.num_codebooks;
@@ -785,17 +793,17 @@ fn generate(runtime: &Runtime, verify: Verify, args: GenerateArgs, mut plugins: 
     if args.text.iter().any(|t| t.trim().is_empty()) {
         return Err(Error::Input("empty text prompt: describe the music to generate".into()));
     }
-    let audio_codes = match &args.audio {
-        None => None,
-        Some(path) => {
+    let audio_codes = match (&args.audio, &prompt_audio) {
+        (Some(path), Some(audio)) => {
             let rate = man.audio.sample_rate;
-            let wave = musicgen_interp::audio::load_mono(path, rate, args.audio_start, args.audio_duration)?;
+            let wave = musicgen_interp::audio::window(audio, path, rate, args.audio_start, args.audio_duration)?;
             let wave = ndarray::Array3::from_shape_vec((1, 1, wave.len()), wave).expect("shape");
             let codes = m.encodec.encode(wave.view())?;
             eprintln!("audio prompt: {} frames from {}", codes.shape()[2], path.display());
             let views: Vec<_> = (0..b).map(|_| codes.view()).collect();
             Some(ndarray::concatenate(Axis(0), &views).expect("rows"))
         }
+        _ => None,
     };
     let request = GenerationRequest { prompts: args.text.clone(), audio_codes, max_new_tokens: steps, sampling, ..Default::default() };
     let mut capture = args.save_residuals.as_ref().map(|_| ResidualCapture::new(m.decoder.num_layers(), args.residual_reduction));
