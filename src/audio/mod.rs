@@ -44,7 +44,11 @@ fn unreadable(path: &Path, why: impl std::fmt::Display) -> Error {
 
 /// Decodes an audio file (WAV, MP3, FLAC, Ogg/Vorbis).
 pub fn read(path: &Path) -> Result<Audio> {
-    let file = File::open(path).map_err(|e| unreadable(path, e))?;
+    let mut file = File::open(path).map_err(|e| unreadable(path, e))?;
+    let mut head = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, 4096), &mut head).map_err(|e| unreadable(path, e))?;
+    check_wav_header(&head, path)?;
+    std::io::Seek::rewind(&mut file).map_err(|e| unreadable(path, e))?;
     let ext = path.extension().and_then(|e| e.to_str());
     decode(MediaSourceStream::new(Box::new(file), Default::default()), ext, path)
 }
@@ -52,10 +56,49 @@ pub fn read(path: &Path) -> Result<Audio> {
 /// Decodes audio held in memory (e.g. a dataset's encoded bytes); `ext` hints the format and
 /// `name` is what errors call it.
 pub fn read_bytes(bytes: Vec<u8>, ext: Option<&str>, name: &Path) -> Result<Audio> {
+    check_wav_header(&bytes[..bytes.len().min(4096)], name)?;
     decode(MediaSourceStream::new(Box::new(std::io::Cursor::new(bytes)), Default::default()), ext, name)
 }
 
+/// A WAV whose `fmt ` chunk declares 0 Hz makes symphonia's reader panic (a zero time base):
+/// refused here first, from the file's first bytes.
+fn check_wav_header(head: &[u8], path: &Path) -> Result<()> {
+    if head.len() < 12 || &head[..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+        return Ok(());
+    }
+    let mut at = 12;
+    while at + 8 <= head.len() {
+        let size = u32::from_le_bytes([head[at + 4], head[at + 5], head[at + 6], head[at + 7]]) as usize;
+        if &head[at..at + 4] == b"fmt " {
+            if let Some(rate) = head.get(at + 12..at + 16) {
+                let rate = u32::from_le_bytes([rate[0], rate[1], rate[2], rate[3]]);
+                if !RATES.contains(&rate) {
+                    return Err(unreadable(
+                        path,
+                        format!("its header gives a sample rate of {rate} Hz, outside {} to {} Hz (a damaged header?)", RATES.start(), RATES.end()),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        at = at.saturating_add(8).saturating_add(size).saturating_add(size & 1);
+    }
+    Ok(())
+}
+
 fn decode(mss: MediaSourceStream, ext: Option<&str>, path: &Path) -> Result<Audio> {
+    // The container readers and codecs come from symphonia; a panic of theirs on damaged data
+    // becomes this file's error rather than the end of the process.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_inner(mss, ext, path))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+            Err(unreadable(path, format!("the decoder failed on damaged data ({what})")))
+        }
+    }
+}
+
+fn decode_inner(mss: MediaSourceStream, ext: Option<&str>, path: &Path) -> Result<Audio> {
     let mut hint = Hint::new();
     if let Some(ext) = ext {
         hint.with_extension(ext);
@@ -108,8 +151,11 @@ fn decode(mss: MediaSourceStream, ext: Option<&str>, path: &Path) -> Result<Audi
     if channels.is_empty() || channels[0].is_empty() {
         return Err(unreadable(path, "no audio samples decoded (empty or truncated file)"));
     }
-    if sample_rate == 0 {
-        return Err(unreadable(path, "its header gives a sample rate of 0 Hz"));
+    if !RATES.contains(&sample_rate) {
+        return Err(unreadable(
+            path,
+            format!("its header gives a sample rate of {sample_rate} Hz, outside {} to {} Hz (a damaged header?)", RATES.start(), RATES.end()),
+        ));
     }
     check_finite(&channels, path)?;
     let read = channels[0].len() as u64;
@@ -122,13 +168,26 @@ fn decode(mss: MediaSourceStream, ext: Option<&str>, path: &Path) -> Result<Audi
     Ok(Audio { sample_rate, channels })
 }
 
-/// Refuses NaN or infinite samples (a float WAV can hold them): they would turn into silent codes
-/// or poison every residual downstream. Names the first one.
+/// Sample rates a file may declare: beyond them a header is damaged (a rate of 3 GHz would make the
+/// resampler build an enormous filter).
+pub const RATES: std::ops::RangeInclusive<u32> = 1000..=768_000;
+
+/// The largest sample magnitude accepted (full scale is 1): 80 dB above full scale, far beyond any
+/// recording; a float WAV with a larger sample is damaged, and such values overflow the resampler.
+pub const MAX_SAMPLE: f32 = 1e4;
+
+/// Refuses NaN or infinite samples (a float WAV can hold them) and absurdly large ones: they would
+/// turn into silent codes or poison every residual downstream. Names the first one.
 fn check_finite(channels: &[Vec<f32>], path: &Path) -> Result<()> {
     for (c, samples) in channels.iter().enumerate() {
-        if let Some(i) = samples.iter().position(|s| !s.is_finite()) {
+        if let Some(i) = samples.iter().position(|s| !s.is_finite() || s.abs() > MAX_SAMPLE) {
             let which = if channels.len() > 1 { format!("sample {i} of channel {c}") } else { format!("sample {i}") };
-            return Err(unreadable(path, format!("{which} is {}; only finite samples can be used", samples[i])));
+            let why = if samples[i].is_finite() {
+                format!("{which} is {:e}, beyond any recording's range (|x| <= {MAX_SAMPLE:e}; full scale is 1)", samples[i])
+            } else {
+                format!("{which} is {}; only finite samples can be used", samples[i])
+            };
+            return Err(unreadable(path, why));
         }
     }
     Ok(())
@@ -144,11 +203,35 @@ pub fn resample(signal: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
         return Err(Error::Input(format!("cannot resample from {from} Hz to {to} Hz")));
     }
     let chunk = 1024;
-    let mut r = FftFixedIn::<f32>::new(from as usize, to as usize, chunk, 2, 1)
-        .map_err(|e| Error::Input(format!("resampler {from} -> {to} Hz: {e}")))?;
-    let delay = r.output_delay();
     let want = ((signal.len() as u64 * to as u64 + from as u64 / 2) / from as u64) as usize;
-    let mut out = Vec::with_capacity(want + delay + chunk);
+    let setup = |e: rubato::ResamplerConstructionError| Error::Input(format!("resampler {from} -> {to} Hz: {e}"));
+    // rubato's FFT resampler unwraps an inverse-FFT error that some rate pairs hit (e.g. 44288 Hz
+    // -> 32000 Hz on some inputs); those take its sinc resampler instead.
+    let fft = std::panic::catch_unwind(|| -> Result<Vec<f32>> {
+        let mut r = FftFixedIn::<f32>::new(from as usize, to as usize, chunk, 2, 1).map_err(setup)?;
+        run_resampler(&mut r, signal, want)
+    });
+    match fft {
+        Ok(result) => result,
+        Err(_) => {
+            use rubato::{SincFixedIn, SincInterpolationParameters, SincInterpolationType, WindowFunction};
+            let params = SincInterpolationParameters {
+                sinc_len: 256,
+                f_cutoff: 0.95,
+                interpolation: SincInterpolationType::Linear,
+                oversampling_factor: 256,
+                window: WindowFunction::BlackmanHarris2,
+            };
+            let mut r = SincFixedIn::<f32>::new(to as f64 / from as f64, 1.0, params, chunk, 1).map_err(setup)?;
+            run_resampler(&mut r, signal, want)
+        }
+    }
+}
+
+/// Feeds `signal` through `r` and returns `want` samples aligned with the input.
+fn run_resampler<R: Resampler<f32>>(r: &mut R, signal: &[f32], want: usize) -> Result<Vec<f32>> {
+    let delay = r.output_delay();
+    let mut out = Vec::with_capacity(want + delay + 1024);
     let mut pos = 0;
     let err = |e: rubato::ResampleError| Error::Input(format!("resampling failed: {e}"));
     while out.len() < want + delay {
@@ -266,6 +349,23 @@ mod tests {
         let out = dir.path().join("missing-folder/x.wav");
         assert!(write_wav(&out, &[0.0; 10], 32000).is_err());
         assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_sample_that_overflows_the_fft_resampler_is_refused_and_resampling_does_not_panic() {
+        // Found by tests/fuzz.rs: rubato's FFT resampler panics on this input (600 float samples,
+        // one of them with an exponent bit flipped, about 1e38, 44288 Hz -> 32000 Hz). Decoding
+        // refuses such a sample; resampling on its own must still not panic.
+        let mut x: Vec<f32> = (0..600).map(|i| (i as f32 * 0.05).sin() * 0.5).collect();
+        x[310] = f32::from_bits(x[310].to_bits() ^ (0x41 << 24));
+        assert!(x[310].is_finite() && x[310].abs() > 1e30);
+        let y = resample(&x, 44288, 32000).unwrap();
+        assert_eq!(y.len(), (600.0f64 * 32000.0 / 44288.0).round() as usize);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loud.wav");
+        write_wav(&path, &x, 44288).unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.contains("loud.wav") && e.contains("sample 310") && e.contains("beyond"), "{e}");
     }
 
     #[test]
