@@ -77,3 +77,30 @@ impl From<ort::Error<ort::session::builder::SessionBuilder>> for Error {
         Error::from(ort::Error::<()>::from(e))
     }
 }
+
+/// `value` if it is a finite number, else an error naming the setting `what`. NaN and infinities
+/// pass range checks such as `x < 0.0` unnoticed, so every numeric setting goes through here (the
+/// CLI's value parsers and the YAML configs alike).
+pub fn finite(what: &str, value: f64) -> Result<f64> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(Error::Input(format!("{what} is {value}: give a finite number")))
+    }
+}
+
+/// An error's message followed by each of its sources' (`dlopen failed: libfoo.so: invalid ELF
+/// header`), skipping a source whose text the message already holds.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -138,7 +138,18 @@ pub fn extract(
                 continue;
             }
         };
-        for (k, (start, end)) in segment_bounds(wave.len(), segment_len, min_len).into_iter().enumerate() {
+        let bounds = segment_bounds(wave.len(), segment_len, min_len);
+        if bounds.is_empty() {
+            let why = format!(
+                "lasts {:.2} s, shorter than the minimum segment of {} s (--min-seconds)",
+                wave.len() as f64 / rate as f64,
+                settings.min_seconds
+            );
+            progress(&format!("skipped {}: {why}", item.id));
+            report.failed.push((item.id.clone(), why));
+            continue;
+        }
+        for (k, (start, end)) in bounds.into_iter().enumerate() {
             let key = key_of(item, k);
             let seed = settings.seed.wrapping_add(fnv(key.as_bytes()));
             let npy = out.join("segments").join(format!("{key}.npy"));
@@ -225,7 +236,7 @@ pub fn merge(out: &Path) -> Result<Merged> {
         let json = npy.with_extension("json");
         let record: SegmentRecord = serde_json::from_slice(&std::fs::read(&json).map_err(Error::io(&json))?)
             .map_err(|e| Error::Input(format!("{}: {e}", json.display())))?;
-        let a: ArrayD<f32> = ndarray_npy::read_npy(npy).map_err(|e| Error::Input(format!("{}: {e}", npy.display())))?;
+        let a: ArrayD<f32> = crate::store::read_npy(npy, "a segment's residuals [points, 2, d_model]")?;
         cond.push(a.index_axis(Axis(1), 0).to_owned());
         uncond.push(a.index_axis(Axis(1), 1).to_owned());
         labels.push(record.label);

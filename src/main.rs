@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use ndarray::{s, Array3, Axis};
 
 use musicgen_interp::generate::{GenerationRequest, SamplingConfig};
@@ -35,7 +35,9 @@ struct RuntimeArgs {
     /// The onnxruntime shared library (default: $MUSICGEN_INTERP_ORT_LIB, $ORT_DYLIB_PATH, or the project's .venv).
     #[arg(long, global = true)]
     ort_lib: Option<PathBuf>,
-    /// Hash every bundle file on load instead of trusting files already verified.
+    /// Hash every bundle file again on load. Without it, a file hashed once is trusted while its
+    /// size and modification date are unchanged (recorded in the bundle's .verified.json), so an
+    /// edit that keeps both goes unseen until this flag is given.
     #[arg(long, global = true)]
     verify_all: bool,
     /// Let onnxruntime's worker threads sleep between operators instead of spinning (slower steps,
@@ -83,7 +85,7 @@ enum Command {
         /// Residual stream: cond or uncond.
         #[arg(long, default_value = "cond")]
         stream: musicgen_interp::probe::Stream,
-        #[arg(long, default_value_t = 0.15)]
+        #[arg(long, default_value_t = 0.15, value_parser = finite_f64)]
         test_fraction: f64,
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -153,7 +155,7 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// Clip lengths, seconds.
-        #[arg(long, value_delimiter = ',', default_value = "1,10,30")]
+        #[arg(long, value_delimiter = ',', default_value = "1,10,30", value_parser = positive)]
         durations: Vec<f64>,
         /// Cached positions for the single-step timing.
         #[arg(long, value_delimiter = ',', default_value = "50,500,1500")]
@@ -232,7 +234,7 @@ struct DecoderLensArgs {
     #[arg(long, default_value_t = musicgen_interp::data::concepts::DEFAULT_PROMPTS_PER_CONCEPT)]
     n_prompts_per_concept: usize,
     /// Seconds per clip.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 4.0, value_parser = positive)]
     duration: f64,
     /// Also the original DecoderLens: the decoder cross-attends to each text-encoder layer.
     #[arg(long)]
@@ -303,7 +305,7 @@ struct InterveneArgs {
     #[arg(long, value_delimiter = ',')]
     sites: Vec<String>,
     /// Seconds per clip.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 4.0, value_parser = positive)]
     duration: f64,
     /// Interventions generated together.
     #[arg(long, default_value_t = 8)]
@@ -371,15 +373,18 @@ struct GenerateArgs {
     #[arg(long)]
     audio: Option<PathBuf>,
     /// Start of the audio-prompt window, seconds.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     audio_start: f64,
     /// Length of the audio-prompt window, seconds (default: to the end).
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     audio_duration: Option<f64>,
-    /// Seconds of new audio (default 8; converted to decoder steps).
-    #[arg(long, conflicts_with = "steps")]
+    /// Seconds of new audio (default 8; converted to decoder steps: seconds x frame rate + codebooks - 1).
+    #[arg(long, conflicts_with = "steps", value_parser = positive)]
     duration: Option<f64>,
-    /// Decoder steps (N steps give N - codebooks + 1 new frames).
+    /// Decoder steps. With K codebooks, the delay pattern staggers codebook k by k positions, so N
+    /// steps give N - K + 1 new frames; a sequence too short for the pattern (prompt + N below
+    /// 2K - 1 positions, e.g. N < 2K - 2 from text alone) is kept undelayed, as transformers does,
+    /// and gives N frames.
     #[arg(long)]
     steps: Option<usize>,
     #[command(flatten)]
@@ -406,7 +411,7 @@ struct GenerateArgs {
     #[arg(long, num_args = 1..)]
     target_layers: Vec<usize>,
     /// One strength per target layer (or one for all).
-    #[arg(long, num_args = 1.., allow_negative_numbers = true)]
+    #[arg(long, num_args = 1.., allow_negative_numbers = true, value_parser = finite_f32)]
     layer_strengths: Vec<f32>,
     /// Steer every N-th decoder step, starting with the prefill.
     #[arg(long, default_value_t = 1)]
@@ -424,10 +429,10 @@ struct SamplingArgs {
     /// Top-k sampling (1 = greedy).
     #[arg(long)]
     top_k: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f32)]
     temperature: Option<f32>,
     /// Classifier-free guidance scale (1 = off).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f32)]
     guidance_scale: Option<f32>,
 }
 
@@ -472,9 +477,10 @@ struct ExtractArgs {
     steps: usize,
     #[arg(long, default_value = "last")]
     reduction: Reduction,
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = positive)]
     segment_seconds: f64,
-    #[arg(long, default_value_t = 2.0)]
+    /// Tracks (and last pieces) shorter than this are skipped; a skipped track is counted and named.
+    #[arg(long, default_value_t = 2.0, value_parser = non_negative)]
     min_seconds: f64,
     /// Use only the first N tracks (in id order).
     #[arg(long)]
@@ -504,8 +510,47 @@ impl GenerateArgs {
     }
 }
 
+/// Every option takes negative numbers as values, so `--duration -1` reaches its range check (and
+/// a message naming the flag) instead of clap's "unexpected argument '-1'"; a single-valued float
+/// option takes any value starting with a hyphen (`-inf`), which its value parser then judges.
+fn negatives_as_values(cmd: clap::Command) -> clap::Command {
+    use std::any::TypeId;
+    cmd.mut_args(|a| {
+        let float = { let t = a.get_value_parser().type_id(); t == TypeId::of::<f64>() || t == TypeId::of::<f32>() };
+        if float && a.get_num_args().is_none() { a.allow_hyphen_values(true) } else { a.allow_negative_numbers(true) }
+    })
+    .mut_subcommands(negatives_as_values)
+}
+
+/// A number that is finite (clap names the flag and the value in its error).
+fn finite_f64(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| "not a number".to_string())?;
+    if v.is_finite() { Ok(v) } else { Err("not a finite number (NaN and infinities are refused)".into()) }
+}
+
+fn finite_f32(s: &str) -> std::result::Result<f32, String> {
+    let v = finite_f64(s)?;
+    if v.abs() > f32::MAX as f64 {
+        return Err("out of range for a 32-bit float".into());
+    }
+    Ok(v as f32)
+}
+
+/// Seconds and the like: finite and > 0.
+fn positive(s: &str) -> std::result::Result<f64, String> {
+    let v = finite_f64(s)?;
+    if v > 0.0 { Ok(v) } else { Err("must be greater than 0".into()) }
+}
+
+/// A start time and the like: finite and >= 0.
+fn non_negative(s: &str) -> std::result::Result<f64, String> {
+    let v = finite_f64(s)?;
+    if v >= 0.0 { Ok(v) } else { Err("must be 0 or more".into()) }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = negatives_as_values(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Ctrl-C or SIGTERM: remove this process's temporary files and exit 130, leaving no debris.
     if let Err(e) = ctrlc::set_handler(|| musicgen_interp::store::remove_temporaries_and_exit()) {
         eprintln!("note: Ctrl-C will not clean up temporary files ({e})");
@@ -680,9 +725,10 @@ fn info(runtime: &Runtime, model: PathBuf, verify: Verify) -> Result<()> {
     println!("hook points  {} ({} ... {})", man.hook_points.len(), man.hook_points.first().map_or("", String::as_str), man.hook_points.last().map_or("", String::as_str));
     let bytes: u64 = man.files.values().map(|f| f.bytes).sum();
     println!(
-        "files        {} ({:.1} MB, checksums verified; {:.1} MB of graphs loaded here)",
+        "files        {} ({:.1} MB, {}; {:.1} MB of graphs loaded here)",
         man.files.len(),
         bytes as f64 / 1e6,
+        m.bundle.checked.describe(),
         m.loaded_bytes() as f64 / 1e6
     );
     println!("provider     {}", runtime.describe());
@@ -743,6 +789,8 @@ fn generate(
     if let Some(settings) = args.steering_settings() {
         plugins.push(MethodPlugin::load("steering", &settings.to_string())?);
     }
+    // The audio prompt is decoded (and refused if unusable) before the model loads.
+    let prompt_audio = args.audio.as_ref().map(|path| musicgen_interp::audio::read(path)).transpose()?;
     let mut m = load(runtime, args.model.clone(), verify)?;
     for p in &plugins {
         p.check_points(m.decoder.num_layers())?;
@@ -753,8 +801,8 @@ fn generate(
     let steps = match (args.steps, args.duration) {
         (Some(n), _) => n,
         (None, d) => {
-            let d = d.unwrap_or(8.0);
-            if !(d > 0.0) {
+            let d = musicgen_interp::error::finite("duration", d.unwrap_or(8.0))?;
+            if d <= 0.0 {
                 return Err(Error::Input(format!("duration must be positive, got {d}")));
             }
             (d * man.audio.frame_rate).round() as usize + k - 1
@@ -764,17 +812,17 @@ fn generate(
     if args.text.iter().any(|t| t.trim().is_empty()) {
         return Err(Error::Input("empty text prompt: describe the music to generate".into()));
     }
-    let audio_codes = match &args.audio {
-        None => None,
-        Some(path) => {
+    let audio_codes = match (&args.audio, &prompt_audio) {
+        (Some(path), Some(audio)) => {
             let rate = man.audio.sample_rate;
-            let wave = musicgen_interp::audio::load_mono(path, rate, args.audio_start, args.audio_duration)?;
+            let wave = musicgen_interp::audio::window(audio, path, rate, args.audio_start, args.audio_duration)?;
             let wave = ndarray::Array3::from_shape_vec((1, 1, wave.len()), wave).expect("shape");
             let codes = m.encodec.encode(wave.view())?;
             eprintln!("audio prompt: {} frames from {}", codes.shape()[2], path.display());
             let views: Vec<_> = (0..b).map(|_| codes.view()).collect();
             Some(ndarray::concatenate(Axis(0), &views).expect("rows"))
         }
+        _ => None,
     };
     let request = GenerationRequest { prompts: args.text.clone(), audio_codes, max_new_tokens: steps, sampling, ..Default::default() };
     ready()?;

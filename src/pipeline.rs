@@ -210,7 +210,7 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, mut say: impl FnMut(St
         return Err(Error::Input(format!("steer.target_class {} is outside the {num_classes} classes", s.target_class)));
     }
     let layers = if s.layers.is_empty() { vec![ev.best] } else { s.layers.clone() };
-    let weights: Array3<f32> = ndarray_npy::read_npy(&weights_path).map_err(|e| Error::Input(format!("{}: {e}", weights_path.display())))?;
+    let weights: Array3<f32> = crate::store::read_npy(&weights_path, "probe weights [layers, classes, d_model]")?;
     let steer_settings = serde_json::json!({
         "weights": weights_path, "target_class": s.target_class, "layers": layers,
         "strengths": s.strengths, "period": s.period, "offset": s.offset,

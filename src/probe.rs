@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis, Ix1, Ix3};
+use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -103,18 +103,13 @@ impl Features {
             Stream::Cond => "residuals_cond.npy",
             Stream::Uncond => "residuals_uncond.npy",
         };
-        let read = |file: &str| -> Result<ndarray::ArrayD<f32>> {
-            let p = dir.join(file);
-            ndarray_npy::read_npy(&p).map_err(|e| Error::Input(format!("{}: {e} (run `extract` first)", p.display())))
-        };
-        let all = read(name)?.into_dimensionality::<Ix3>().map_err(|_| {
-            Error::Input(format!("{name} is not [samples, points, d_model]: extract with reduction last or mean for probes"))
-        })?;
-        let lp = dir.join("labels.npy");
-        let labels: Array1<i64> = ndarray_npy::read_npy::<_, ndarray::ArrayD<i64>>(&lp)
-            .map_err(|e| Error::Input(format!("{}: {e}", lp.display())))?
-            .into_dimensionality::<Ix1>()
-            .map_err(|_| Error::Input("labels.npy is not one-dimensional".into()))?;
+        let p = dir.join(name);
+        if !p.is_file() {
+            return Err(Error::Input(format!("{} does not exist: run `extract` first", p.display())));
+        }
+        let all: Array3<f32> =
+            crate::store::read_npy(&p, "residuals [samples, points, d_model] (extract with reduction last or mean for probes)")?;
+        let labels: Array1<i64> = crate::store::read_npy(&dir.join("labels.npy"), "labels [samples]")?;
         if labels.len() != all.shape()[0] {
             return Err(Error::Input(format!("{} labels for {} samples", labels.len(), all.shape()[0])));
         }
@@ -150,18 +145,32 @@ impl Features {
 /// Balanced, stratified split of `labels` (classes `0..num_classes`, each needs >= 2 examples).
 pub fn split(labels: &[i64], num_classes: usize, test_fraction: f64, seed: u64, stream: Stream) -> Result<Split> {
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); num_classes];
+    // What the labels hold, for a message that suggests the right --num-classes.
+    let found = {
+        let distinct: std::collections::BTreeSet<i64> = labels.iter().copied().collect();
+        let shown: Vec<String> = distinct.iter().take(12).map(i64::to_string).collect();
+        let more = if distinct.len() > 12 { ", ..." } else { "" };
+        let hint = match distinct.last() {
+            Some(&max) if max >= 0 && distinct.first().is_some_and(|&m| m >= 0) => format!("; use --num-classes {}", max + 1),
+            _ => String::new(),
+        };
+        format!("the labels hold {} class(es): {}{more}{hint}", distinct.len(), shown.join(", "))
+    };
     for (i, &l) in labels.iter().enumerate() {
         let c = usize::try_from(l).ok().filter(|&c| c < num_classes).ok_or_else(|| {
-            Error::Input(format!("sample {i} has label {l}, outside 0..{num_classes} (--num-classes)"))
+            Error::Input(format!("sample {i} has label {l}, outside 0..{num_classes} (--num-classes {num_classes}); {found}"))
         })?;
         by_class[c].push(i);
     }
     for (c, members) in by_class.iter().enumerate() {
         if members.len() < 2 {
-            return Err(Error::Input(format!(
-                "class {c} has {} example(s); balanced training with a stratified test split needs at least 2 per class",
-                members.len()
-            )));
+            let max = labels.iter().copied().max().unwrap_or(-1);
+            let why = if c as i64 > max {
+                format!("--num-classes is {num_classes}, but {found}")
+            } else {
+                format!("balanced training with a stratified test split needs at least 2 per class ({found}; extract more data of class {c})")
+            };
+            return Err(Error::Input(format!("class {c} has {} example(s): {why}", members.len())));
         }
     }
     let per_class = by_class.iter().map(Vec::len).min().unwrap_or(0);
@@ -249,7 +258,7 @@ pub fn train(data: &Path, out: &Path, o: &TrainOptions, mut progress: impl FnMut
         let mut probe = ProbePlugin::load(&o.probe, &settings)?;
         probe.fit(xtr.view(), &ytr, o.num_classes)?;
         probe.save(&tmp)?;
-        let w: Array2<f32> = ndarray_npy::read_npy(&tmp).map_err(|e| Error::Input(format!("probe {} saved no [classes, d] array: {e}", probe.name())))?;
+        let w: Array2<f32> = crate::store::read_npy(&tmp, &format!("the weights probe {} saved [classes, d_model]", probe.name()))?;
         if w.dim() != (o.num_classes, d) {
             return Err(Error::Input(format!("probe {} saved weights {:?}, expected [{}, {d}]", probe.name(), w.dim(), o.num_classes)));
         }

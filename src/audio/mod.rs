@@ -44,7 +44,11 @@ fn unreadable(path: &Path, why: impl std::fmt::Display) -> Error {
 
 /// Decodes an audio file (WAV, MP3, FLAC, Ogg/Vorbis).
 pub fn read(path: &Path) -> Result<Audio> {
-    let file = File::open(path).map_err(|e| unreadable(path, e))?;
+    let mut file = File::open(path).map_err(|e| unreadable(path, e))?;
+    let mut head = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, 4096), &mut head).map_err(|e| unreadable(path, e))?;
+    check_wav_header(&head, path)?;
+    std::io::Seek::rewind(&mut file).map_err(|e| unreadable(path, e))?;
     let ext = path.extension().and_then(|e| e.to_str());
     decode(MediaSourceStream::new(Box::new(file), Default::default()), ext, path)
 }
@@ -52,10 +56,49 @@ pub fn read(path: &Path) -> Result<Audio> {
 /// Decodes audio held in memory (e.g. a dataset's encoded bytes); `ext` hints the format and
 /// `name` is what errors call it.
 pub fn read_bytes(bytes: Vec<u8>, ext: Option<&str>, name: &Path) -> Result<Audio> {
+    check_wav_header(&bytes[..bytes.len().min(4096)], name)?;
     decode(MediaSourceStream::new(Box::new(std::io::Cursor::new(bytes)), Default::default()), ext, name)
 }
 
+/// A WAV whose `fmt ` chunk declares 0 Hz makes symphonia's reader panic (a zero time base):
+/// refused here first, from the file's first bytes.
+fn check_wav_header(head: &[u8], path: &Path) -> Result<()> {
+    if head.len() < 12 || &head[..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+        return Ok(());
+    }
+    let mut at = 12;
+    while at + 8 <= head.len() {
+        let size = u32::from_le_bytes([head[at + 4], head[at + 5], head[at + 6], head[at + 7]]) as usize;
+        if &head[at..at + 4] == b"fmt " {
+            if let Some(rate) = head.get(at + 12..at + 16) {
+                let rate = u32::from_le_bytes([rate[0], rate[1], rate[2], rate[3]]);
+                if !RATES.contains(&rate) {
+                    return Err(unreadable(
+                        path,
+                        format!("its header gives a sample rate of {rate} Hz, outside {} to {} Hz (a damaged header?)", RATES.start(), RATES.end()),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        at = at.saturating_add(8).saturating_add(size).saturating_add(size & 1);
+    }
+    Ok(())
+}
+
 fn decode(mss: MediaSourceStream, ext: Option<&str>, path: &Path) -> Result<Audio> {
+    // The container readers and codecs come from symphonia; a panic of theirs on damaged data
+    // becomes this file's error rather than the end of the process.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_inner(mss, ext, path))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+            Err(unreadable(path, format!("the decoder failed on damaged data ({what})")))
+        }
+    }
+}
+
+fn decode_inner(mss: MediaSourceStream, ext: Option<&str>, path: &Path) -> Result<Audio> {
     let mut hint = Hint::new();
     if let Some(ext) = ext {
         hint.with_extension(ext);
@@ -70,6 +113,7 @@ fn decode(mss: MediaSourceStream, ext: Option<&str>, path: &Path) -> Result<Audi
         .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
         .ok_or_else(|| unreadable(path, "no audio track"))?;
     let track_id = track.id;
+    let promised = track.codec_params.n_frames;
     let sample_rate = track.codec_params.sample_rate.ok_or_else(|| unreadable(path, "no sample rate"))?;
     let mut decoder = symphonia::default::get_codecs()
         .make(&track.codec_params, &DecoderOptions::default())
@@ -107,7 +151,46 @@ fn decode(mss: MediaSourceStream, ext: Option<&str>, path: &Path) -> Result<Audi
     if channels.is_empty() || channels[0].is_empty() {
         return Err(unreadable(path, "no audio samples decoded (empty or truncated file)"));
     }
+    if !RATES.contains(&sample_rate) {
+        return Err(unreadable(
+            path,
+            format!("its header gives a sample rate of {sample_rate} Hz, outside {} to {} Hz (a damaged header?)", RATES.start(), RATES.end()),
+        ));
+    }
+    check_finite(&channels, path)?;
+    let read = channels[0].len() as u64;
+    if let Some(promised) = promised.filter(|&n| n > read) {
+        eprintln!(
+            "warning: {} is truncated: its header promises {promised} samples per channel, {read} were read; using the {read}",
+            path.display()
+        );
+    }
     Ok(Audio { sample_rate, channels })
+}
+
+/// Sample rates a file may declare: beyond them a header is damaged (a rate of 3 GHz would make the
+/// resampler build an enormous filter).
+pub const RATES: std::ops::RangeInclusive<u32> = 1000..=768_000;
+
+/// The largest sample magnitude accepted (full scale is 1): 80 dB above full scale, far beyond any
+/// recording; a float WAV with a larger sample is damaged, and such values overflow the resampler.
+pub const MAX_SAMPLE: f32 = 1e4;
+
+/// Refuses NaN or infinite samples (a float WAV can hold them) and absurdly large ones: they would
+/// turn into silent codes or poison every residual downstream. Names the first one.
+fn check_finite(channels: &[Vec<f32>], path: &Path) -> Result<()> {
+    for (c, samples) in channels.iter().enumerate() {
+        if let Some(i) = samples.iter().position(|s| !s.is_finite() || s.abs() > MAX_SAMPLE) {
+            let which = if channels.len() > 1 { format!("sample {i} of channel {c}") } else { format!("sample {i}") };
+            let why = if samples[i].is_finite() {
+                format!("{which} is {:e}, beyond any recording's range (|x| <= {MAX_SAMPLE:e}; full scale is 1)", samples[i])
+            } else {
+                format!("{which} is {}; only finite samples can be used", samples[i])
+            };
+            return Err(unreadable(path, why));
+        }
+    }
+    Ok(())
 }
 
 /// Resamples one channel from `from` Hz to `to` Hz (FFT resampler, anti-aliased), keeping the
@@ -120,11 +203,35 @@ pub fn resample(signal: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
         return Err(Error::Input(format!("cannot resample from {from} Hz to {to} Hz")));
     }
     let chunk = 1024;
-    let mut r = FftFixedIn::<f32>::new(from as usize, to as usize, chunk, 2, 1)
-        .map_err(|e| Error::Input(format!("resampler {from} -> {to} Hz: {e}")))?;
-    let delay = r.output_delay();
     let want = ((signal.len() as u64 * to as u64 + from as u64 / 2) / from as u64) as usize;
-    let mut out = Vec::with_capacity(want + delay + chunk);
+    let setup = |e: rubato::ResamplerConstructionError| Error::Input(format!("resampler {from} -> {to} Hz: {e}"));
+    // rubato's FFT resampler unwraps an inverse-FFT error that some rate pairs hit (e.g. 44288 Hz
+    // -> 32000 Hz on some inputs); those take its sinc resampler instead.
+    let fft = std::panic::catch_unwind(|| -> Result<Vec<f32>> {
+        let mut r = FftFixedIn::<f32>::new(from as usize, to as usize, chunk, 2, 1).map_err(setup)?;
+        run_resampler(&mut r, signal, want)
+    });
+    match fft {
+        Ok(result) => result,
+        Err(_) => {
+            use rubato::{SincFixedIn, SincInterpolationParameters, SincInterpolationType, WindowFunction};
+            let params = SincInterpolationParameters {
+                sinc_len: 256,
+                f_cutoff: 0.95,
+                interpolation: SincInterpolationType::Linear,
+                oversampling_factor: 256,
+                window: WindowFunction::BlackmanHarris2,
+            };
+            let mut r = SincFixedIn::<f32>::new(to as f64 / from as f64, 1.0, params, chunk, 1).map_err(setup)?;
+            run_resampler(&mut r, signal, want)
+        }
+    }
+}
+
+/// Feeds `signal` through `r` and returns `want` samples aligned with the input.
+fn run_resampler<R: Resampler<f32>>(r: &mut R, signal: &[f32], want: usize) -> Result<Vec<f32>> {
+    let delay = r.output_delay();
+    let mut out = Vec::with_capacity(want + delay + 1024);
     let mut pos = 0;
     let err = |e: rubato::ResampleError| Error::Input(format!("resampling failed: {e}"));
     while out.len() < want + delay {
@@ -152,8 +259,13 @@ pub fn load_mono(path: &Path, rate: u32, start_s: f64, duration_s: Option<f64>) 
 
 /// Mixes `audio` to mono, resamples it to `rate`, and keeps `duration_s` seconds from `start_s`.
 pub fn window(audio: &Audio, path: &Path, rate: u32, start_s: f64, duration_s: Option<f64>) -> Result<Vec<f32>> {
-    if start_s < 0.0 || duration_s.is_some_and(|d| d <= 0.0) {
-        return Err(Error::Input("the audio window needs a start >= 0 and a duration > 0".into()));
+    // Written so that NaN fails too.
+    if !(start_s >= 0.0 && start_s.is_finite()) || duration_s.is_some_and(|d| !(d > 0.0 && d.is_finite())) {
+        return Err(Error::Input(format!(
+            "the audio window of {} needs a finite start >= 0 and a finite duration > 0 (got start {start_s}, duration {})",
+            path.display(),
+            duration_s.map_or("to the end".into(), |d| d.to_string())
+        )));
     }
     if start_s >= audio.duration_s() {
         return Err(Error::Input(format!(
@@ -163,9 +275,9 @@ pub fn window(audio: &Audio, path: &Path, rate: u32, start_s: f64, duration_s: O
         )));
     }
     let mono = resample(&audio.to_mono(), audio.sample_rate, rate)?;
-    let start = (start_s * rate as f64).round() as usize;
+    let start = ((start_s * rate as f64).round() as usize).min(mono.len());
     let end = match duration_s {
-        Some(d) => (start + (d * rate as f64).round() as usize).min(mono.len()),
+        Some(d) => start.saturating_add((d * rate as f64).round() as usize).min(mono.len()),
         None => mono.len(),
     };
     Ok(mono[start..end].to_vec())
@@ -242,5 +354,42 @@ mod tests {
         let out = dir.path().join("missing-folder/x.wav");
         assert!(write_wav(&out, &[0.0; 10], 32000).is_err());
         assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_sample_that_overflows_the_fft_resampler_is_refused_and_resampling_does_not_panic() {
+        // Found by tests/fuzz.rs: rubato's FFT resampler panics on this input (600 float samples,
+        // one of them with an exponent bit flipped, about 1e38, 44288 Hz -> 32000 Hz). Decoding
+        // refuses such a sample; resampling on its own must still not panic.
+        let mut x: Vec<f32> = (0..600).map(|i| (i as f32 * 0.05).sin() * 0.5).collect();
+        x[310] = f32::from_bits(x[310].to_bits() ^ (0x41 << 24));
+        assert!(x[310].is_finite() && x[310].abs() > 1e30);
+        let y = resample(&x, 44288, 32000).unwrap();
+        assert_eq!(y.len(), (600.0f64 * 32000.0 / 44288.0).round() as usize);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loud.wav");
+        write_wav(&path, &x, 44288).unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.contains("loud.wav") && e.contains("sample 310") && e.contains("beyond"), "{e}");
+    }
+
+    #[test]
+    fn non_finite_samples_are_refused_with_file_and_index() {
+        let dir = tempfile::tempdir().unwrap();
+        for (bad, word) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf"), (f32::NEG_INFINITY, "-inf")] {
+            let path = dir.path().join("bad.wav");
+            let mut x = vec![0.25f32; 100];
+            x[37] = bad;
+            write_wav(&path, &x, 16000).unwrap();
+            let e = read(&path).unwrap_err().to_string();
+            assert!(e.contains("bad.wav") && e.contains("sample 37") && e.contains(word), "{e}");
+        }
+        let path = dir.path().join("ok.wav");
+        write_wav(&path, &[0.1; 1000], 16000).unwrap();
+        let audio = read(&path).unwrap();
+        for (start, dur) in [(f64::NAN, None), (f64::INFINITY, None), (0.0, Some(f64::NAN)), (0.0, Some(f64::INFINITY)), (-1.0, None)] {
+            let e = window(&audio, &path, 16000, start, dur).unwrap_err().to_string();
+            assert!(e.contains("finite start >= 0"), "{e}");
+        }
     }
 }

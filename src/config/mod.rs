@@ -161,6 +161,20 @@ impl RunConfig {
         if config.prompts.is_empty() || config.prompts.iter().any(|p| p.trim().is_empty()) {
             return Err(Error::Input(format!("{}: `prompts` needs at least one non-empty text prompt", origin.display())));
         }
+        let g = &config.generation;
+        let audio = config.audio.as_ref();
+        let numbers = [
+            ("generation.duration", g.duration),
+            ("generation.temperature", g.temperature.map(f64::from)),
+            ("generation.guidance_scale", g.guidance_scale.map(f64::from)),
+            ("audio.start", audio.map(|a| a.start)),
+            ("audio.duration", audio.and_then(|a| a.duration)),
+        ];
+        for (what, value) in numbers {
+            if let Some(v) = value {
+                crate::error::finite(&format!("{}: {what}", origin.display()), v)?;
+            }
+        }
         Ok(config)
     }
 
@@ -219,5 +233,9 @@ mod tests {
         assert!(e.contains("line 3") && e.contains("seed"), "{e}");
         let e = RunConfig::parse("model: m\nprompts: []\n", Path::new("r.yaml")).unwrap_err().to_string();
         assert!(e.contains("at least one"), "{e}");
+        for bad in ["generation: {duration: .nan}", "generation: {temperature: .inf}", "audio: {path: a.wav, start: .nan}", "audio: {path: a.wav, duration: -.inf}"] {
+            let e = RunConfig::parse(&format!("model: m\nprompts: [a]\n{bad}\n"), Path::new("r.yaml")).unwrap_err().to_string();
+            assert!(e.contains("r.yaml") && e.contains("give a finite number"), "{bad}: {e}");
+        }
     }
 }

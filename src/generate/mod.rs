@@ -23,7 +23,9 @@ pub struct GenerationRequest {
     pub prompts: Vec<String>,
     /// Audio-prompt codes `[batch, codebooks, frames]` to continue (from EnCodec), if any.
     pub audio_codes: Option<Array3<i64>>,
-    /// Decoder steps after the prompt (`N` steps give `N - codebooks + 1` new frames).
+    /// Decoder steps after the prompt (`N` steps give `N - codebooks + 1` new frames; a sequence
+    /// too short for the delay pattern, under `2 * codebooks - 1` positions, is kept undelayed and
+    /// gives `N` frames).
     pub max_new_tokens: usize,
     pub sampling: SamplingConfig,
     /// The random stream each batch row draws from (default: row `i` draws stream `i`). Rows given
@@ -101,7 +103,7 @@ pub fn generate_early_exit(
             concatenate(Axis(2), &[start.view(), codes.view()]).expect("same batch and codebooks")
         }
     };
-    let max_length = prompt.shape()[2] + request.max_new_tokens;
+    let max_length = prompt.shape()[2].saturating_add(request.max_new_tokens);
     if max_length > cfg.max_position_embeddings {
         return Err(Error::Input(format!(
             "{max_length} decoder positions (prompt {} + {} steps) exceed the model's position table of {}; ask for a shorter clip",

@@ -29,6 +29,42 @@ pub enum Verify {
 pub struct Bundle {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// How its files were checked on this open.
+    pub checked: Checked,
+}
+
+/// How the files of a bundle were checked when it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// Files whose sha256 was computed now and matched the manifest.
+    pub hashed: usize,
+    /// Files trusted because an earlier open hashed them and their size and modification date
+    /// are unchanged (a change that keeps both goes unseen: `--verify-all` hashes them again).
+    pub trusted: usize,
+    /// Files checked for size only ([`Verify::SizeOnly`]).
+    pub size_only: usize,
+}
+
+impl Checked {
+    /// For a summary line: `checksums verified now`, or how many were trusted from an earlier check.
+    pub fn describe(&self) -> String {
+        let total = self.hashed + self.trusted + self.size_only;
+        if self.trusted == 0 && self.size_only == 0 {
+            return "checksums verified now".into();
+        }
+        let mut parts = Vec::new();
+        if self.hashed > 0 {
+            parts.push(format!("{} hashed now", self.hashed));
+        }
+        if self.trusted > 0 {
+            let which = if self.trusted == total { "checksums verified earlier".to_string() } else { format!("{} verified earlier", self.trusted) };
+            parts.push(format!("{which} (size and date unchanged; --verify-all hashes them again)"));
+        }
+        if self.size_only > 0 {
+            parts.push(format!("{} checked for size only", self.size_only));
+        }
+        parts.join(", ")
+    }
 }
 
 const STAMP: &str = ".verified.json";
@@ -54,8 +90,8 @@ impl Bundle {
             return Err(Error::NotABundle { path: dir });
         }
         let manifest = Manifest::load(&manifest_path)?;
-        let bundle = Bundle { dir, manifest };
-        bundle.verify_files(verify)?;
+        let mut bundle = Bundle { dir, manifest, checked: Checked::default() };
+        bundle.checked = bundle.verify_files(verify)?;
         Ok(bundle)
     }
 
@@ -64,7 +100,8 @@ impl Bundle {
         self.dir.join(file)
     }
 
-    fn verify_files(&self, verify: Verify) -> Result<()> {
+    fn verify_files(&self, verify: Verify) -> Result<Checked> {
+        let mut checked = Checked::default();
         let stamp_path = self.dir.join(STAMP);
         let old: Stamp = std::fs::read(&stamp_path)
             .ok()
@@ -82,6 +119,7 @@ impl Bundle {
                 });
             }
             if verify == Verify::SizeOnly {
+                checked.size_only += 1;
                 continue;
             }
             let modified_ns = meta
@@ -93,6 +131,7 @@ impl Bundle {
             let known = StampEntry { bytes: meta.len(), modified_ns, sha256: entry.sha256.clone() };
             if verify == Verify::Cached && old.files.get(name) == Some(&known) {
                 new.files.insert(name.clone(), known);
+                checked.trusted += 1;
                 continue;
             }
             let actual = sha256_file(&path)?;
@@ -100,12 +139,13 @@ impl Bundle {
                 return Err(Error::Checksum { path, expected: entry.sha256.clone(), actual });
             }
             new.files.insert(name.clone(), known);
+            checked.hashed += 1;
         }
         if verify == Verify::Cached && new.files.len() == self.manifest.files.len() {
             // Best effort: a read-only bundle simply hashes again next time.
             let _ = crate::store::write_atomic(&stamp_path, &serde_json::to_vec_pretty(&new).unwrap_or_default());
         }
-        Ok(())
+        Ok(checked)
     }
 }
 

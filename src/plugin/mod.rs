@@ -47,7 +47,7 @@ impl Library {
             return Err(bad("no such file".into()));
         }
         // SAFETY: loading a library runs its initialisers; plugins are trusted code the user chose.
-        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| bad(format!("cannot load: {e}")))?;
+        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| bad(format!("cannot load: {}", crate::error::chain(&e))))?;
         let descriptor = {
             let entry: libloading::Symbol<'_, extern "C" fn() -> *const sdk::PluginDescriptor> = unsafe { lib.get(sdk::ENTRY_SYMBOL) }
                 .map_err(|_| bad("not a musicgen-interp plugin (no `musicgen_interp_plugin` symbol)".into()))?;

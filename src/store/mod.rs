@@ -212,3 +212,14 @@ where
 {
     write_atomic_with(path, npy_writer(array))
 }
+
+/// Reads a `.npy` file the user gave or an earlier step wrote, as `A` with `D`'s number of axes.
+/// `what` names the content (`"probe weights [layers, classes, d_model]"`); errors name the file and
+/// say what was expected and what was found, or "not a .npy file" / "truncated".
+pub fn read_npy<A, D>(path: &Path, what: &str) -> Result<ndarray::Array<A, D>>
+where
+    A: musicgen_interp_sdk::npy::Element,
+    D: ndarray::Dimension,
+{
+    musicgen_interp_sdk::npy::read(path, what).map_err(Error::Input)
+}

@@ -118,7 +118,7 @@ pub struct Intervene {
 }
 
 fn read_means(path: &str) -> Result<Array5<f32>, String> {
-    ndarray_npy::read_npy(path).map_err(|e| format!("interchange: concept means {path}: {e}"))
+    musicgen_interp_sdk::npy::read(std::path::Path::new(path), "interchange concept means (5 axes)")
 }
 
 impl Intervene {

@@ -129,7 +129,7 @@ impl ProbeModel for LinearProbe {
     }
 
     fn load(&mut self, path: &str) -> Result<(), String> {
-        self.weights = Some(ndarray_npy::read_npy(path).map_err(|e| format!("{path}: {e}"))?);
+        self.weights = Some(musicgen_interp_sdk::npy::read(std::path::Path::new(path), "probe weights [classes, d_model]")?);
         Ok(())
     }
 }

@@ -15,6 +15,8 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use ndarray;
+
+pub mod npy;
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3};
 
 /// The plugin ABI version this SDK speaks. A host refuses plugins whose descriptor says otherwise.

@@ -59,7 +59,7 @@ impl Method for Steering {
         if s.period == 0 {
             return Err("steering: `period` must be at least 1".into());
         }
-        let w: Array3<f32> = ndarray_npy::read_npy(&s.weights).map_err(|e| format!("steering weights {}: {e}", s.weights))?;
+        let w: Array3<f32> = musicgen_interp_sdk::npy::read(std::path::Path::new(&s.weights), "steering weights [layers, classes, d_model]")?;
         let (layers, classes, _) = w.dim();
         if s.target_class >= classes {
             return Err(format!("steering: target class {} but the weights have {classes} classes", s.target_class));
