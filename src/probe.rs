@@ -351,7 +351,7 @@ pub fn evaluate(data: &Path, weights: &Path, split_path: &Path, loss_kind: &str)
             )));
         }
     }
-    let w: Array3<f32> = ndarray_npy::read_npy(weights).map_err(|e| Error::Input(format!("{}: {e}", weights.display())))?;
+    let w: Array3<f32> = crate::store::read_npy(weights, "probe weights [layers, classes, d_model]")?;
     let (layers, classes, d) = w.dim();
     if layers != f.layers() || d != f.x.shape()[2] || classes != sp.num_classes {
         return Err(Error::Input(format!(

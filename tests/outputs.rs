@@ -98,7 +98,8 @@ fn an_output_that_cannot_be_written_is_refused_before_the_model_loads() {
         (vec!["--output", "clip.wav", "--save-codes", "/proc/codes.npy"], "/proc/codes.npy"),
         (vec!["--output", "."], "is a folder"),
     ] {
-        let mut all = vec!["generate", "--model", fixture("tiny").to_str().unwrap(), "--text", "jazz", "--steps", "6"];
+        let m = model();
+        let mut all = vec!["generate", "--model", m.as_str(), "--text", "jazz", "--steps", "6"];
         all.extend(args);
         let err = fails(&cli_in(tmp.path(), &all));
         assert!(err.contains(what) && !err.contains("loaded"), "{err}");

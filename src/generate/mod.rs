@@ -77,7 +77,7 @@ pub fn generate_early_exit(
     let model_layers = model.decoder.num_layers();
     hooks.check_points(model_layers)?;
     if layers == 0 || layers > model_layers {
-        return Err(Error::Input(format!("an early exit after {layers} layer(s): the model has layers 1 to {model_layers} to exit after")));
+        return Err(Error::Input(format!("cannot exit after {layers} layers: the model has layers 1 to {model_layers} to exit after")));
     }
     if request.max_new_tokens == 0 {
         return Err(Error::Input("nothing to generate: max_new_tokens is 0".into()));
