@@ -587,7 +587,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { model } => info(&runtime, model, verify),
         Command::Inspect { model, text, save } => inspect(&runtime, model, verify, &text, save),
-        Command::Generate(args) => generate(&runtime, verify, args, Vec::new(), &|| Ok(())),
+        Command::Generate(args) => generate(&runtime, verify, args, Vec::new(), &|| Ok(()), false),
         Command::Extract(args) => extract(&runtime, verify, args),
         Command::ProcessLewtun(mut args) => {
             args.lewtun = true;
@@ -778,10 +778,15 @@ fn generate(
     args: GenerateArgs,
     mut plugins: Vec<MethodPlugin>,
     ready: &dyn Fn() -> Result<()>,
+    ready_makes_folder: bool,
 ) -> Result<()> {
-    // Check every output location before the long work, so no run ends without its files.
+    // Check every output location before the long work, so no run ends without its files (`run`'s
+    // folder is made by `ready`: checked as the folder to create).
     for path in [Some(&args.output), args.save_codes.as_ref()].into_iter().flatten() {
-        musicgen_interp::store::check_writable(path, false)?;
+        match path.parent().filter(|p| ready_makes_folder && !p.as_os_str().is_empty()) {
+            Some(folder) => musicgen_interp::store::check_writable(folder, true)?,
+            None => musicgen_interp::store::check_writable(path, false)?,
+        }
     }
     if let Some(dir) = &args.save_residuals {
         musicgen_interp::store::check_writable(dir, true)?;
@@ -963,7 +968,7 @@ fn run_config_file(runtime: &Runtime, verify: Verify, config: RunConfig) -> Resu
         std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.clone(), source: e })?;
         musicgen_interp::store::write_atomic(&out.join("config.resolved.yaml"), config.to_yaml().as_bytes())
     };
-    generate(runtime, verify, args, plugins, &ready)
+    generate(runtime, verify, args, plugins, &ready, true)
 }
 
 fn list_plugins() -> Result<()> {
