@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::plugin::ProbePlugin;
+use crate::model::bundle::sha256_file;
 use crate::store::{write_atomic, write_npy};
 
 /// Which CFG half the features come from.
@@ -75,11 +76,6 @@ pub fn output_stem(weights: &Path) -> String {
     name.strip_suffix("_weights.npy").or_else(|| name.strip_suffix(".npy")).unwrap_or(&name).to_string()
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
-}
 
 /// Per-layer numbers.
 #[derive(Clone, Debug, Serialize, Deserialize)]

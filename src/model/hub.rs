@@ -217,15 +217,7 @@ pub fn exporter_script() -> Result<PathBuf> {
             Err(Error::Input(format!("MUSICGEN_INTERP_EXPORTER={} is not a file; point it at onnx/export.py", p.display())))
         };
     }
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
-    }
-    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    roots.into_iter().map(|r| r.join("onnx/export.py")).find(|p| p.is_file()).ok_or_else(|| {
+    crate::runtime::project_roots().into_iter().map(|r| r.join("onnx/export.py")).find(|p| p.is_file()).ok_or_else(|| {
         Error::Input(
             "cannot find the exporter (onnx/export.py) near the working folder or the executable; \
              set MUSICGEN_INTERP_EXPORTER to its path"

@@ -317,10 +317,9 @@ pub fn find_library() -> Result<PathBuf> {
     })
 }
 
-/// The project's virtual environments (`.venv`, written by `scripts/setup.sh`): beside the working
-/// directory or its ancestors, beside the executable's ancestors, and in the source tree this crate
-/// was built from, in that order.
-pub fn venv_dirs() -> Vec<PathBuf> {
+/// Where the project's files may be, in order: the working directory and its ancestors, the
+/// executable's folder and its ancestors, and the source tree this crate was built from.
+pub fn project_roots() -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         roots.extend(cwd.ancestors().map(Path::to_path_buf));
@@ -329,8 +328,15 @@ pub fn venv_dirs() -> Vec<PathBuf> {
         roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
     }
     roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    roots
+}
+
+/// The project's virtual environments (`.venv`, written by `scripts/setup.sh`): beside the working
+/// directory or its ancestors, beside the executable's ancestors, and in the source tree this crate
+/// was built from, in that order.
+pub fn venv_dirs() -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
-    for venv in roots.into_iter().map(|r| r.join(".venv")) {
+    for venv in project_roots().into_iter().map(|r| r.join(".venv")) {
         if venv.is_dir() && !out.contains(&venv) {
             out.push(venv);
         }
