@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::fixture;
+use common::{files_under as files, fixture};
 
 fn cli_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_musicgen-interp")).current_dir(dir).args(["--device", "cpu"]).args(args).output().unwrap()
@@ -19,23 +19,6 @@ fn fails(out: &Output) -> String {
     assert!(!out.status.success(), "should fail: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
-}
-
-/// Every file under `dir`, hidden ones included, relative to it.
-fn files(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn model() -> String {

@@ -33,21 +33,8 @@ fn succeeded(args: &[&str]) -> Output {
 }
 
 /// Every file under `dir`, relative.
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_in(&p).into_iter().map(|f| format!("{}/{f}", e.file_name().to_string_lossy())));
-        } else {
-            out.push(e.file_name().to_string_lossy().into_owned());
-        }
-    }
-    out
-}
-
 fn assert_no_temporaries(dir: &Path) {
-    let left = files_in(dir);
+    let left = common::files_under(dir);
     assert!(left.iter().all(|f| !f.contains(".tmp") && !f.contains(".probe-")), "temporary files left: {left:?}");
 }
 
@@ -204,7 +191,7 @@ fn npy_read_errors_say_expected_and_found() {
     for leak in leaks {
         assert!(!e.contains(leak), "{e}");
     }
-    assert!(files_in(&out).is_empty(), "refused training left {:?}", files_in(&out));
+    assert!(common::files_under(&out).is_empty(), "refused training left {:?}", common::files_under(&out));
     assert_no_temporaries(dir.path());
 }
 
@@ -220,7 +207,7 @@ fn num_classes_that_do_not_fit_the_labels_suggest_the_right_one() {
     assert!(e.contains("class 2 has 0 example(s)") && e.contains("--num-classes is 4") && e.contains("2 class(es): 0, 1") && e.contains("use --num-classes 2"), "{e}");
     let e = refused_owned(&train(&data, &out, &["--num-classes", "1"]));
     assert!(e.contains("label 1, outside 0..1") && e.contains("use --num-classes 2"), "{e}");
-    assert!(files_in(&out).is_empty(), "refused training left {:?}", files_in(&out));
+    assert!(common::files_under(&out).is_empty(), "refused training left {:?}", common::files_under(&out));
     succeeded(&train(&data, &out, &["--num-classes", "2"]).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.join("mse_weights.npy").is_file());
     assert_no_temporaries(dir.path());
@@ -240,7 +227,7 @@ fn a_plugin_that_cannot_be_loaded_gives_the_loaders_reason() {
     // The loader's own reason follows dlopen's bare "dlopen failed".
     let reason = e.split("dlopen failed").nth(1).unwrap_or("");
     assert!(reason.contains("ELF") || reason.contains("too short"), "{e}");
-    assert!(files_in(&out).is_empty(), "{:?}", files_in(&out));
+    assert!(common::files_under(&out).is_empty(), "{:?}", common::files_under(&out));
 }
 
 /// A private copy of the tiny bundle's files (its verification cache included).

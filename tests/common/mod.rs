@@ -66,3 +66,21 @@ where
     eprintln!("{what}: max abs diff {d:.2e} (reference max |x| {scale:.2e})");
     assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e} (reference max |x| {scale:e})");
 }
+
+/// Every file under `dir`, hidden ones included, relative to it, sorted (none when `dir` does not
+/// exist).
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
