@@ -10,18 +10,6 @@ use common::{fixture, runtime};
 use musicgen_interp::model::{MusicGen, Verify};
 use musicgen_interp::Error;
 
-/// A private copy of the tiny bundle (without the reference) to break.
-fn copy_bundle() -> tempfile::TempDir {
-    let src = fixture("tiny");
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(&src).unwrap().flatten() {
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-        }
-    }
-    dir
-}
-
 fn load_err(dir: &Path) -> Error {
     match MusicGen::load(&runtime(), dir, Verify::Cached) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
@@ -42,13 +30,13 @@ fn edit_manifest(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 
 #[test]
 fn the_intact_copy_loads() {
-    let dir = copy_bundle();
+    let dir = common::copy_fixture("tiny");
     MusicGen::load(&runtime(), dir.path(), Verify::Full).expect("an unchanged copy must load");
 }
 
 #[test]
 fn missing_graph_is_named() {
-    let dir = copy_bundle();
+    let dir = common::copy_fixture("tiny");
     std::fs::remove_file(dir.path().join("decoder_layer_1.onnx")).unwrap();
     let e = load_err(dir.path());
     assert!(matches!(e, Error::MissingFile { .. }), "{e}");
@@ -58,7 +46,7 @@ fn missing_graph_is_named() {
 
 #[test]
 fn corrupt_file_fails_its_checksum() {
-    let dir = copy_bundle();
+    let dir = common::copy_fixture("tiny");
     // Load once so the checksums are cached, then corrupt a byte without changing the size.
     MusicGen::load(&runtime(), dir.path(), Verify::Cached).unwrap();
     let path = dir.path().join("decoder_layer_0.onnx");
@@ -74,7 +62,7 @@ fn corrupt_file_fails_its_checksum() {
 
 #[test]
 fn truncated_file_is_caught_by_size() {
-    let dir = copy_bundle();
+    let dir = common::copy_fixture("tiny");
     let path = dir.path().join("decoder_head.onnx");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
@@ -84,7 +72,7 @@ fn truncated_file_is_caught_by_size() {
 
 #[test]
 fn manifest_from_another_format_version_is_refused() {
-    let dir = copy_bundle();
+    let dir = common::copy_fixture("tiny");
     edit_manifest(dir.path(), |v| {
         v["format_version"] = 99.into();
         v["exporter_version"] = "9.9.9".into();
@@ -98,7 +86,7 @@ fn manifest_from_another_format_version_is_refused() {
 
 #[test]
 fn graphs_of_another_model_size_are_refused() {
-    let dir = copy_bundle();
+    let dir = common::copy_fixture("tiny");
     // The manifest claims a wider model than the graphs were exported for.
     edit_manifest(dir.path(), |v| {
         let d = v["decoder"]["d_model"].as_u64().unwrap();
@@ -114,7 +102,7 @@ fn graphs_of_another_model_size_are_refused() {
 
 #[test]
 fn layer_count_disagreeing_with_graph_list_is_refused() {
-    let dir = copy_bundle();
+    let dir = common::copy_fixture("tiny");
     edit_manifest(dir.path(), |v| {
         let l = v["decoder"]["num_layers"].as_u64().unwrap();
         v["decoder"]["num_layers"] = (l + 1).into();

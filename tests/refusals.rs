@@ -230,21 +230,9 @@ fn a_plugin_that_cannot_be_loaded_gives_the_loaders_reason() {
     assert!(common::files_under(&out).is_empty(), "{:?}", common::files_under(&out));
 }
 
-/// A private copy of the tiny bundle's files (its verification cache included).
-fn copy_bundle() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture("tiny")).unwrap().flatten() {
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-        }
-    }
-    std::fs::remove_file(dir.path().join(".verified.json")).ok();
-    dir
-}
-
 #[test]
 fn info_says_whether_checksums_were_hashed_now_or_trusted() {
-    let dir = copy_bundle();
+    let dir = common::copy_fixture("tiny");
     let b = s(dir.path()).to_string();
     let info = |extra: &[&str]| {
         let mut args: Vec<&str> = extra.to_vec();

@@ -23,6 +23,20 @@ pub fn fixture(preset: &str) -> PathBuf {
     dir
 }
 
+/// A private copy of a fixture bundle's top-level files to break or modify, without its hidden files:
+/// other tests load the shared fixture at the same time, and the verification cache's temporary file
+/// (`..verified.json.tmp-PID`) can appear in the listing and be renamed away before it is copied.
+pub fn copy_fixture(preset: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(preset)).unwrap().flatten() {
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if entry.file_type().unwrap().is_file() && !hidden {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    dir
+}
+
 /// The device the tests run on: `MUSICGEN_INTERP_TEST_DEVICE` (cpu by default; cuda on a GPU host).
 pub fn runtime() -> Runtime {
     let device: Device = std::env::var("MUSICGEN_INTERP_TEST_DEVICE").unwrap_or_else(|_| "cpu".into()).parse().unwrap();
