@@ -78,7 +78,11 @@ pub struct DecoderLensConfig {
 
 impl DecoderLensConfig {
     pub fn load(path: &Path) -> Result<DecoderLensConfig> {
-        crate::config::load_yaml(path)
+        let mut config: DecoderLensConfig = crate::config::load_yaml(path)?;
+        if let Some(judge) = config.judge.as_mut() {
+            judge.origin = Some(crate::judge::JudgeConfig::origin_in(path));
+        }
+        Ok(config)
     }
 
     /// The prompts and their concepts (checked).

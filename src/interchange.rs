@@ -157,7 +157,9 @@ pub struct InterveneConfig {
 
 impl InterveneConfig {
     pub fn load(path: &Path) -> Result<InterveneConfig> {
-        crate::config::load_yaml(path)
+        let mut config: InterveneConfig = crate::config::load_yaml(path)?;
+        config.judge.origin = Some(crate::judge::JudgeConfig::origin_in(path));
+        Ok(config)
     }
 
     /// The run's concepts, checked (an unknown one is an error naming the ten).

@@ -51,17 +51,27 @@ pub struct JudgeConfig {
     /// `display_name` column), `sample_rate`, optional `input`, `output`, `activation`
     /// (softmax | sigmoid | none).
     pub settings: serde_json::Value,
+    /// Where the settings were written, so the plugin's complaint names the file's line and column.
+    #[serde(skip)]
+    pub origin: Option<crate::config::Origin>,
     /// Classifier labels per concept (default: the AudioSet names of the ten concepts).
     #[serde(default = "default_concept_labels")]
     pub concepts: BTreeMap<String, Vec<String>>,
 }
 
 impl JudgeConfig {
+    /// The place of a config file's `judge.settings` block.
+    pub fn origin_in(file: &std::path::Path) -> crate::config::Origin {
+        use crate::config::Seg;
+        crate::config::Origin::new(file, &[Seg::Key("judge".into()), Seg::Key("settings".into())])
+    }
+
     /// The built-in ONNX judge over `model` with its label map.
     pub fn onnx(model: PathBuf, labels: PathBuf, sample_rate: u32) -> JudgeConfig {
         JudgeConfig {
             plugin: default_plugin(),
             settings: serde_json::json!({"model": model, "labels": labels, "sample_rate": sample_rate}),
+            origin: None,
             concepts: default_concept_labels(),
         }
     }
@@ -82,7 +92,8 @@ impl Judge {
                 map.entry("ort_library").or_insert_with(|| serde_json::json!(ort_library));
             }
         }
-        let plugin = JudgePlugin::load(&config.plugin, &settings.to_string())?;
+        let json = crate::config::SettingsJson::new(&settings);
+        let plugin = JudgePlugin::load(&config.plugin, &json.text).map_err(|e| json.explain(e, config.origin.as_ref()))?;
         let mut resolved = BTreeMap::new();
         for &c in needed {
             let c = concepts::concept(c)?;

@@ -938,7 +938,10 @@ fn run_config_file(runtime: &Runtime, verify: Verify, config: RunConfig) -> Resu
     let plugins = config
         .plugins
         .iter()
-        .map(|p| MethodPlugin::load(&p.plugin, &p.settings_json()?))
+        .map(|p| {
+            let json = p.settings_json()?;
+            MethodPlugin::load(&p.plugin, &json.text).map_err(|e| json.explain(e, p.origin.as_ref()))
+        })
         .collect::<Result<Vec<_>>>()?;
     for p in &plugins {
         eprintln!("plugin {} {} at {}", p.name(), p.version(), p.points().iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "));

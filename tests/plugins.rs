@@ -153,6 +153,31 @@ fn bad_yaml_names_key_and_line() {
     assert!(stderr.contains("unknown field `setings`") && stderr.contains("line 5"), "{stderr}");
 }
 
+#[test]
+fn plugin_settings_errors_name_the_yaml_line_and_column() {
+    // The steering plugin parses its settings from JSON the host wrote; its complaint is placed in
+    // the YAML file the user wrote (the line and column hold the offending item or key), and nothing
+    // is created.
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("{weights: w.npy, target_class: 0, layers: [0, x], strengths: [1]}", "expected usize", "plugins[0].settings.layers[1]", "x"),
+        ("\n      weights: w.npy\n      target_class: 0\n      layers: [0]\n      strengths: [1]\n      strenght: 2\n", "unknown field `strenght`", "plugins[0].settings.strenght", "strenght: 2"),
+    ];
+    for (settings, what, path, held) in cases {
+        let config = write_config(dir.path(), 3, &format!("  - plugin: steering\n    settings: {settings}\n"));
+        let out = cli(&["run", config.to_str().unwrap()]);
+        let e = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{e}");
+        assert!(e.contains(what) && e.contains(&format!(": {path})")) && !e.contains("line 1 column"), "{e}");
+        let at = e.split("run.yaml line ").nth(1).and_then(|r| r.split_once(':')).map(|(p, _)| p.to_string()).expect(&e);
+        let (line, column) = at.split_once(", column ").map(|(l, c)| (l.parse::<usize>().unwrap(), c.parse::<usize>().unwrap())).expect(&e);
+        let text = std::fs::read_to_string(&config).unwrap();
+        let there = &text.lines().nth(line - 1).unwrap()[column - 1..];
+        assert!(there.starts_with(held), "line {line} column {column} holds {there:?}: {e}");
+        assert!(!dir.path().join("out").exists());
+    }
+}
+
 fn steering_settings(reference: &Path, case: &serde_json::Value) -> serde_json::Value {
     serde_json::json!({
         "weights": reference.join("weights.npy"),

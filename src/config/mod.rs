@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::runtime::Device;
 
+pub mod locate;
+pub use locate::{Origin, Seg, SettingsJson};
+
 /// A run, as written in YAML. Defaults in the field docs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +92,9 @@ pub struct PluginConfig {
     /// The plugin's own settings, handed to it as JSON.
     #[serde(default = "empty_map")]
     pub settings: serde_yaml::Value,
+    /// Where the settings were written, so a plugin's complaint names the file's line and column.
+    #[serde(skip)]
+    pub origin: Option<Origin>,
 }
 
 fn default_output() -> PathBuf {
@@ -148,9 +154,10 @@ fn resolve_paths(value: &mut serde_yaml::Value, base: &Path) {
 }
 
 impl PluginConfig {
-    /// The settings as the JSON string a plugin receives.
-    pub fn settings_json(&self) -> Result<String> {
-        serde_json::to_string(&self.settings).map_err(|e| Error::Input(format!("settings of plugin {}: {e}", self.plugin)))
+    /// The settings as the JSON line a plugin receives.
+    pub fn settings_json(&self) -> Result<SettingsJson> {
+        let value = serde_json::to_value(&self.settings).map_err(|e| Error::Input(format!("settings of plugin {}: {e}", self.plugin)))?;
+        Ok(SettingsJson::new(&value))
     }
 }
 
@@ -181,7 +188,11 @@ impl RunConfig {
     pub fn load(path: &Path) -> Result<RunConfig> {
         let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
         RunConfig::parse(&text, path)?;
-        load_yaml(path)
+        let mut config: RunConfig = load_yaml(path)?;
+        for (i, p) in config.plugins.iter_mut().enumerate() {
+            p.origin = Some(Origin::new(path, &[Seg::Key("plugins".into()), Seg::Index(i), Seg::Key("settings".into())]));
+        }
+        Ok(config)
     }
 
     /// The YAML written next to the outputs (every setting, defaults included), so the run can be
