@@ -600,6 +600,7 @@ fn run(cli: Cli) -> Result<()> {
             if loss_type == "mse" && epochs.is_some() {
                 eprintln!("note: the mse probe is solved in closed form; --epochs is ignored");
             }
+            musicgen_interp::store::check_writable(&output_dir, true)?;
             let options = musicgen_interp::probe::TrainOptions { num_classes, loss: loss_type.clone(), epochs, stream, test_fraction, seed, probe };
             let bar = indicatif::ProgressBar::new(0);
             let metrics = musicgen_interp::probe::train(&data_dir, &output_dir, &options, |i, n| {
@@ -626,8 +627,8 @@ fn run(cli: Cli) -> Result<()> {
                 if name.starts_with("ce") { "ce".into() } else { "mse".into() }
             });
             let dir = output_dir.unwrap_or_else(|| weights_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).to_path_buf());
-            check_parent(&output_plot)?;
-            check_parent(&dir.join("x"))?;
+            musicgen_interp::store::check_writable(&output_plot, false)?;
+            musicgen_interp::store::check_writable(&dir.join("x"), false)?;
             let e = musicgen_interp::probe::evaluate(&data_dir, &weights_file, &split, &kind)?;
             if e.split.num_classes != num_classes {
                 return Err(Error::Input(format!("--num-classes {num_classes}, but the split was made for {}", e.split.num_classes)));
@@ -650,6 +651,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::ProbePipeline { config } => {
             let config = musicgen_interp::pipeline::PipelineConfig::load(&config)?;
+            musicgen_interp::store::check_writable(&config.output, true)?;
             let mut m = load(&runtime, PathBuf::from(&config.model), verify)?;
             musicgen_interp::pipeline::run(&mut m, &config, |line| println!("{line}")).map(|_| ())
         }
@@ -658,7 +660,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ConceptPrompts { concepts, n_prompts_per_concept, seed, output } => {
             use musicgen_interp::data::concepts;
             let names: Vec<&str> = if concepts.is_empty() { concepts::all() } else { concepts.iter().map(|c| concepts::concept(c)).collect::<Result<_>>()? };
-            check_parent(&output)?;
+            musicgen_interp::store::check_writable(&output, false)?;
             let mut csv = String::from("text,label\n");
             for c in &names {
                 for p in concepts::prompts(c, n_prompts_per_concept, seed)? {
@@ -893,14 +895,6 @@ fn generate(
     Ok(())
 }
 
-fn check_parent(path: &std::path::Path) -> Result<()> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    if !parent.is_dir() {
-        return Err(Error::Input(format!("the folder of {} does not exist: create it first", path.display())));
-    }
-    Ok(())
-}
-
 fn numbered(path: &std::path::Path, i: usize) -> PathBuf {
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "wav".into());
@@ -990,6 +984,7 @@ fn list_plugins() -> Result<()> {
 
 fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
     use musicgen_interp::{data, extract};
+    musicgen_interp::store::check_writable(&args.output_dir, true)?;
     if !args.merge {
         let need = |what: &str| Error::Input(format!("extract needs --{what} (or --merge to join finished segments)"));
         let model_spec = args.model.clone().ok_or_else(|| need("model"))?;
@@ -1061,6 +1056,7 @@ fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
 
 fn decoder_lens(runtime: &Runtime, verify: Verify, args: DecoderLensArgs) -> Result<()> {
     let config = args.config()?;
+    musicgen_interp::store::check_writable(&config.output, true)?;
     let mut judge = match &config.judge {
         Some(j) => Some(musicgen_interp::judge::Judge::load(j, runtime.library(), &config.judged_concepts()?)?),
         None => None,
@@ -1092,6 +1088,7 @@ fn intervene(runtime: &Runtime, verify: Verify, args: InterveneArgs) -> Result<(
     use musicgen_interp::interchange::Interchange;
     let shard = args.shard;
     let config = args.config()?;
+    musicgen_interp::store::check_writable(&config.output, true)?;
     let needed = config.concepts()?;
     let mut judge = musicgen_interp::judge::Judge::load(&config.judge, runtime.library(), &needed)?;
     let mut m = load(runtime, PathBuf::from(&config.model), verify)?;

@@ -91,6 +91,34 @@ fn an_output_that_cannot_be_written_is_refused_before_the_model_loads() {
 }
 
 #[test]
+fn every_command_checks_its_outputs_before_the_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let pipeline = tmp.path().join("pipeline.yaml");
+    let yaml = format!("model: {}\ndata_dir: data\noutput: /proc/out\nsteer:\n  target_class: 0\n  strengths: [1]\n  prompts: [a]\n", model());
+    std::fs::write(&pipeline, yaml).unwrap();
+    let m = model();
+    let d = data.to_str().unwrap();
+    let p = pipeline.to_str().unwrap();
+    let commands: [&[&str]; 7] = [
+        &["extract", "--model", &m, "--data-dir", d, "--output-dir", "/proc/out"],
+        &["train-probes", "--data-dir", d, "--output-dir", "/proc/out", "--num-classes", "2"],
+        &["evaluate", "--data-dir", d, "--weights-file", "w.npy", "--num-classes", "2", "--output-plot", "/proc/out.png"],
+        &["concept-prompts", "--output", "/proc/out.csv"],
+        &["intervene", "--model", &m, "--concepts", "guitar,piano", "--judge-model", "c.onnx", "--judge-labels", "l.csv", "--output-dir", "/proc/out"],
+        &["decoder-lens", "--model", &m, "--concepts", "jazz", "--n-prompts-per-concept", "1", "--output-dir", "/proc/out"],
+        &["probe-pipeline", p],
+    ];
+    for args in commands {
+        let err = fails(&cli_in(tmp.path(), args));
+        // Refused for the output, before the data, the judge or the model are read.
+        assert!(err.contains("cannot write /proc/out") && !err.contains("loaded"), "{args:?}: {err}");
+        assert_eq!(files(tmp.path()), ["pipeline.yaml"], "{args:?}");
+    }
+}
+
+#[test]
 fn staged_outputs_appear_together_or_not_at_all() {
     use musicgen_interp::store::Staged;
     let tmp = tempfile::tempdir().unwrap();
