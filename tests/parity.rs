@@ -360,3 +360,20 @@ mod tiny_int8 {
         decoder_chunked_prefill(PRESET, "replace");
     }
 }
+
+/// The comparison every parity test goes through sees NaN, infinity and a trivially small reference.
+#[test]
+fn comparisons_fail_on_nan_and_on_a_trivial_reference() {
+    let want = ndarray::arr1(&[1.0f32, -2.0, 0.5]);
+    common::assert_close("same", &want, &want, 1e-6);
+    common::assert_close("relative", &ndarray::arr1(&[1.001f32, -2.0, 0.5]), &want, common::Tol::new(0.0, 1e-3));
+    for bad in [f32::NAN, f32::INFINITY] {
+        let got = ndarray::arr1(&[1.0f32, bad, 0.5]);
+        assert_eq!(common::max_abs_diff(&got, &want), f32::INFINITY);
+        assert!(std::panic::catch_unwind(|| common::assert_close("non-finite", &got, &want, 1e3)).is_err());
+    }
+    let all_nan = ndarray::Array1::<f32>::from_elem(3, f32::NAN);
+    assert!(std::panic::catch_unwind(|| common::assert_close("all NaN", &all_nan, &want, 1e-4)).is_err());
+    let tiny = ndarray::arr1(&[1e-6f32, -1e-6, 0.0]);
+    assert!(std::panic::catch_unwind(|| common::assert_close("trivial", &tiny, &tiny, 1e-4)).is_err());
+}

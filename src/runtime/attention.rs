@@ -536,11 +536,11 @@ mod tests {
                 let mut out = vec![0f32; hd];
                 attend(&q, &keys, &values, mask, 0.125, &mut out, &mut Scratch::default());
                 let want = reference(&q, &keys, &values, kept, 0.125);
-                let err = out.iter().zip(&want).map(|(&g, w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+                let err = crate::runtime::testing::max_error(&out, &want);
                 assert!(err < 1e-5, "head_dim {hd}, {positions} positions, masked {}: error {err}", mask.is_some());
                 let mut plain = vec![0f32; hd];
                 attend_portable(&q, &keys, &values, mask, 0.125, &mut plain, &mut Scratch::default());
-                let gap = out.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                let gap = crate::runtime::testing::max_error(&out, &plain);
                 assert!(gap < 1e-5, "the AVX2 and portable paths differ by {gap}");
             }
         }
@@ -579,7 +579,7 @@ mod tests {
                     let row = (b * d.new + i) * d.width() + h * hd;
                     let visible: Vec<usize> = (0..=d.past + i).collect();
                     let want = reference(&q[row..row + hd], &key[base..], &value[base..], &visible, 0.3);
-                    let err = out[row..row + hd].iter().zip(&want).map(|(&g, w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+                    let err = crate::runtime::testing::max_error(&out[row..row + hd], &want);
                     assert!(err < 1e-5, "row {b} head {h} query {i}: error {err}");
                 }
             }

@@ -506,7 +506,7 @@ pub(crate) mod tests {
             for parts in [1, 2, 3, 7] {
                 for threads in [false, true] {
                     let y = matmul(&a, &w, s, parts, if threads { threaded } else { serial });
-                    let err = y.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
+                    let err = crate::runtime::testing::max_error(&y, &want);
                     // fp32 sums of k terms of size <= 1
                     assert!(err <= 1e-5 * k as f64, "{s:?} parts {parts}: max error {err}");
                 }

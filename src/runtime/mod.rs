@@ -18,6 +18,29 @@ pub mod attention;
 pub mod matmul;
 pub mod matmul_int8;
 pub mod ops;
+
+/// The kernels' tests' one comparison.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// The largest `|got - want|`, infinite where `got` is not finite (a NaN left in an output the
+    /// kernel should have written, an overflow) so that no comparison can skip it.
+    pub fn max_error<G: Into<f64> + Copy, W: Into<f64> + Copy>(got: &[G], want: &[W]) -> f64 {
+        assert_eq!(got.len(), want.len(), "lengths differ");
+        got.iter()
+            .zip(want)
+            .map(|(&g, &w)| {
+                let (g, w): (f64, f64) = (g.into(), w.into());
+                if g.is_finite() { (g - w).abs() } else { f64::INFINITY }
+            })
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn a_nan_is_an_infinite_error() {
+        assert_eq!(max_error(&[1.0f32, f32::NAN], &[1.0f64, 2.0]), f64::INFINITY);
+        assert_eq!(max_error(&[1.0f32, 2.5], &[1.0f32, 2.0]), 0.5);
+    }
+}
 pub use musicgen_interp_pool as pool;
 
 /// Environment variables that name the onnxruntime shared library, most specific first.

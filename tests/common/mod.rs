@@ -54,7 +54,29 @@ pub fn npy<T: ReadableElement>(path: impl AsRef<Path>) -> ArrayD<T> {
     ndarray_npy::read_npy(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
-/// Largest absolute difference; panics on a shape mismatch.
+/// A tolerance: `|got - want| <= abs + rel * scale`, where `scale` is the reference's largest
+/// magnitude. A bare `f32` is an absolute tolerance.
+#[derive(Clone, Copy, Debug)]
+pub struct Tol {
+    pub abs: f32,
+    pub rel: f32,
+}
+
+impl Tol {
+    pub const fn new(abs: f32, rel: f32) -> Tol {
+        Tol { abs, rel }
+    }
+}
+
+impl From<f32> for Tol {
+    fn from(abs: f32) -> Tol {
+        Tol { abs, rel: 0.0 }
+    }
+}
+
+/// Largest absolute difference; infinite where one side is not finite and the other differs from
+/// it (a NaN or infinity where the reference has a number, or the other way round), so that no
+/// comparison skips a NaN. Panics on a shape mismatch.
 pub fn max_abs_diff<S1, S2, D1, D2>(a: &ArrayBase<S1, D1>, b: &ArrayBase<S2, D2>) -> f32
 where
     S1: Data<Elem = f32>,
@@ -63,22 +85,40 @@ where
     D2: Dimension,
 {
     assert_eq!(a.shape(), b.shape(), "shape mismatch");
-    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b.iter())
+        .map(|(&x, &y)| match (x.is_finite(), y.is_finite()) {
+            (true, true) => (x - y).abs(),
+            _ if x == y || (x.is_nan() && y.is_nan()) => 0.0,
+            _ => f32::INFINITY,
+        })
+        .fold(0.0, f32::max)
 }
 
-/// Asserts `max |a - b| <= tol`, naming what was compared.
-pub fn assert_close<S1, S2, D1, D2>(what: &str, a: &ArrayBase<S1, D1>, b: &ArrayBase<S2, D2>, tol: f32)
+/// Asserts `max |a - b| <= tol.abs + tol.rel * max |b|` (`b` is the reference), naming what was
+/// compared. Any non-finite value of `a` where `b` is finite fails. The reference must not be
+/// trivially small for the tolerance: its largest magnitude must be at least 10 times the allowed
+/// difference, or a comparison at that tolerance could not tell the output from zeros.
+pub fn assert_close<S1, S2, D1, D2>(what: &str, a: &ArrayBase<S1, D1>, b: &ArrayBase<S2, D2>, tol: impl Into<Tol>)
 where
     S1: Data<Elem = f32>,
     S2: Data<Elem = f32>,
     D1: Dimension,
     D2: Dimension,
 {
+    let tol = tol.into();
     assert_eq!(a.shape(), b.shape(), "{what}: shape mismatch");
     let d = max_abs_diff(a, b);
-    let scale = b.iter().map(|x| x.abs()).fold(0.0, f32::max);
-    eprintln!("{what}: max abs diff {d:.2e} (reference max |x| {scale:.2e})");
-    assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e} (reference max |x| {scale:e})");
+    let scale = b.iter().filter(|x| x.is_finite()).map(|x| x.abs()).fold(0.0, f32::max);
+    let allowed = tol.abs + tol.rel * scale;
+    eprintln!("{what}: max abs diff {d:.2e} (allowed {allowed:.2e}; reference max |x| {scale:.2e})");
+    let bad = a.iter().zip(b.iter()).position(|(x, y)| !x.is_finite() && y.is_finite());
+    assert!(bad.is_none(), "{what}: a non-finite value ({}) at flat index {} where the reference is {}", a.iter().nth(bad.unwrap()).unwrap(), bad.unwrap(), b.iter().nth(bad.unwrap()).unwrap());
+    assert!(d <= allowed, "{what}: max abs diff {d:e} > {allowed:e} (reference max |x| {scale:e})");
+    assert!(
+        scale >= 10.0 * allowed,
+        "{what}: the reference's largest magnitude {scale:e} is under 10x the tolerance {allowed:e}: the comparison cannot tell the output from zeros"
+    );
 }
 
 /// Every file under `dir`, hidden ones included, relative to it, sorted (none when `dir` does not
