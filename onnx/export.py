@@ -5,6 +5,7 @@ The bundle layout, graph names, inputs and outputs are the contract in docs/BUND
 
     python onnx/export.py --preset tiny --random-weights --seed 0 --out tests/data/tiny
     python onnx/export.py --config my_config.json --random-weights --seed 3 --out models/mine
+    python onnx/export.py --preset tiny --random-weights --tokenizer t5-tokenizer.json --out models/tiny-t5tok
     python onnx/export.py --model facebook/musicgen-small --out models/musicgen-small
     python onnx/export.py --model path/to/checkpoint_folder --out models/local
 """
@@ -71,6 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--revision", help="hub revision (branch, tag or commit) for --model")
     p.add_argument("--random-weights", action="store_true", help="initialise the --config/--preset model randomly")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default 0)")
+    p.add_argument("--tokenizer", help="a tokenizer.json for a --random-weights bundle instead of the built word-level "
+                   "one (e.g. from onnx/make_t5_tokenizer.py); its ids must fit the text encoder's vocab_size")
     p.add_argument("--out", required=True, help="bundle folder to write (must not exist or be empty, unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.add_argument("--source-key", help="what --model was made from, as the Rust runtime keys it (recorded as "
@@ -83,6 +86,8 @@ def parse_args(argv=None):
         p.error("--random-weights goes with --config or --preset, not with --model")
     if args.revision and not args.model:
         p.error("--revision only applies to --model")
+    if args.tokenizer and not args.random_weights:
+        p.error("--tokenizer goes with --random-weights (a checkpoint ships its own tokenizer)")
     return args
 
 
@@ -255,13 +260,16 @@ def hub_commit(name, revision):
     return revision
 
 
-def bundle_tokenizer(model, hf_tok):
-    """The tokenizers-library tokenizer the bundle ships (no padding/truncation rule: the host pads)."""
+def bundle_tokenizer(model, hf_tok, tokenizer_file=None):
+    """The tokenizers-library tokenizer the bundle ships (no padding/truncation rule: the host pads):
+    the checkpoint's, the one in `tokenizer_file` (random weights), or the built word-level one."""
     from tokenizers import Tokenizer
 
     from mg_tokenizer import build_tokenizer, without_padding
 
     tcfg = model.config.text_encoder
+    if tokenizer_file is not None:
+        return without_padding(given_tokenizer(Path(tokenizer_file), tcfg))
     if hf_tok is None:
         try:
             return build_tokenizer(tcfg.vocab_size, tcfg.pad_token_id, tcfg.eos_token_id, 2)
@@ -271,6 +279,34 @@ def bundle_tokenizer(model, hf_tok):
     if backend is None:
         raise ExportError("the checkpoint's tokenizer has no tokenizers backend (tokenizer.json); cannot export it")
     return without_padding(Tokenizer.from_str(backend.to_str()))
+
+
+def given_tokenizer(path: Path, tcfg):
+    """--tokenizer: a tokenizer.json whose every id (added tokens too) is below the text encoder's vocab_size
+    and whose `<pad>` / `</s>` ids are the text config's pad and eos ids."""
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise ExportError(f"--tokenizer {path} is not a file; give a tokenizer.json (onnx/make_t5_tokenizer.py writes one)")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises plain Exception for a bad file
+        raise ExportError(f"--tokenizer {path.name} is not a tokenizers tokenizer.json: {one_line(e)}")
+    vocab = tok.get_vocab(with_added_tokens=True)
+    size = max(vocab.values()) + 1 if vocab else 0
+    if size > tcfg.vocab_size:
+        raise ExportError(
+            f"--tokenizer {path.name} has ids up to {size - 1} ({size} ids) but the text encoder's vocab_size is "
+            f"{tcfg.vocab_size}; train a smaller tokenizer or use a config with a larger text vocab_size"
+        )
+    for token, want, what in (("<pad>", tcfg.pad_token_id, "pad_token_id"), ("</s>", tcfg.eos_token_id, "eos_token_id")):
+        got = tok.token_to_id(token)
+        if got != want:
+            raise ExportError(
+                f"--tokenizer {path.name} gives {token} the id {got}, but the text encoder's {what} is {want}; "
+                "the tokenizer must use the model's special ids"
+            )
+    return tok
 
 
 # ----------------------------------------------------------------------------------------- graphs
@@ -772,7 +808,7 @@ def main(argv=None):
     if args.source_key:
         source["key"] = args.source_key
     check_supported(model)
-    tok = bundle_tokenizer(model, hf_tok)
+    tok = bundle_tokenizer(model, hf_tok, args.tokenizer)
     dcfg = model.config.decoder
     log(
         f"model: {source['kind']} {source['model_id']}  decoder {dcfg.num_hidden_layers} layers x "
