@@ -23,6 +23,7 @@ if [ "$(cat tests/data/.stamp 2>/dev/null)" != "$stamp" ]; then
   .venv/bin/python onnx/make_classifier.py --out tests/data/classifier
   .venv/bin/python onnx/quantize.py --bundle tests/data/tiny --out tests/data/tiny-int8 --bits 8 --reference-checkpoint
   .venv/bin/python onnx/reference.py --bundle tests/data/tiny-int8
+  .venv/bin/python onnx/reference_sampling.py --out tests/data/sampling
   # a T5-style SentencePiece tokenizer in a tiny bundle, and transformers' T5 tokenizer on it (tests/tokenizer.rs)
   .venv/bin/python onnx/make_t5_tokenizer.py --out tests/data/t5-tokenizer.json
   .venv/bin/python onnx/export.py --preset tiny --random-weights --seed 0 --tokenizer tests/data/t5-tokenizer.json --out tests/data/tiny-t5tok

@@ -59,6 +59,7 @@ pub struct Sampler {
     config: SamplingConfig,
     rngs: Vec<ChaCha20Rng>,
     scratch: Vec<(f32, usize)>,
+    kept: Vec<(usize, f64)>,
 }
 
 impl Sampler {
@@ -71,7 +72,7 @@ impl Sampler {
     pub fn with_streams(config: SamplingConfig, streams: &[u64]) -> Result<Sampler> {
         config.check()?;
         let rngs = streams.iter().map(|&s| Self::stream(config.seed, s)).collect();
-        Ok(Sampler { config, rngs, scratch: Vec::new() })
+        Ok(Sampler { config, rngs, scratch: Vec::new(), kept: Vec::new() })
     }
 
     fn stream(seed: u64, stream: u64) -> ChaCha20Rng {
@@ -96,30 +97,65 @@ impl Sampler {
     }
 
     fn one(&mut self, row: usize, logits: ArrayView1<'_, f32>) -> usize {
-        if self.config.top_k == 1 {
-            return argmax(logits);
+        let c = &self.config;
+        let total = weights_into(logits, c.temperature, c.top_k, &mut self.scratch, &mut self.kept);
+        if c.top_k == 1 {
+            // Greedy: no draw, so the row's stream is not advanced.
+            return self.kept[0].0;
         }
-        let t = self.config.temperature;
-        self.scratch.clear();
-        self.scratch.extend(logits.iter().enumerate().map(|(i, &v)| (v / t, i)));
-        let k = self.config.top_k.min(self.scratch.len());
-        // The k largest (ties at the boundary kept, as transformers' top-k keeps them).
-        self.scratch.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
-        let kth = self.scratch[k - 1].0;
-        let mut kept: Vec<(f32, usize)> = self.scratch.iter().copied().filter(|&(v, _)| v >= kth).collect();
-        kept.sort_by_key(|&(_, i)| i);
-        let max = kept.iter().map(|p| p.0).fold(f32::NEG_INFINITY, f32::max);
-        let weights: Vec<f64> = kept.iter().map(|&(v, _)| ((v - max) as f64).exp()).collect();
-        let total: f64 = weights.iter().sum();
+        // Inverse CDF over the kept codes in code order.
         let mut u = self.rngs[row].random::<f64>() * total;
-        for (w, &(_, i)) in weights.iter().zip(&kept) {
-            if u < *w {
+        for &(i, w) in &self.kept {
+            if u < w {
                 return i;
             }
             u -= w;
         }
-        kept.last().map(|p| p.1).unwrap_or(0)
+        self.kept.last().map(|p| p.0).unwrap_or(0)
     }
+}
+
+/// The distribution [`Sampler`] draws one code from, for one codebook's (already guided) logits:
+/// `(code, probability)` for every code it can draw, in code order. Temperature first, then top-k
+/// (the codes whose scaled logit is at least the k-th largest, so ties at the boundary are all kept),
+/// then softmax, as transformers' `TemperatureLogitsWarper`, `TopKLogitsWarper` and `softmax`; top-k 1
+/// is greedy decoding: the first largest logit with probability 1.
+///
+/// `top_k` ≥ 1 and `temperature` > 0, as [`SamplingConfig::check`] requires.
+pub fn distribution(logits: ArrayView1<'_, f32>, temperature: f32, top_k: usize) -> Vec<(usize, f64)> {
+    assert!(top_k >= 1, "top-k must be at least 1");
+    let (mut scratch, mut kept) = (Vec::new(), Vec::new());
+    let total = weights_into(logits, temperature, top_k, &mut scratch, &mut kept);
+    kept.iter().map(|&(i, w)| (i, w / total)).collect()
+}
+
+/// The computation behind both [`distribution`] and the sampler's draw: fills `kept` with `(code,
+/// weight)` in code order, the weights `exp(logit / T - max)` unnormalised, and returns their sum.
+/// `scratch` and `kept` are the caller's buffers (no allocation once they have grown to the vocabulary).
+fn weights_into(
+    logits: ArrayView1<'_, f32>,
+    temperature: f32,
+    top_k: usize,
+    scratch: &mut Vec<(f32, usize)>,
+    kept: &mut Vec<(usize, f64)>,
+) -> f64 {
+    kept.clear();
+    if top_k == 1 {
+        kept.push((argmax(logits), 1.0));
+        return 1.0;
+    }
+    scratch.clear();
+    scratch.extend(logits.iter().enumerate().map(|(i, &v)| (v / temperature, i)));
+    let k = top_k.min(scratch.len());
+    // The k largest (ties at the boundary kept, as transformers' top-k keeps them).
+    scratch.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+    let kth = scratch[k - 1].0;
+    scratch.retain(|&(v, _)| v >= kth);
+    // Codes are distinct, so the unstable sort (no allocation) gives the one order.
+    scratch.sort_unstable_by_key(|&(_, i)| i);
+    let max = scratch.iter().map(|p| p.0).fold(f32::NEG_INFINITY, f32::max);
+    kept.extend(scratch.iter().map(|&(v, i)| (i, ((v - max) as f64).exp())));
+    kept.iter().map(|p| p.1).sum()
 }
 
 /// The first index of the largest value (as `torch.argmax`).
