@@ -12,9 +12,14 @@
 //!    concept, the interventions (modes x sites) are generated in batches of `batch_size` rows, all
 //!    rows the same prompt and the same random stream as its baseline, so a score difference is the
 //!    intervention's and not sampling noise; the judge scores every clip and each (pair, prompt,
-//!    batch) is written at once to `parts/` (a finished one is never recomputed: runs resume).
+//!    batch) is written at once to `parts/` (its scores CSV and the judge's probabilities of its
+//!    clips; a finished one is never recomputed: runs resume).
 //! 4. **Merge.** When every part is there: `results/{original}__{desired}.csv` (one row per prompt,
-//!    mode and site), `summary.csv` (means per pair, mode and site), plots of effectiveness and
+//!    mode and site), beside it what the seed saves per pair, row for row with the CSV:
+//!    `{original}__{desired}_all_probs.npy` (`[rows, labels]` f32, the judge's full probability
+//!    vector p1 of every intervened clip) and `{original}__{desired}_kl_divs.npy` (`[rows, labels]`
+//!    f64, the per-label terms p1 (ln p1 - ln p0) of KL(p1 || p0), not summed: precision is minus
+//!    their sum); `summary.csv` (means per pair, mode and site), plots of effectiveness and
 //!    precision by layer and component, and with `save_extremes` the best and worst clip per prompt.
 //!
 //! `--shard i/n` deals (pair, prompt) units round-robin, so hosts of a job array share a run in one
@@ -23,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array2, Axis};
+use ndarray::{Array2, ArrayView1, Axis};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -34,7 +39,7 @@ use crate::hooks::Component;
 use crate::judge::{effectiveness, precision, Judge, JudgeConfig};
 use crate::model::MusicGen;
 use crate::plugin::MethodPlugin;
-use crate::store::write_atomic;
+use crate::store::{npy_writer, write_atomic, Staged};
 
 /// How an intervention changes a site's output on the conditional rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
@@ -373,6 +378,17 @@ impl<'a> Interchange<'a> {
         self.config.output.join("parts").join(pair_name(o, d)).join(format!("p{prompt:04}_b{chunk:03}.csv"))
     }
 
+    /// The judge's probabilities of a part's clips, `[rows, labels]`, row for row with its CSV.
+    fn part_probs_path(&self, pair: usize, prompt: usize, chunk: usize) -> PathBuf {
+        self.part_path(pair, prompt, chunk).with_extension("probs.npy")
+    }
+
+    /// A part is done when its scores and its probabilities are both there (they are committed
+    /// together; a part without its probabilities is run again).
+    fn part_done(&self, pair: usize, prompt: usize, chunk: usize) -> bool {
+        self.part_path(pair, prompt, chunk).is_file() && self.part_probs_path(pair, prompt, chunk).is_file()
+    }
+
     fn owns(shard: Shard, n_prompts: usize, pair: usize, prompt: usize) -> bool {
         shard.owns(pair * n_prompts + prompt)
     }
@@ -395,7 +411,7 @@ impl<'a> Interchange<'a> {
         let units = self.units();
         let mine: Vec<_> = units.iter().copied().filter(|&(p, i, _)| Self::owns(shard, n, p, i)).collect();
         report.units_left_to_other_shards = units.len() - mine.len();
-        let todo: Vec<_> = mine.iter().copied().filter(|&(p, i, c)| !self.part_path(p, i, c).is_file()).collect();
+        let todo: Vec<_> = mine.iter().copied().filter(|&(p, i, c)| !self.part_done(p, i, c)).collect();
         report.units_skipped = mine.len() - todo.len();
 
         // Means of every concept a pending unit needs.
@@ -419,7 +435,7 @@ impl<'a> Interchange<'a> {
             self.run_unit(p, i, c)?;
             report.units_done += 1;
         }
-        if units.iter().all(|&(p, i, c)| self.part_path(p, i, c).is_file()) {
+        if units.iter().all(|&(p, i, c)| self.part_done(p, i, c)) {
             self.merge()?;
             report.merged = true;
         }
@@ -602,7 +618,10 @@ impl<'a> Interchange<'a> {
             }
         }
         let body: String = std::iter::once(CSV_HEADER.to_string()).chain(scores.iter().map(Score::csv)).collect();
-        write_atomic(&path, body.as_bytes())
+        let mut staged = Staged::new();
+        staged.stage_with(&self.part_probs_path(pair, prompt, chunk), npy_writer(&p1))?;
+        staged.stage(&path, body.as_bytes())?;
+        staged.commit()
     }
 
     /// Joins every part into the result files, the summary and the plots.
@@ -613,22 +632,47 @@ impl<'a> Interchange<'a> {
         io_dir(&results)?;
         io_dir(&plots)?;
         let mut all: Vec<Score> = Vec::new();
+        let labels = self.judge.labels().len();
         for &(o, d) in &self.pairs {
             let dir = out.join("parts").join(pair_name(o, d));
-            let mut scores = Vec::new();
+            // Each score with its clip's probabilities p1.
+            let mut rows: Vec<(Score, Vec<f32>)> = Vec::new();
             for (p, i, c) in self.units() {
                 if self.pairs[p] != (o, d) {
                     continue;
                 }
                 let path = self.part_path(p, i, c);
                 let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
-                for line in text.lines().skip(1).filter(|l| !l.is_empty()) {
-                    scores.push(Score::parse(line)?);
+                let probs_path = self.part_probs_path(p, i, c);
+                let probs: Array2<f32> = crate::store::read_npy(&probs_path, "the judge's probabilities [clips, labels]")?;
+                let scores: Vec<Score> = text.lines().skip(1).filter(|l| !l.is_empty()).map(Score::parse).collect::<Result<_>>()?;
+                if probs.dim() != (scores.len(), labels) {
+                    return Err(Error::Input(format!(
+                        "{} holds {:?} probabilities, but {} has {} scores and the judge {labels} labels; delete both to run that part again",
+                        probs_path.display(),
+                        probs.dim(),
+                        path.display(),
+                        scores.len()
+                    )));
                 }
+                rows.extend(scores.into_iter().zip(probs.rows().into_iter().map(|r| r.to_vec())));
             }
-            scores.sort_by(|a, b| (a.prompt, a.mode, a.site).cmp(&(b.prompt, b.mode, b.site)));
+            rows.sort_by(|(a, _), (b, _)| (a.prompt, a.mode, a.site).cmp(&(b.prompt, b.mode, b.site)));
+            let mut p1 = Array2::<f32>::zeros((rows.len(), labels));
+            let mut kl = Array2::<f64>::zeros((rows.len(), labels));
+            for (r, (s, probs)) in rows.iter().enumerate() {
+                let p0 = self.baseline(o, s.prompt)?;
+                p1.row_mut(r).assign(&ArrayView1::from(probs.as_slice()));
+                kl.row_mut(r).assign(&ndarray::Array1::from(kl_terms(ArrayView1::from(probs.as_slice()), ArrayView1::from(p0.as_slice()))));
+            }
+            let scores: Vec<Score> = rows.into_iter().map(|(s, _)| s).collect();
             let body: String = std::iter::once(CSV_HEADER.to_string()).chain(scores.iter().map(Score::csv)).collect();
-            write_atomic(&results.join(format!("{}.csv", pair_name(o, d))), body.as_bytes())?;
+            let name = pair_name(o, d);
+            let mut staged = Staged::new();
+            staged.stage(&results.join(format!("{name}.csv")), body.as_bytes())?;
+            staged.stage_with(&results.join(format!("{name}_all_probs.npy")), npy_writer(&p1))?;
+            staged.stage_with(&results.join(format!("{name}_kl_divs.npy")), npy_writer(&kl))?;
+            staged.commit()?;
             if self.config.save_extremes {
                 let ex = out.join("extremes").join(pair_name(o, d));
                 io_dir(&ex)?;
@@ -672,6 +716,19 @@ impl<'a> Interchange<'a> {
         }
         Ok(())
     }
+}
+
+/// The per-label terms of KL(p1 || p0), `p1 (ln p1 - ln p0)` (the seed's `kl_divs`: torch's
+/// `kl_div(log p0, log p1, log_target=True, reduction="none")`), on the probabilities as
+/// [`precision`] takes them (each renormalised in f64; p0 raised to `EPS` under a logarithm), so
+/// that precision is minus their sum.
+fn kl_terms(p1: ArrayView1<'_, f32>, p0: ArrayView1<'_, f32>) -> Vec<f64> {
+    let norm = |p: ArrayView1<'_, f32>| {
+        let total: f64 = p.iter().map(|&x| x as f64).sum();
+        p.iter().map(|&x| x as f64 / total).collect::<Vec<f64>>()
+    };
+    let (a, b) = (norm(p1), norm(p0));
+    a.iter().zip(&b).map(|(&a, &b)| if a <= 0.0 { 0.0 } else { a * (a.ln() - b.max(crate::judge::EPS).ln()) }).collect()
 }
 
 fn extreme_name(prompt: usize, s: &Score) -> String {

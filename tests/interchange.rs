@@ -3,10 +3,14 @@
 //!   to PyTorch forward hooks (onnx/reference_interchange.py), on both tiny configs;
 //! - the `means` mode's time-aligned means equal numpy's over the same generations, batched unevenly;
 //! - interventions batched into one generation give the same codes and scores as one by one;
+//! - every row's effectiveness and precision (and the concept probabilities, and the saved per-label
+//!   kl_divs) equal an independent numpy recomputation from the judge's saved probabilities
+//!   (onnx/check_interchange_scores.py), so a swap of p0 and p1 or of the two concepts fails;
 //! - runs resume, shards merge into what one host writes, foreign mean caches are refused;
 //! - the ONNX judge matches the classifier's own outputs, and refuses a label map lacking a concept.
 
 mod common;
+mod scores;
 
 use std::path::{Path, PathBuf};
 
@@ -217,6 +221,26 @@ fn runs_resume_shard_merge_and_batch_consistently() {
     assert!(b.merged && b.units_done == 12);
     assert_same_scores(&results(&sharded), &base, "sharded run");
     assert_eq!(std::fs::read(sharded.join("summary.csv")).unwrap(), std::fs::read(single.join("summary.csv")).unwrap());
+}
+
+#[test]
+fn scores_equal_numpy_from_the_judges_saved_probabilities() {
+    // A judge that tells the clips apart, so that the checks below could see a swap (the helper
+    // asserts it: some effectiveness far from 0, KL(p0||p1) far from KL(p1||p0) on some row).
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, labels) = scores::sensitive_judge(tmp.path());
+    let out = tmp.path().join("run");
+    let mut c = config(&out, 6);
+    c.concepts = vec!["jazz".into(), "rock".into()];
+    c.save_extremes = false;
+    c.judge = JudgeConfig::onnx(model, labels.clone(), 32000);
+    let mut m = load("tiny");
+    let rt = common::runtime();
+    let mut j = Judge::load(&c.judge, rt.library(), &["jazz", "rock"]).unwrap();
+    let r = Interchange::new(&mut m, &mut j, c).unwrap().run(Shard::ALL, |_| {}).unwrap();
+    assert!(r.merged);
+    // 2 pairs x 2 prompts x (2 modes x 3 sites), every row checked.
+    assert_eq!(scores::check_interchange_scores(&out, &labels), 2 * 2 * 6);
 }
 
 #[test]
