@@ -19,6 +19,7 @@ if [ "$(cat tests/data/.stamp 2>/dev/null)" != "$stamp" ]; then
     .venv/bin/python onnx/reference_steering.py --bundle "tests/data/$preset"
     .venv/bin/python onnx/reference_decoder_lens.py --bundle "tests/data/$preset"
     .venv/bin/python onnx/reference_interchange.py --bundle "tests/data/$preset"
+    .venv/bin/python onnx/reference_residuals.py --bundle "tests/data/$preset"
   done
   .venv/bin/python onnx/make_classifier.py --out tests/data/classifier
   .venv/bin/python onnx/quantize.py --bundle tests/data/tiny --out tests/data/tiny-int8 --bits 8 --reference-checkpoint
