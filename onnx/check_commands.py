@@ -16,7 +16,9 @@ bundles' hf/ checkpoints: the reference generates greedily with guidance 3 (its 
 delay pattern, checked against transformers' generate()), both models run the generated sequence
 (all positions but the last, conditional and unconditional rows), and per layer the cosine between
 their outputs, averaged over every row and position; next-token agreement is the share of (codebook,
-position) where their guided argmax agree. Writes {"positions", "cosine": [...], "agreement"}.
+position) where their guided argmax agree; per layer what it adds (its output minus its input, by a
+forward pre-hook) compared by cosine and by relative error ||c - r|| / ||r||, and the logits' relative
+error. Writes {"positions", "cosine", "delta_cosine", "delta_error", "logits_error", "agreement"}.
 
 self-similarity: cosine between the layers' time-averaged outputs of each prompt, averaged over prompts,
 from the saved means `[layers, prompts, d_model]` (numpy only).
@@ -63,8 +65,9 @@ def encode(model, tokenizer, text):
     return states, mask
 
 
-def run_decoder(model, states, mask, codes):
-    """codes [2, K, T] -> (resid_post per layer [2, T, D] each, logits [2, K, T, V])."""
+def run_decoder(model, states, mask, codes, inputs=None):
+    """codes [2, K, T] -> (resid_post per layer [2, T, D] each, logits [2, K, T, V]); with a list
+    `inputs`, each layer's input (resid_pre) is appended to it."""
     import torch
 
     rows, K, T = codes.shape
@@ -74,12 +77,17 @@ def run_decoder(model, states, mask, codes):
         layer.register_forward_hook(lambda m, a, o: captured.append((o[0] if isinstance(o, tuple) else o).detach().clone()))
         for layer in layers
     ]
+    if inputs is not None:
+        def pre(m, args, kwargs):
+            inputs.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+
+        handles += [layer.register_forward_pre_hook(pre, with_kwargs=True) for layer in layers]
     try:
         out = model(encoder_outputs=(states,), attention_mask=mask, decoder_input_ids=codes.reshape(rows * K, T), use_cache=False)
     finally:
         for h in handles:
             h.remove()
-    if len(captured) != len(layers):
+    if len(captured) != len(layers) or (inputs is not None and len(inputs) != len(layers)):
         raise SystemExit(f"captured {len(captured)} layer outputs, expected {len(layers)}")
     return captured, out.logits.reshape(rows, K, T, -1)
 
@@ -144,14 +152,29 @@ def compare(args):
 
     codes = seq[:, :-1].unsqueeze(0).repeat(2, 1, 1)  # every position but the last, cond + uncond rows
     cand_states, cand_mask = encode(cand, cand_tok, args.text)
-    r_res, r_logits = run_decoder(ref, ref_states, ref_mask, codes)
-    c_res, c_logits = run_decoder(cand, cand_states, cand_mask, codes)
-    cosine = []
-    for x, y in zip(c_res, r_res):
+    r_in, c_in = [], []
+    r_res, r_logits = run_decoder(ref, ref_states, ref_mask, codes, r_in)
+    c_res, c_logits = run_decoder(cand, cand_states, cand_mask, codes, c_in)
+
+    def cos(x, y):  # mean over rows and positions of the cosine along the width
         x, y = x.double().reshape(-1, x.shape[-1]), y.double().reshape(-1, y.shape[-1])
-        cosine.append(float(((x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1))).mean()))
+        return float(((x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1))).mean())
+
+    def rel(c, r):  # ||c - r|| / ||r|| over every element
+        c, r = c.double(), r.double()
+        return float((c - r).norm() / r.norm())
+
+    cosine = [cos(x, y) for x, y in zip(c_res, r_res)]
+    deltas = [(co - ci, ro - ri) for co, ci, ro, ri in zip(c_res, c_in, r_res, r_in)]
     agree = (guided(c_logits).argmax(-1) == guided(r_logits).argmax(-1)).double().mean()
-    result = {"positions": int(codes.shape[2]), "cosine": cosine, "agreement": float(agree)}
+    result = {
+        "positions": int(codes.shape[2]),
+        "cosine": cosine,
+        "delta_cosine": [cos(c, r) for c, r in deltas],
+        "delta_error": [rel(c, r) for c, r in deltas],
+        "logits_error": rel(c_logits, r_logits),
+        "agreement": float(agree),
+    }
     Path(args.out).write_text(json.dumps(result))
     print(json.dumps(result))
 

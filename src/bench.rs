@@ -334,22 +334,57 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
 }
 
 /// How closely one bundle (say, a reduced-precision copy) follows another on the same input.
+///
+/// The residual stream's cosine is dominated by what every layer carries forward (the position
+/// embedding above all), so it stays near 1 even when a layer's own contribution is off; the
+/// per-layer deltas (`hook_resid_post - hook_resid_pre`, what each layer adds) and the logits are
+/// where reduced precision shows.
 #[derive(Clone, Debug)]
 pub struct Fidelity {
     /// Per `blocks.{l}.hook_resid_post`: mean cosine similarity over rows (conditional and
     /// unconditional) and positions.
     pub residual_cosine: Vec<f64>,
+    /// Per layer, what it adds (`hook_resid_post - hook_resid_pre`): mean cosine over rows and positions.
+    pub delta_cosine: Vec<f64>,
+    /// Per layer, the relative error of what it adds: `||d_c - d_r|| / ||d_r||` (Frobenius norm over
+    /// rows, positions and width; `c` the candidate, `r` the reference).
+    pub delta_error: Vec<f64>,
+    /// The logits' relative error `||l_c - l_r|| / ||l_r||` over rows, codebooks, positions and vocabulary.
+    pub logits_error: f64,
     /// Share of positions and codebooks where the argmax of the guided next-token logits agrees.
     pub token_agreement: f64,
     pub positions: usize,
 }
 
+/// Mean over rows of the cosine between matching rows of `x` and `y` ([.., D] each, flattened to rows).
+fn mean_row_cosine(x: ndarray::ArrayView2<'_, f32>, y: ndarray::ArrayView2<'_, f32>) -> f64 {
+    let mut total = 0.0;
+    for (u, v) in x.rows().into_iter().zip(y.rows()) {
+        let dot: f64 = u.iter().zip(v.iter()).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let nu: f64 = u.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let nv: f64 = v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        total += dot / (nu * nv).max(1e-30);
+    }
+    total / x.nrows().max(1) as f64
+}
+
+/// `||c - r|| / ||r||` over every element, in f64.
+fn relative_error<'a>(c: impl IntoIterator<Item = &'a f32>, r: impl IntoIterator<Item = &'a f32>) -> f64 {
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (a, b) in c.into_iter().zip(r) {
+        diff += (*a as f64 - *b as f64).powi(2);
+        norm += (*b as f64).powi(2);
+    }
+    (diff / norm.max(1e-300)).sqrt()
+}
+
 /// Teacher-forced comparison: `reference` generates `steps` greedy steps for `prompt` (guidance 3);
-/// both models then run that same sequence in one forward, and their residuals and next-token
-/// choices are compared.
+/// both models then run that same sequence in one forward, and their residuals, per-layer deltas,
+/// logits and next-token choices are compared.
 pub fn fidelity(candidate: &mut MusicGen, reference: &mut MusicGen, prompt: &str, steps: usize) -> Result<Fidelity> {
+    use crate::hooks::HookPoint;
     let (a, b) = (&candidate.manifest().decoder, &reference.manifest().decoder);
-    if (a.num_layers, a.d_model, a.num_codebooks) != (b.num_layers, b.d_model, b.num_codebooks) {
+    if (a.num_layers, a.d_model, a.num_codebooks, a.vocab_size) != (b.num_layers, b.d_model, b.num_codebooks, b.vocab_size) {
         return Err(Error::Input("the two bundles are different model sizes".into()));
     }
     let sampling = SamplingConfig { guidance_scale: 3.0, top_k: 1, temperature: 1.0, seed: 0 };
@@ -359,10 +394,10 @@ pub fn fidelity(candidate: &mut MusicGen, reference: &mut MusicGen, prompt: &str
     let input = generated.sequence.slice(ndarray::s![.., .., ..len]).to_owned();
     let input = ndarray::concatenate(Axis(0), &[input.view(), input.view()]).expect("rows");
     let layers = a.num_layers;
-    let run = |m: &mut MusicGen| -> Result<(crate::hooks::Recorder, ndarray::Array2<i64>)> {
+    let run = |m: &mut MusicGen| -> Result<(crate::hooks::Recorder, ndarray::Array4<f32>, ndarray::Array2<i64>)> {
         let text = m.text.encode(&[prompt])?;
         let mut state = m.decoder.start_guided(text.last_hidden_state.view(), text.attention_mask.view())?;
-        let mut rec = crate::hooks::Recorder::points((0..layers).map(crate::hooks::HookPoint::ResidPost));
+        let mut rec = crate::hooks::Recorder::points((0..layers).flat_map(|l| [HookPoint::ResidPre(l), HookPoint::ResidPost(l)]));
         let out = m.decoder.forward(&mut state, input.view(), &mut rec)?;
         // [2, K, T, V] -> guided [1, K, T, V] -> argmax per codebook and position
         let t = out.logits.shape()[2];
@@ -374,28 +409,33 @@ pub fn fidelity(candidate: &mut MusicGen, reference: &mut MusicGen, prompt: &str
                 choice[[cb, pos]] = crate::generate::sampling::argmax(g.slice(ndarray::s![0, cb, ..])) as i64;
             }
         }
-        Ok((rec, choice))
+        Ok((rec, out.logits, choice))
     };
-    let (rec_c, choice_c) = run(candidate)?;
-    let (rec_r, choice_r) = run(reference)?;
-    let residual_cosine = (0..layers)
-        .map(|l| {
-            let p = crate::hooks::HookPoint::ResidPost(l);
-            let (x, y) = (rec_c.get(p, 0).expect("recorded"), rec_r.get(p, 0).expect("recorded"));
-            let mut total = 0.0;
-            let mut n = 0;
-            for (u, v) in x.rows().into_iter().zip(y.rows()) {
-                let dot: f64 = u.iter().zip(v.iter()).map(|(a, b)| *a as f64 * *b as f64).sum();
-                let nu: f64 = u.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-                let nv: f64 = v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-                total += dot / (nu * nv).max(1e-30);
-                n += 1;
-            }
-            total / n as f64
-        })
-        .collect();
+    let (rec_c, logits_c, choice_c) = run(candidate)?;
+    let (rec_r, logits_r, choice_r) = run(reference)?;
+    fn rows(a: &ndarray::Array3<f32>) -> ndarray::ArrayView2<'_, f32> {
+        a.view().into_shape_with_order((a.len() / a.shape()[2], a.shape()[2])).expect("contiguous")
+    }
+    fn get(rec: &crate::hooks::Recorder, p: HookPoint) -> &ndarray::Array3<f32> {
+        rec.get(p, 0).expect("recorded")
+    }
+    let delta = |rec: &crate::hooks::Recorder, l: usize| get(rec, HookPoint::ResidPost(l)) - get(rec, HookPoint::ResidPre(l));
+    let residual_cosine = (0..layers).map(|l| mean_row_cosine(rows(get(&rec_c, HookPoint::ResidPost(l))), rows(get(&rec_r, HookPoint::ResidPost(l))))).collect();
+    let (mut delta_cosine, mut delta_error) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
+    for l in 0..layers {
+        let (dc, dr) = (delta(&rec_c, l), delta(&rec_r, l));
+        delta_cosine.push(mean_row_cosine(rows(&dc), rows(&dr)));
+        delta_error.push(relative_error(dc.iter(), dr.iter()));
+    }
     let agree = choice_c.iter().zip(choice_r.iter()).filter(|(a, b)| a == b).count();
-    Ok(Fidelity { residual_cosine, token_agreement: agree as f64 / choice_c.len() as f64, positions: len })
+    Ok(Fidelity {
+        residual_cosine,
+        delta_cosine,
+        delta_error,
+        logits_error: relative_error(logits_c.iter(), logits_r.iter()),
+        token_agreement: agree as f64 / choice_c.len() as f64,
+        positions: len,
+    })
 }
 
 /// Generation time with the built-in steering plugin at three layers on every step, against the

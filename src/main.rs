@@ -677,16 +677,22 @@ fn run(cli: Cli) -> Result<()> {
             let mut candidate = load(&runtime, model, verify)?;
             let mut reference = load(&runtime, reference, verify)?;
             let f = musicgen_interp::bench::fidelity(&mut candidate, &mut reference, &text, steps)?;
-            println!("{:<28} {:>10}", "hook point", "cosine");
-            for (l, c) in f.residual_cosine.iter().enumerate() {
-                println!("{:<28} {:>10.6}", HookPoint::ResidPost(l).to_string(), c);
+            println!("{:<28} {:>10} {:>12} {:>12}", "hook point", "cosine", "delta cosine", "delta error");
+            for l in 0..f.residual_cosine.len() {
+                println!("{:<28} {:>10.6} {:>12.6} {:>12.6}", HookPoint::ResidPost(l).to_string(), f.residual_cosine[l], f.delta_cosine[l], f.delta_error[l]);
             }
-            let min = f.residual_cosine.iter().copied().fold(f64::INFINITY, f64::min);
+            let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
             println!(
                 "over {} positions: residual cosine min {:.6}, next-token agreement {:.2}%",
                 f.positions,
-                min,
+                min(&f.residual_cosine),
                 100.0 * f.token_agreement
+            );
+            println!(
+                "what each layer adds (hook_resid_post - hook_resid_pre): cosine min {:.6}, relative error max {:.6}; logits relative error {:.6}",
+                min(&f.delta_cosine),
+                f.delta_error.iter().copied().fold(0.0, f64::max),
+                f.logits_error
             );
             Ok(())
         }

@@ -118,7 +118,9 @@ fn compare_prints_the_fidelity_transformers_measures() {
     );
     let printed = stdout(&out);
     let layers = common::load("tiny").decoder.num_layers();
-    let got: Vec<f64> = (0..layers).map(|l| numbers_after(&printed, &format!("blocks.{l}.hook_resid_post"))[0]).collect();
+    let rows: Vec<Vec<f64>> = (0..layers).map(|l| numbers_after(&printed, &format!("blocks.{l}.hook_resid_post"))).collect();
+    let column = |i: usize| -> Vec<f64> { rows.iter().map(|r| r[i]).collect() };
+    let got = column(0);
     let summary = printed.lines().find(|l| l.starts_with("over ")).unwrap_or_else(|| panic!("{printed}"));
     // "over N positions: residual cosine min C, next-token agreement A%"
     let words: Vec<&str> = summary.split([' ', ',', '%']).filter(|w| !w.is_empty()).collect();
@@ -143,6 +145,23 @@ fn compare_prints_the_fidelity_transformers_measures() {
     let share = want["agreement"].as_f64().unwrap();
     assert!((agreement - 100.0 * share).abs() <= 0.006, "printed agreement {agreement}% vs transformers' {}%", 100.0 * share);
     assert!(share < 1.0, "int8 agreed with fp32 everywhere: the comparison could not see a wrong count");
+    // What each layer adds and the logits, where int8 shows (the residual cosine prints 1.000000).
+    let deltas = printed.lines().find(|l| l.starts_with("what each layer adds")).unwrap_or_else(|| panic!("{printed}"));
+    let numbers: Vec<f64> = deltas.split([' ', ',', ';']).filter_map(|w| w.parse().ok()).collect();
+    let want_cos: Vec<f64> = serde_json::from_value(want["delta_cosine"].clone()).unwrap();
+    let want_err: Vec<f64> = serde_json::from_value(want["delta_error"].clone()).unwrap();
+    let want_logits = want["logits_error"].as_f64().unwrap();
+    // Printed with 6 decimals; the relative errors are about 1e-2 and the int8 kernels' int16
+    // activations move them by under 1e-6 from the dequantized weights' float arithmetic.
+    const PRINTED: f32 = 2e-6;
+    assert_close("printed per-layer delta cosine vs transformers", &f32s(column(1)), &f32s(want_cos.clone()), PRINTED);
+    assert_close("printed per-layer delta error vs transformers", &f32s(column(2)), &f32s(want_err.clone()), PRINTED);
+    assert_eq!(numbers.len(), 3, "{deltas}");
+    let near = |a: f64, b: f64| (a - b).abs() <= PRINTED as f64;
+    assert!(near(numbers[0], want_cos.iter().copied().fold(f64::INFINITY, f64::min)), "{deltas} vs {want_cos:?}");
+    assert!(near(numbers[1], want_err.iter().copied().fold(0.0, f64::max)), "{deltas} vs {want_err:?}");
+    assert!(near(numbers[2], want_logits), "{deltas}: logits relative error vs transformers' {want_logits}");
+    assert!(want_err.iter().all(|&e| e > 1e-3) && want_logits > 1e-3, "int8 equal to fp32 in every layer: the measure could not see a wrong delta");
 }
 
 /// A YAML config in `dir` (relative output, so the run must resolve it against the config's folder).

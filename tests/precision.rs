@@ -35,20 +35,59 @@ fn int8_bundle_is_smaller_and_says_so() {
     assert!(q.loaded_bytes() < f.loaded_bytes(), "int8 {} vs fp32 {} bytes loaded", q.loaded_bytes(), f.loaded_bytes());
 }
 
+/// int8 fidelity where it shows: what each layer adds (`hook_resid_post - hook_resid_pre`) and the
+/// logits. The residual stream's cosine stays at 1 to 6 decimals (the position embedding every layer
+/// carries dominates it), so it is reported but not what the tolerances hold.
+///
+/// Tolerances (int8 weights, blocks of 128, on the tiny random-weight bundle, teacher-forced over 50
+/// greedy steps): per layer, relative error `||d_int8 - d_fp32|| / ||d_fp32||` at most DELTA_ERROR and
+/// mean cosine at least DELTA_COSINE; logits' relative error at most LOGITS_ERROR; next-token agreement
+/// at least 0.9. Measured here: delta errors 0.009 (CPU copies) and 0.014 (plain graphs, whose
+/// `MatMulNBits` also rounds activations to int8), logits 0.006 and 0.008.
+const DELTA_ERROR: f64 = 0.025;
+const DELTA_COSINE: f64 = 0.9995;
+const LOGITS_ERROR: f64 = 0.02;
+
+fn open(bundle: std::path::PathBuf, cpu_kernels: bool) -> MusicGen {
+    let rt = musicgen_interp::runtime::Runtime::init(&musicgen_interp::runtime::RuntimeOptions {
+        device: musicgen_interp::runtime::Device::Cpu,
+        threads: 2,
+        cpu_kernels,
+        ..Default::default()
+    })
+    .unwrap();
+    MusicGen::load(&rt, bundle, Verify::Cached).unwrap()
+}
+
+const PROMPT: &str = "80s pop track with bassy drums and synth";
+
 #[test]
-fn int8_follows_fp32_closely() {
-    let rt = runtime();
-    let mut q = MusicGen::load(&rt, int8(), Verify::Cached).unwrap();
-    let mut f = MusicGen::load(&rt, fixture("tiny"), Verify::Cached).unwrap();
-    let fid = fidelity(&mut q, &mut f, "80s pop track with bassy drums and synth", 50).unwrap();
-    let min = fid.residual_cosine.iter().copied().fold(f64::INFINITY, f64::min);
-    eprintln!("int8 vs fp32: residual cosine min {min:.6}, next-token agreement {:.3}", fid.token_agreement);
-    assert!(min >= 0.999, "residual cosine {min}");
-    assert!(fid.token_agreement >= 0.9, "agreement {}", fid.token_agreement);
-    // The oracle can fail: the fp32 bundle against itself agrees fully, so the measure is not vacuous.
-    let mut f2 = MusicGen::load(&rt, fixture("tiny"), Verify::Cached).unwrap();
-    let same = fidelity(&mut f2, &mut f, "80s pop track with bassy drums and synth", 50).unwrap();
+fn int8_follows_fp32_in_what_each_layer_adds_and_in_the_logits() {
+    for cpu_kernels in [true, false] {
+        let what = if cpu_kernels { "CPU copies" } else { "plain graphs" };
+        let (mut q, mut f) = (open(int8(), cpu_kernels), open(fixture("tiny"), cpu_kernels));
+        assert_eq!(q.decoder.graph_files().iter().all(|g| g.ends_with(".cpu.onnx")), cpu_kernels, "{what}");
+        let fid = fidelity(&mut q, &mut f, PROMPT, 50).unwrap();
+        eprintln!(
+            "int8 vs fp32 ({what}): residual cosine {:?}, delta cosine {:?}, delta error {:?}, logits error {:.4}, agreement {:.3}",
+            fid.residual_cosine, fid.delta_cosine, fid.delta_error, fid.logits_error, fid.token_agreement
+        );
+        assert_eq!(fid.delta_error.len(), q.decoder.num_layers());
+        for (l, (&e, &c)) in fid.delta_error.iter().zip(&fid.delta_cosine).enumerate() {
+            assert!(e.is_finite() && e <= DELTA_ERROR, "{what}: layer {l} delta relative error {e} > {DELTA_ERROR}");
+            assert!(c >= DELTA_COSINE, "{what}: layer {l} delta cosine {c} < {DELTA_COSINE}");
+            // the weights really were quantized: each layer's own contribution differs
+            assert!(e > 1e-4, "{what}: layer {l} adds exactly what fp32 adds: nothing was quantized");
+        }
+        assert!(fid.logits_error.is_finite() && fid.logits_error <= LOGITS_ERROR, "{what}: logits relative error {}", fid.logits_error);
+        assert!(fid.token_agreement >= 0.9, "{what}: agreement {}", fid.token_agreement);
+        // The residual cosine cannot see it: what each layer adds is off by about 1 %, the residual
+        // stream's cosine is still 1 to within 1e-5.
+        assert!(fid.residual_cosine.iter().all(|&c| c > 1.0 - 1e-5), "{what}: {:?}", fid.residual_cosine);
+    }
+    // The oracle can fail: the fp32 bundle against itself has no error at all.
+    let (mut f2, mut f) = (open(fixture("tiny"), true), open(fixture("tiny"), true));
+    let same = fidelity(&mut f2, &mut f, PROMPT, 50).unwrap();
     assert_eq!(same.token_agreement, 1.0);
-    // And the int8 numbers are not fp32's: the weights really were quantized.
-    assert!(min < 1.0 - 1e-9 || fid.token_agreement < 1.0, "int8 reproduced fp32 exactly: nothing was quantized");
+    assert!(same.delta_error.iter().all(|&e| e == 0.0) && same.logits_error == 0.0, "{same:?}");
 }
