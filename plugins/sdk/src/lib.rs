@@ -293,6 +293,10 @@ fn c_string(s: String) -> CString {
 
 /// SDK-internal runtime of the export macros.
 #[doc(hidden)]
+// Called only by the `extern "C"` functions that `export_plugin!` writes, with the pointers the host
+// passed them under the C ABI's contract (plugin_abi.h): live, of the stated shapes, for the call's
+// duration. Marking each `unsafe` would only move the same promise into the macro's expansion.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub mod rt {
     use super::*;
 
