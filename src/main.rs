@@ -889,13 +889,13 @@ fn generate(
     let secs = out.decode_time.as_secs_f64();
     let audio_s = wave.shape()[2] as f64 / rate as f64;
     println!(
-        "{} steps in {:.2} s ({:.2} steps/s), EnCodec decode {:.2} s; {:.2} s of audio per clip, real-time factor {:.2} ({})",
+        "{} steps in {:.2} s ({:.2} steps/s), EnCodec decode {:.2} s; {:.2} s of audio per clip, real-time factor {:.3} (compute seconds per second of audio; {})",
         out.steps,
         secs,
         out.steps as f64 / secs,
         codec_s,
         audio_s,
-        audio_s * b as f64 / (secs + codec_s),
+        (secs + codec_s) / (audio_s * b as f64),
         runtime.provider()
     );
     Ok(())

@@ -91,6 +91,23 @@ fn same_seed_gives_same_wav_bytes() {
     };
     let summary = run("5", &path("a.wav"));
     assert!(summary.contains("steps/s") && summary.contains("real-time factor"), "{summary}");
+    // Real-time factor: compute seconds per second of audio (lower is faster), from the printed
+    // times, each rounded to 0.01 s.
+    let number_before = |word: &str| -> f64 {
+        let i = summary.find(word).unwrap_or_else(|| panic!("no {word:?} in {summary}"));
+        summary[..i].split_whitespace().last().unwrap().trim_start_matches('(').parse().unwrap()
+    };
+    let number_after = |word: &str| -> f64 {
+        let i = summary.find(word).unwrap_or_else(|| panic!("no {word:?} in {summary}")) + word.len();
+        summary[i..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let (steps_s, decode_s) = (number_after("steps in"), number_after("EnCodec decode"));
+    let audio_s = number_before("s of audio per clip");
+    let rtf = number_after("real-time factor");
+    assert!(
+        (rtf * audio_s - (steps_s + decode_s)).abs() <= 0.011,
+        "real-time factor {rtf} is not compute seconds ({steps_s} + {decode_s}) per second of audio ({audio_s}): {summary}"
+    );
     run("5", &path("b.wav"));
     run("6", &path("c.wav"));
     let a = std::fs::read(path("a.wav")).unwrap();
