@@ -12,17 +12,22 @@
 //! reserves its whole length at the start instead ([`Decoder::reserve`]): each growth copies the
 //! whole cache into new pages (a 30 s clip of musicgen-small on 2 cores: 13.3-13.9 steps/s growing,
 //! 15.0-15.3 reserved, the same WAV).
+//!
+//! The cache and the cross-attention keys and values are kept in the bundle's `dtype` ([`Kv`]):
+//! float16 in a half-precision bundle, whose attention reads them as they are; every other graph
+//! input and output (residual, components, edits, logits) is float32 in either.
 
 use std::ops::{Deref, Range};
 
+use half::f16;
 use ndarray::{s, Array0, Array2, Array3, Array4, Array5, ArrayView2, ArrayView3, Axis};
 use ort::memory::MemoryInfo;
 use ort::session::IoBinding;
-use ort::value::{TensorRef, TensorRefMut};
+use ort::value::{DynValueRef, PrimitiveTensorElementType, TensorRef, TensorRefMut};
 use ort::AsPointer;
 
 use super::graph::{take, Graph};
-use super::manifest::DecoderConfig;
+use super::manifest::{DecoderConfig, Dtype};
 use crate::error::{Error, Result};
 use crate::hooks::{Component, ForwardContext, HookPoint, Hooks, LayerEdits};
 
@@ -31,6 +36,7 @@ pub const CACHE_CHUNK: usize = 64;
 
 pub struct Decoder {
     pub config: DecoderConfig,
+    dtype: Dtype,
     cross_kv: Graph,
     embed: Graph,
     layers: Vec<Graph>,
@@ -44,11 +50,71 @@ pub struct DecoderState {
     past_len: usize,
     calls: usize,
     capacity: usize,
-    keys: Vec<Array4<f32>>,
-    values: Vec<Array4<f32>>,
-    cross_keys: Vec<Array4<f32>>,
-    cross_values: Vec<Array4<f32>>,
+    keys: Vec<Kv>,
+    values: Vec<Kv>,
+    cross_keys: Vec<Kv>,
+    cross_values: Vec<Kv>,
     encoder_mask: Array2<i64>,
+}
+
+/// One layer's cache (keys or values, `[rows, heads, capacity, head_dim]`) or cross-attention keys
+/// or values (`[rows, heads, S, head_dim]`), in the bundle's `dtype`.
+enum Kv {
+    F32(Array4<f32>),
+    F16(Array4<f16>),
+}
+
+/// Runs `$body` with `$a` bound to the array inside a [`Kv`], whichever its element type.
+macro_rules! each_kv {
+    ($kv:expr, $a:ident => $body:expr) => {
+        match $kv {
+            Kv::F32($a) => $body,
+            Kv::F16($a) => $body,
+        }
+    };
+}
+
+impl Kv {
+    fn zeros(dtype: Dtype, shape: (usize, usize, usize, usize)) -> Kv {
+        match dtype {
+            Dtype::Float32 => Kv::F32(Array4::zeros(shape)),
+            Dtype::Float16 => Kv::F16(Array4::from_elem(shape, f16::ZERO)),
+        }
+    }
+
+    fn dim(&self) -> (usize, usize, usize, usize) {
+        each_kv!(self, a => a.dim())
+    }
+
+    /// The same tensor with room for `capacity` positions, the first `past` copied.
+    fn grow(&mut self, capacity: usize, past: usize) {
+        fn grown<T: Clone + Default>(a: &Array4<T>, capacity: usize, past: usize) -> Array4<T> {
+            let (rows, heads, _, head_dim) = a.dim();
+            let mut new = Array4::from_elem((rows, heads, capacity, head_dim), T::default());
+            new.slice_mut(s![.., .., ..past, ..]).assign(&a.slice(s![.., .., ..past, ..]));
+            new
+        }
+        match self {
+            Kv::F32(a) => *a = grown(a, capacity, past),
+            Kv::F16(a) => *a = grown(a, capacity, past),
+        }
+    }
+
+    /// Rows `rows` as a graph input.
+    fn rows(&self, rows: Range<usize>) -> Result<DynValueRef<'_>> {
+        Ok(each_kv!(self, a => TensorRef::from_array_view(a.slice(s![rows, .., .., ..]))?.into_dyn()))
+    }
+
+    /// Every layer's tensor of a `[layers, rows, heads, S, head_dim]` graph output.
+    fn split(outputs: &ort::session::SessionOutputs<'_>, name: &str, dtype: Dtype) -> Result<Vec<Kv>> {
+        fn layers<T: Clone>(a: Array5<T>) -> Vec<Array4<T>> {
+            a.axis_iter(Axis(0)).map(|v| v.to_owned()).collect()
+        }
+        Ok(match dtype {
+            Dtype::Float32 => layers(take::<f32, _>(outputs, name)?).into_iter().map(Kv::F32).collect(),
+            Dtype::Float16 => layers(take::<f16, _>(outputs, name)?).into_iter().map(Kv::F16).collect(),
+        })
+    }
 }
 
 impl DecoderState {
@@ -83,8 +149,11 @@ pub struct ForwardOutput {
 }
 
 impl Decoder {
-    pub(crate) fn new(config: DecoderConfig, cross_kv: Graph, embed: Graph, layers: Vec<Graph>, head: Graph) -> Result<Decoder> {
+    pub(crate) fn new(config: DecoderConfig, dtype: Dtype, cross_kv: Graph, embed: Graph, layers: Vec<Graph>, head: Graph) -> Result<Decoder> {
         let d = &config;
+        for name in ["cross_key", "cross_value"] {
+            cross_kv.expect_type(name, dtype.tensor_type())?;
+        }
         cross_kv.expect_inputs(&["encoder_hidden_states", "encoder_attention_mask"])?;
         cross_kv.expect_outputs(&["cross_key", "cross_value"])?;
         cross_kv.expect_dim("cross_key", 0, d.num_layers, "layer count")?;
@@ -102,13 +171,16 @@ impl Decoder {
             layer.expect_dim("hidden", 2, d.d_model, "width")?;
             layer.expect_dim("past_key", 1, d.num_heads, "head count")?;
             layer.expect_dim("past_key", 3, d.head_dim, "head_dim")?;
+            for name in ["past_key", "past_value", "cross_key", "cross_value", "present_key", "present_value"] {
+                layer.expect_type(name, dtype.tensor_type())?;
+            }
         }
         head.expect_inputs(&["hidden"])?;
         head.expect_outputs(&["normed", "logits"])?;
         head.expect_dim("hidden", 2, d.d_model, "width")?;
         head.expect_dim("logits", 1, d.num_codebooks, "codebook count")?;
         head.expect_dim("logits", 3, d.vocab_size, "vocabulary")?;
-        Ok(Decoder { config, cross_kv, embed, layers, head })
+        Ok(Decoder { config, dtype, cross_kv, embed, layers, head })
     }
 
     pub fn num_layers(&self) -> usize {
@@ -150,12 +222,11 @@ impl Decoder {
                 "encoder_attention_mask" => TensorRef::from_array_view(&mask)?,
             ])
             .map_err(Error::ort("cross_kv"))?;
-        let cross_key: Array5<f32> = take(&outputs, "cross_key")?;
-        let cross_value: Array5<f32> = take(&outputs, "cross_value")?;
+        let cross_keys = Kv::split(&outputs, "cross_key", self.dtype)?;
+        let cross_values = Kv::split(&outputs, "cross_value", self.dtype)?;
         drop(outputs);
-        let split = |a: Array5<f32>| a.axis_iter(Axis(0)).map(|v| v.to_owned()).collect::<Vec<Array4<f32>>>();
         let c = &self.config;
-        let empty = || Array4::<f32>::zeros((rows, c.num_heads, 0, c.head_dim));
+        let empty = || Kv::zeros(self.dtype, (rows, c.num_heads, 0, c.head_dim));
         Ok(DecoderState {
             rows,
             conditional_rows,
@@ -164,8 +235,8 @@ impl Decoder {
             capacity: 0,
             keys: (0..c.num_layers).map(|_| empty()).collect(),
             values: (0..c.num_layers).map(|_| empty()).collect(),
-            cross_keys: split(cross_key),
-            cross_values: split(cross_value),
+            cross_keys,
+            cross_values,
             encoder_mask: mask.into_owned(),
         })
     }
@@ -365,35 +436,21 @@ fn run_layer<'a>(
 ) -> Result<LayerOutput> {
     let context = || format!("decoder layer {l}");
     let hidden = inputs.hidden.slice(s![rows.clone(), .., ..]);
-    let cross_key = state.cross_keys[l].slice(s![rows.clone(), .., .., ..]);
-    let cross_value = state.cross_values[l].slice(s![rows.clone(), .., .., ..]);
     let encoder_mask = state.encoder_mask.slice(s![rows.clone(), ..]);
+    let mut binding = graph.session.create_binding().map_err(Error::ort(context()))?;
+    // The cache rows, bound in place as `past_*` and `present_*`.
     let (_, heads, capacity, head_dim) = state.keys[l].dim();
     let shape = ort::value::Shape::new([rows.len() as i64, heads as i64, capacity as i64, head_dim as i64]);
     let offset = rows.start * heads * capacity * head_dim;
-    let cache = |buffer: &mut Array4<f32>| -> Result<TensorRefMut<'static, f32>> {
-        assert!(buffer.is_standard_layout(), "KV cache buffers are allocated in standard layout");
-        // SAFETY: the cache buffers are standard-layout arrays owned by `state`, which outlives this
-        // call; the pointer covers rows `rows` of one buffer. Nothing else touches the buffer while
-        // the graph runs, and the tensor and the binding that hold the pointer are dropped before
-        // this function returns.
-        unsafe {
-            let data = buffer.as_mut_ptr().add(offset);
-            TensorRefMut::from_raw(MemoryInfo::default(), data.cast(), shape.clone()).map_err(Error::ort(context()))
-        }
-    };
-    let key = cache(&mut state.keys[l])?;
-    let value = cache(&mut state.values[l])?;
-
-    let mut binding = graph.session.create_binding().map_err(Error::ort(context()))?;
+    for (kv, past, present) in [(&mut state.keys[l], "past_key", "present_key"), (&mut state.values[l], "past_value", "present_value")] {
+        each_kv!(kv, buffer => bind_cache(&mut binding, buffer, offset, &shape, past, present)).map_err(Error::ort(context()))?;
+    }
     let mut values = Vec::new(); // views of the other inputs, alive until the run
     let bind = |binding: &mut IoBinding, name: &str, value: &ort::value::DynValue| bind_input(binding, name, value).map_err(Error::ort(context()));
-    bind(&mut binding, "past_key", key.view().into_dyn().deref())?;
-    bind(&mut binding, "past_value", value.view().into_dyn().deref())?;
     values.push(("hidden", TensorRef::from_array_view(hidden.view())?.into_dyn()));
     values.push(("past_len", TensorRef::from_array_view(inputs.past_len.view())?.into_dyn()));
-    values.push(("cross_key", TensorRef::from_array_view(cross_key.view())?.into_dyn()));
-    values.push(("cross_value", TensorRef::from_array_view(cross_value.view())?.into_dyn()));
+    values.push(("cross_key", state.cross_keys[l].rows(rows.clone())?));
+    values.push(("cross_value", state.cross_values[l].rows(rows.clone())?));
     values.push(("encoder_attention_mask", TensorRef::from_array_view(encoder_mask.view())?.into_dyn()));
     for (comp, add, replace) in inputs.edits {
         let [add_name, replace_name, mask_name] = comp.edit_input_names();
@@ -405,8 +462,6 @@ fn run_layer<'a>(
     for (name, input) in &values {
         bind(&mut binding, name, input)?;
     }
-    binding.bind_output("present_key", key).map_err(Error::ort(context()))?;
-    binding.bind_output("present_value", value).map_err(Error::ort(context()))?;
     let cpu = MemoryInfo::default();
     let wanted = || Component::ALL.into_iter().zip(want).filter(|(_, w)| *w).map(|(c, _)| c);
     binding.bind_output_to_device("resid_post", &cpu).map_err(Error::ort(context()))?;
@@ -420,6 +475,27 @@ fn run_layer<'a>(
         components[comp.index()] = Some(take(&outputs, comp.output_name())?);
     }
     Ok(LayerOutput { resid_post, components })
+}
+
+/// Binds rows of one cache buffer (from element `offset`, of `shape`) as the graph's `past` input
+/// and its `present` output, where they lie.
+fn bind_cache<T: PrimitiveTensorElementType + std::fmt::Debug>(
+    binding: &mut IoBinding,
+    buffer: &mut Array4<T>,
+    offset: usize,
+    shape: &ort::value::Shape,
+    past: &str,
+    present: &str,
+) -> ort::Result<()> {
+    assert!(buffer.is_standard_layout(), "KV cache buffers are allocated in standard layout");
+    assert!(offset + shape.iter().product::<i64>() as usize <= buffer.len(), "cache rows within the buffer");
+    // SAFETY: the cache buffers are standard-layout arrays owned by the decoder state, which
+    // outlives the layer call; the pointer covers the asserted range of one buffer. Nothing else
+    // touches the buffer while the graph runs, and the binding that holds the pointer is dropped
+    // before the layer call returns.
+    let tensor = unsafe { TensorRefMut::<T>::from_raw(MemoryInfo::default(), buffer.as_mut_ptr().add(offset).cast(), shape.clone())? };
+    bind_input(binding, past, tensor.view().into_dyn().deref())?;
+    binding.bind_output(present, tensor)
 }
 
 /// Binds `value` as an input without the copy `IoBinding::bind_input` makes of borrowed data, so
@@ -442,9 +518,8 @@ fn ensure_capacity(state: &mut DecoderState, c: &DecoderConfig, needed: usize) {
     let (rows, past) = (state.rows, state.past_len);
     // One buffer at a time, so growing holds one extra layer's cache, not a second whole cache.
     for buffer in state.keys.iter_mut().chain(state.values.iter_mut()) {
-        let mut new = Array4::<f32>::zeros((rows, c.num_heads, capacity, c.head_dim));
-        new.slice_mut(s![.., .., ..past, ..]).assign(&buffer.slice(s![.., .., ..past, ..]));
-        *buffer = new;
+        debug_assert_eq!((buffer.dim().0, buffer.dim().1, buffer.dim().3), (rows, c.num_heads, c.head_dim));
+        buffer.grow(capacity, past);
     }
     state.capacity = capacity;
 }

@@ -61,6 +61,23 @@ impl Graph {
         Ok(())
     }
 
+    /// Checks the element type of an input or output (the KV cache's against the manifest's `dtype`).
+    pub fn expect_type(&self, tensor: &str, expected: ort::value::TensorElementType) -> Result<()> {
+        let outlet = self
+            .session
+            .inputs()
+            .iter()
+            .chain(self.session.outputs().iter())
+            .find(|o| o.name() == tensor)
+            .ok_or_else(|| self.mismatch(format!("has no tensor {tensor:?}")))?;
+        match outlet.dtype() {
+            ValueType::Tensor { ty, .. } if *ty == expected => Ok(()),
+            other => Err(self.mismatch(format!(
+                "{tensor} is {other:?} but manifest.json's dtype wants {expected:?} tensors: the graphs and the manifest describe different precisions; re-export the bundle"
+            ))),
+        }
+    }
+
     /// Checks a static dimension of an input or output against the manifest (`what` names the size).
     /// Dynamic dimensions (-1) pass.
     pub fn expect_dim(&self, tensor: &str, axis: usize, expected: usize, what: &str) -> Result<()> {

@@ -28,6 +28,42 @@ pub struct Manifest {
     /// Present on reduced-precision copies written by `onnx/quantize.py`; absent means fp32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
+    /// What the graphs compute in (`export.py --precision`); the KV cache and the cross-attention
+    /// keys and values cross the graph edges in it, every other input and output is float32.
+    #[serde(default, skip_serializing_if = "Dtype::is_float32")]
+    pub dtype: Dtype,
+}
+
+/// The element type of a bundle's compute and of its KV cache and cross-attention keys and values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    Float32,
+    Float16,
+}
+
+impl Dtype {
+    fn is_float32(&self) -> bool {
+        *self == Dtype::Float32
+    }
+
+    /// onnxruntime's name for it.
+    pub fn tensor_type(self) -> ort::value::TensorElementType {
+        match self {
+            Dtype::Float32 => ort::value::TensorElementType::Float32,
+            Dtype::Float16 => ort::value::TensorElementType::Float16,
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dtype::Float32 => "float32",
+            Dtype::Float16 => "float16",
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -59,6 +59,7 @@ impl MusicGen {
         let layers = layer_files.iter().map(|f| load_decoder(f)).collect::<Result<Vec<_>>>()?;
         let decoder = Decoder::new(
             m.decoder.clone(),
+            m.dtype,
             load(&m.graphs.cross_kv)?,
             load(&m.graphs.decoder_embed)?,
             layers,
