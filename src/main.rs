@@ -724,11 +724,16 @@ fn info(runtime: &Runtime, model: PathBuf, verify: Verify) -> Result<()> {
     println!("model        {} ({}, exporter {})", man.source.model_id, man.source.kind, man.exporter_version);
     println!("decoder      {} layers, d_model {}, {} heads x {}, ffn {}, {} codebooks x {}", d.num_layers, d.d_model, d.num_heads, d.head_dim, d.ffn_dim, d.num_codebooks, d.vocab_size);
     println!("text encoder {} layers, d_model {}, vocabulary {}", t.num_layers, t.d_model, t.vocab_size);
-    let precision = man.precision.as_ref().map_or("fp32".to_string(), |p| {
+    let precision = man.precision.as_ref().map_or(man.dtype.to_string(), |p| {
         let copies = if p.cpu_copies { ", CPU copies with int16 activations" } else { "" };
         format!("{} weight-only matmuls (block {}) in {} graphs{copies}", p.weights, p.block_size, p.graphs.len())
     });
     println!("weights      {precision}");
+    if man.dtype != musicgen_interp::model::manifest::Dtype::Float32 {
+        println!("compute      {} (the KV cache and cross-attention keys and values too; the text encoder in float32; hooks see float32)", man.dtype);
+    }
+    let graphs = if man.graphs.decoder_cpu().is_some() { "plain graphs and CPU copies" } else { "plain graphs only (no CPU copies)" };
+    println!("graphs       decoder: {graphs}");
     println!("audio        {} Hz, {} frames/s, {} channel(s)", man.audio.sample_rate, man.audio.frame_rate, man.audio.channels);
     println!("hook points  {} ({} ... {})", man.hook_points.len(), man.hook_points.first().map_or("", String::as_str), man.hook_points.last().map_or("", String::as_str));
     let bytes: u64 = man.files.values().map(|f| f.bytes).sum();
@@ -837,6 +842,7 @@ fn generate(
         }
         _ => None,
     };
+    let prompt_frames = audio_codes.as_ref().map_or(0, |c| c.shape()[2]);
     let request = GenerationRequest { prompts: args.text.clone(), audio_codes, max_new_tokens: steps, sampling, ..Default::default() };
     ready()?;
     let mut capture = args.save_residuals.as_ref().map(|_| ResidualCapture::new(m.decoder.num_layers(), args.residual_reduction));
@@ -888,14 +894,17 @@ fn generate(
     }
     let secs = out.decode_time.as_secs_f64();
     let audio_s = wave.shape()[2] as f64 / rate as f64;
+    // The clip starts with the audio prompt's own seconds: they were encoded, not generated.
+    let generated_s = audio_s - prompt_frames as f64 / man.audio.frame_rate;
     println!(
-        "{} steps in {:.2} s ({:.2} steps/s), EnCodec decode {:.2} s; {:.2} s of audio per clip, real-time factor {:.3} (compute seconds per second of audio; {})",
+        "{} steps in {:.2} s ({:.2} steps/s), EnCodec decode {:.2} s; {:.2} s of audio per clip ({:.2} s generated), real-time factor {:.3} (compute seconds per generated second of audio; {})",
         out.steps,
         secs,
         out.steps as f64 / secs,
         codec_s,
         audio_s,
-        (secs + codec_s) / (audio_s * b as f64),
+        generated_s,
+        (secs + codec_s) / (generated_s * b as f64),
         runtime.provider()
     );
     Ok(())

@@ -102,7 +102,7 @@ fn same_seed_gives_same_wav_bytes() {
         summary[i..].split_whitespace().next().unwrap().parse().unwrap()
     };
     let (steps_s, decode_s) = (number_after("steps in"), number_after("EnCodec decode"));
-    let audio_s = number_before("s of audio per clip");
+    let audio_s = number_before("s generated)");
     let rtf = number_after("real-time factor");
     assert!(
         (rtf * audio_s - (steps_s + decode_s)).abs() <= 0.011,
@@ -164,12 +164,14 @@ fn audio_prompts_at_any_rate_and_layout_are_continued() {
         write_wav(&input, rate, channels, 1.0);
         let out = dir.path().join(format!("out_{rate}.wav"));
         let codes = dir.path().join(format!("codes_{rate}.npy"));
-        cli_ok(&[
+        let summary = cli_ok(&[
             "generate", "--model", &m, "--text", "continue this", "--audio", input.to_str().unwrap(), "--audio-start", "0.2",
             "--audio-duration", "0.5", "--steps", "10", "--output", out.to_str().unwrap(), "--save-codes", codes.to_str().unwrap(),
         ]);
         // 0.5 s of prompt = 25 frames, plus 10 - 3 new frames.
         assert_eq!(npy::<i64>(&codes).shape(), &[1, 4, 25 + 7], "{rate} Hz x {channels}");
+        // The real-time factor counts the 7 generated frames (0.14 s), not the prompt's 0.5 s.
+        assert!(summary.contains("0.64 s of audio per clip (0.14 s generated)"), "{summary}");
     }
 }
 
