@@ -124,10 +124,14 @@ fn staged_outputs_appear_together_or_not_at_all() {
     let tmp = tempfile::tempdir().unwrap();
     // A later output that cannot be written: the earlier one is not left alone.
     let mut staged = Staged::new();
-    staged.stage(&tmp.path().join("clip.wav"), b"wav").unwrap();
-    assert!(staged.stage(&tmp.path().join("gone/codes.npy"), b"npy").is_err());
+    staged.stage(&tmp.path().join("new/clip.wav"), b"wav").unwrap();
+    std::fs::write(tmp.path().join("file"), b"").unwrap();
+    assert!(staged.stage(&tmp.path().join("file/codes.npy"), b"npy").is_err());
     drop(staged);
-    assert!(files(tmp.path()).is_empty(), "{:?}", files(tmp.path()));
+    // ... nor the folder created for it.
+    assert_eq!(files(tmp.path()), ["file"]);
+    assert!(!tmp.path().join("new").exists(), "the folder made for an output that was dropped is left");
+    std::fs::remove_file(tmp.path().join("file")).unwrap();
     // Nothing appears under its final name before commit; everything after.
     let mut staged = Staged::new();
     staged.stage(&tmp.path().join("a.wav"), b"a").unwrap();
@@ -135,6 +139,20 @@ fn staged_outputs_appear_together_or_not_at_all() {
     assert!(!tmp.path().join("a.wav").exists());
     staged.commit().unwrap();
     assert_eq!(files(tmp.path()), ["a.wav", "b.npy"]);
+}
+
+#[test]
+fn outputs_in_missing_folders_create_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = model();
+    let args = ["generate", "--model", m.as_str(), "--text", "jazz", "--steps", "6", "--output", "runs/a/clip.wav", "--save-codes", "runs/b/codes.npy"];
+    let out = cli_in(tmp.path(), &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(files(tmp.path()), ["runs/a/clip.wav", "runs/b/codes.npy"]);
+    // A file where a folder must go is refused before the model loads.
+    std::fs::write(tmp.path().join("taken"), b"").unwrap();
+    let err = fails(&cli_in(tmp.path(), &["generate", "--model", m.as_str(), "--text", "jazz", "--steps", "6", "--output", "taken/clip.wav"]));
+    assert!(err.contains("taken is a file, not a folder") && !err.contains("loaded"), "{err}");
 }
 
 #[test]

@@ -62,31 +62,33 @@ fn process_alive(pid: i32) -> bool {
 /// created meanwhile; a write in progress loses its file and never renames it into place.
 pub fn remove_temporaries_and_exit() -> ! {
     let guard = live();
+    // Files first, then the folders a write created for them (deepest last in the list): a folder
+    // is removed only when empty, so one that received other files stays.
     for tmp in guard.iter() {
         let _ = std::fs::remove_file(tmp);
+    }
+    for dir in guard.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
     }
     eprintln!("interrupted: no partial output was left (a resumable job goes on from its finished parts when run again)");
     // _exit: no static destructors while onnxruntime's threads may still run.
     unsafe { libc::_exit(130) }
 }
 
-/// Checks, before any long work, that `path` can be written: its folder exists (or, with
-/// `create_folder`, the nearest existing folder above it) and takes a new file, and `path` is not a
-/// folder. Leaves nothing behind.
+/// Checks, before any long work, that `path` can be written: the nearest existing folder at or
+/// above its folder (or, with `create_folder`, at or above `path` itself) takes a new file, no file
+/// stands where a folder must be created, and `path` is not a folder. Missing folders are created
+/// when the output is written ([`Staged::stage_with`]). Leaves nothing behind.
 pub fn check_writable(path: &Path, create_folder: bool) -> Result<()> {
     if path.is_dir() && !create_folder {
         return Err(Error::Input(format!("{} is a folder; give a file name", path.display())));
     }
     let mut dir = if create_folder { path } else { folder_of(path) };
-    if create_folder {
-        while !dir.is_dir() {
-            if dir.exists() {
-                return Err(Error::Input(format!("{} is a file, not a folder", dir.display())));
-            }
-            dir = folder_of(dir);
+    while !dir.is_dir() {
+        if dir.exists() {
+            return Err(Error::Input(format!("{} is a file, not a folder", dir.display())));
         }
-    } else if !dir.is_dir() {
-        return Err(Error::Input(format!("the folder of {} does not exist: create it first", path.display())));
+        dir = folder_of(dir);
     }
     let probe = dir.join(format!(".write-check.tmp-{}", std::process::id()));
     match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
@@ -104,6 +106,9 @@ pub fn check_writable(path: &Path, create_folder: bool) -> Result<()> {
 #[derive(Default)]
 pub struct Staged {
     files: Vec<(PathBuf, PathBuf)>,
+    /// Folders created for the outputs, outermost first: removed again (when empty) if the outputs
+    /// are dropped uncommitted or the run is interrupted.
+    folders: Vec<PathBuf>,
 }
 
 impl Staged {
@@ -111,15 +116,27 @@ impl Staged {
         Staged::default()
     }
 
+    /// Creates `dir` and any missing folder above it, recording each one it created.
+    fn create_folder(&mut self, dir: &Path) -> std::io::Result<()> {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while !d.is_dir() {
+            missing.push(d.to_path_buf());
+            d = folder_of(d);
+        }
+        for d in missing.into_iter().rev() {
+            let mut live = live();
+            std::fs::create_dir(&d)?;
+            live.push(d.clone());
+            self.folders.push(d);
+        }
+        Ok(())
+    }
+
     /// Writes `path`'s content (by `fill`) to its temporary and fsyncs it.
     pub fn stage_with(&mut self, path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
         let dir = folder_of(path);
-        if !dir.is_dir() {
-            return Err(Error::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("folder {} does not exist", dir.display())),
-            });
-        }
+        self.create_folder(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
         clean_stale_temporaries(dir);
         let tmp = temporary(path);
         let result = (|| {
@@ -158,6 +175,9 @@ impl Staged {
                 Error::Io { path: path.clone(), source }
             })?;
         }
+        // The folders now hold outputs: they stay.
+        let folders = std::mem::take(&mut self.folders);
+        live().retain(|p| !folders.contains(p));
         Ok(())
     }
 }
@@ -166,6 +186,10 @@ impl Drop for Staged {
     fn drop(&mut self) {
         for (tmp, _) in self.files.drain(..) {
             forget(&tmp);
+        }
+        for dir in self.folders.drain(..).rev() {
+            let _ = std::fs::remove_dir(&dir);
+            live().retain(|p| *p != dir);
         }
     }
 }
