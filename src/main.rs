@@ -466,7 +466,9 @@ struct ExtractArgs {
     /// Keep only these genres (comma-separated), e.g. Jazz,Rock.
     #[arg(long, value_delimiter = ',')]
     genres: Vec<String>,
-    /// Label map `name=id,...` (default Classical=0,Electronic=1,Rock=2,Jazz=3); other labels are skipped and counted.
+    /// Label map `name=id,...`; other labels are skipped and counted. Default: Classical=0,
+    /// Electronic=1, Rock=2, Jazz=3 for audio; a prompt set's own labels, numbered in order of first
+    /// appearance.
     #[arg(long)]
     labels: Option<String>,
     /// Text prompt for every segment; `{genre}` is replaced by its label (the default names none).
@@ -482,7 +484,8 @@ struct ExtractArgs {
     /// Tracks (and last pieces) shorter than this are skipped; a skipped track is counted and named.
     #[arg(long, default_value_t = 2.0, value_parser = non_negative)]
     min_seconds: f64,
-    /// Use only the first N tracks (in id order).
+    /// Use at most N tracks, taken evenly across classes (classes take turns, each giving its next
+    /// track in id order).
     #[arg(long)]
     max_samples: Option<usize>,
     /// This host's share of the tracks, i/n (dealt round-robin in id order).
@@ -1003,13 +1006,16 @@ fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
     if !args.merge {
         let need = |what: &str| Error::Input(format!("extract needs --{what} (or --merge to join finished segments)"));
         let model_spec = args.model.clone().ok_or_else(|| need("model"))?;
-        let labels = match &args.labels {
-            Some(spec) => data::LabelMap::parse(spec)?,
-            None => data::LabelMap::default(),
-        };
+        let given = args.labels.as_deref().map(data::LabelMap::parse).transpose()?;
+        let labels = given.clone().unwrap_or_default();
         let genres = (!args.genres.is_empty()).then_some(args.genres.as_slice());
+        let skipped_what = if args.prompts.is_some() { "prompt(s)" } else { "file(s)" };
         let mut scan = if let Some(prompts) = &args.prompts {
-            data::scan_prompts(prompts, &labels)?
+            let (scan, labels) = data::scan_prompts(prompts, given.as_ref())?;
+            if given.is_none() {
+                eprintln!("classes from the prompt set's labels: {labels}");
+            }
+            scan
         } else if args.lewtun {
             data::lewtun::scan(&data::lewtun::cached_files(data::lewtun::REPO)?, &labels, genres)?
         } else {
@@ -1023,10 +1029,10 @@ fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
             return Err(Error::Input("no labelled tracks left to extract (check --genres and --labels)".into()));
         }
         for (name, n) in &scan.unknown_labels {
-            eprintln!("skipped {n} file(s) labelled {name:?}: not in the label map");
+            eprintln!("skipped {n} {skipped_what} labelled {name:?}: not in the label map");
         }
         if let Some(n) = args.max_samples {
-            scan.items.truncate(n);
+            scan.keep_stratified(n);
         }
         let mut m = load(runtime, model_spec.clone(), verify)?;
         let sampling = args.sampling.resolve(&m.manifest().generation);
@@ -1053,7 +1059,7 @@ fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
             eprintln!("skipped {id}: {why}");
         }
         println!(
-            "{} segments extracted, {} already done, {} tracks unusable, {} files with unknown labels",
+            "{} segments extracted, {} already done, {} tracks unusable, {} {skipped_what} with unknown labels",
             report.extracted,
             report.already_done,
             report.failed.len(),

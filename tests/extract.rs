@@ -194,8 +194,9 @@ fn prompt_sets_extract_from_text_alone() {
     let out = tmp.path().join("out");
     let mut c = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"));
     c.args(["--device", "cpu", "extract", "--model"]).arg(fixture("tiny")).arg("--prompts").arg(&set).arg("--output-dir").arg(&out).args(["--steps", "6"]);
+    c.args(["--labels", "Classical=0,Electronic=1,Rock=2,Jazz=3"]);
     let log = run_ok(c);
-    assert!(log.contains("4 segments extracted") && log.contains("skipped 1 file(s) labelled \"Polka\""), "{log}");
+    assert!(log.contains("4 segments extracted") && log.contains("skipped 1 prompt(s) labelled \"Polka\""), "{log}");
     let labels: Vec<i64> = npy::<i64>(out.join("labels.npy")).iter().copied().collect();
     assert_eq!(labels, vec![0, 3, 2, 0]);
     let records: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("segments.json")).unwrap()).unwrap();
@@ -219,6 +220,15 @@ fn concept_prompt_sets_feed_extraction() {
     c.args(["--labels", "piano=0,jazz=1", "--steps", "4"]);
     assert!(run_ok(c).contains("6 segments extracted"));
     assert_eq!(npy::<i64>(out.join("labels.npy")).iter().copied().collect::<Vec<_>>(), vec![0, 0, 0, 1, 1, 1]);
+    // Without --labels the set's own labels are the classes, in order of appearance; --max-samples
+    // takes them evenly across classes, not the first rows (all piano).
+    let out = tmp.path().join("few");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"));
+    c.args(["--device", "cpu", "extract", "--model"]).arg(fixture("tiny")).arg("--prompts").arg(&set).arg("--output-dir").arg(&out);
+    c.args(["--max-samples", "4", "--steps", "4"]);
+    let log = run_ok(c);
+    assert!(log.contains("classes from the prompt set's labels: piano=0,jazz=1") && log.contains("4 segments extracted"), "{log}");
+    assert_eq!(npy::<i64>(out.join("labels.npy")).iter().copied().collect::<Vec<_>>(), vec![0, 0, 1, 1]);
     let mut bad = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"));
     let e = bad.args(["concept-prompts", "--concepts", "polka", "--output"]).arg(tmp.path().join("x.csv")).output().unwrap();
     assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("unknown concept"));

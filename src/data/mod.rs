@@ -67,6 +67,26 @@ impl LabelMap {
     pub fn num_classes(&self) -> usize {
         self.0.values().max().map_or(0, |m| *m as usize + 1)
     }
+
+    /// Ids 0, 1, ... for the distinct names, in order of first appearance (case-insensitive).
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> LabelMap {
+        let mut map = BTreeMap::new();
+        for name in names {
+            let next = map.len() as i64;
+            map.entry(name.trim().to_lowercase()).or_insert(next);
+        }
+        LabelMap(map)
+    }
+}
+
+impl std::fmt::Display for LabelMap {
+    /// `name=id,...` in id order (what `--labels` takes).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut pairs: Vec<(&String, &i64)> = self.0.iter().collect();
+        pairs.sort_by_key(|(_, id)| **id);
+        let text: Vec<String> = pairs.iter().map(|(n, id)| format!("{n}={id}")).collect();
+        f.write_str(&text.join(","))
+    }
 }
 
 /// One labelled track.
@@ -93,6 +113,41 @@ pub struct Scan {
     pub items: Vec<Item>,
     /// Label name -> number of files skipped because the map lacks it.
     pub unknown_labels: BTreeMap<String, usize>,
+}
+
+impl Scan {
+    /// Keeps at most `n` items, as evenly across labels as they allow: labels take turns in label
+    /// order, each giving its next item in id order; the kept items stay in id order.
+    pub fn keep_stratified(&mut self, n: usize) {
+        if n >= self.items.len() {
+            return;
+        }
+        let mut by_label: BTreeMap<i64, std::collections::VecDeque<usize>> = BTreeMap::new();
+        for (i, item) in self.items.iter().enumerate() {
+            by_label.entry(item.label).or_default().push_back(i);
+        }
+        let mut keep = Vec::with_capacity(n);
+        while keep.len() < n {
+            for queue in by_label.values_mut() {
+                if let Some(i) = queue.pop_front() {
+                    if keep.len() < n {
+                        keep.push(i);
+                    }
+                }
+            }
+        }
+        keep.sort_unstable();
+        let mut kept = keep.into_iter().peekable();
+        let mut index = 0;
+        self.items.retain(|_| {
+            let hit = kept.peek() == Some(&index);
+            if hit {
+                kept.next();
+            }
+            index += 1;
+            hit
+        });
+    }
 }
 
 /// Scans a local folder: `ROOT/labels.csv` (`path,label` rows, paths relative to ROOT) if present,
@@ -151,8 +206,9 @@ pub fn scan_folder(root: &Path, labels: &LabelMap) -> Result<Scan> {
 }
 
 /// A prompt set: text prompts with labels, from a CSV (`text,label`; the text may be quoted) or a
-/// JSON list of `{"text": ..., "label": ...}`.
-pub fn scan_prompts(path: &Path, labels: &LabelMap) -> Result<Scan> {
+/// JSON list of `{"text": ..., "label": ...}`. Without a label map, the set's own labels are the
+/// classes, numbered in order of first appearance (returned with the scan).
+pub fn scan_prompts(path: &Path, labels: Option<&LabelMap>) -> Result<(Scan, LabelMap)> {
     let body = std::fs::read_to_string(path).map_err(Error::io(path))?;
     let pairs: Vec<(String, String)> = if path.extension().is_some_and(|e| e == "json") {
         #[derive(serde::Deserialize)]
@@ -176,6 +232,7 @@ pub fn scan_prompts(path: &Path, labels: &LabelMap) -> Result<Scan> {
         }
         v
     };
+    let labels = labels.cloned().unwrap_or_else(|| LabelMap::from_names(pairs.iter().map(|(_, l)| l.as_str())));
     let mut scan = Scan::default();
     for (i, (text, label_name)) in pairs.into_iter().enumerate() {
         if text.is_empty() {
@@ -189,7 +246,7 @@ pub fn scan_prompts(path: &Path, labels: &LabelMap) -> Result<Scan> {
     if scan.items.is_empty() {
         return Err(Error::Input(format!("{} holds no prompt with a label in the map", path.display())));
     }
-    Ok(scan)
+    Ok((scan, labels))
 }
 
 /// Non-overlapping segments of `segment` samples; a last piece shorter than `min` samples is
@@ -238,6 +295,18 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stratified_subsets_take_turns_across_labels() {
+        let item = |i: usize, label: i64| Item { id: format!("p{i}"), path: "x".into(), row: None, text: None, label, label_name: label.to_string() };
+        let mut scan = Scan { items: (0..9).map(|i| item(i, if i < 6 { 0 } else { 1 + (i as i64 % 2) })).collect(), ..Default::default() };
+        // labels: 0 0 0 0 0 0 1 2 1
+        scan.keep_stratified(5);
+        let ids: Vec<&str> = scan.items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["p0", "p1", "p6", "p7", "p8"]);
+        let names = LabelMap::from_names(["Jazz", "rock", "jazz ", "Pop"]);
+        assert_eq!(names.to_string(), "jazz=0,rock=1,pop=2");
+    }
 
     #[test]
     fn label_map_and_shards() {
