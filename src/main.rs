@@ -590,7 +590,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { model } => info(&runtime, model, verify),
         Command::Inspect { model, text, save } => inspect(&runtime, model, verify, &text, save),
-        Command::Generate(args) => generate(&runtime, verify, args, Vec::new(), &|| Ok(()), false),
+        Command::Generate(args) => generate(&runtime, verify, args, Vec::new(), &|_, _| Ok(())),
         Command::Extract(args) => extract(&runtime, verify, args),
         Command::ProcessLewtun(mut args) => {
             args.lewtun = true;
@@ -786,23 +786,18 @@ fn inspect(runtime: &Runtime, model: PathBuf, verify: Verify, text: &str, save: 
 }
 
 /// `generate`: checks every output location, loads the plugins and the model and checks the
-/// plugins' hook points against it, calls `ready` (which may create the run's folder), generates,
-/// and commits every output file together.
+/// plugins' hook points against it, calls `ready` with the resolved steps and sampling (`run`
+/// writes its resolved config there), generates, and commits every output file together.
 fn generate(
     runtime: &Runtime,
     verify: Verify,
     args: GenerateArgs,
     mut plugins: Vec<MethodPlugin>,
-    ready: &dyn Fn() -> Result<()>,
-    ready_makes_folder: bool,
+    ready: &dyn Fn(usize, &musicgen_interp::generate::SamplingConfig) -> Result<()>,
 ) -> Result<()> {
-    // Check every output location before the long work, so no run ends without its files (`run`'s
-    // folder is made by `ready`: checked as the folder to create).
+    // Check every output location before the long work, so no run ends without its files.
     for path in [Some(&args.output), args.save_codes.as_ref()].into_iter().flatten() {
-        match path.parent().filter(|p| ready_makes_folder && !p.as_os_str().is_empty()) {
-            Some(folder) => musicgen_interp::store::check_writable(folder, true)?,
-            None => musicgen_interp::store::check_writable(path, false)?,
-        }
+        musicgen_interp::store::check_writable(path, false)?;
     }
     if let Some(dir) = &args.save_residuals {
         musicgen_interp::store::check_writable(dir, true)?;
@@ -847,7 +842,7 @@ fn generate(
     };
     let prompt_frames = audio_codes.as_ref().map_or(0, |c| c.shape()[2]);
     let request = GenerationRequest { prompts: args.text.clone(), audio_codes, max_new_tokens: steps, sampling, ..Default::default() };
-    ready()?;
+    ready(steps, &request.sampling)?;
     let mut capture = args.save_residuals.as_ref().map(|_| ResidualCapture::new(m.decoder.num_layers(), args.residual_reduction));
     let bar = indicatif::ProgressBar::new(steps as u64).with_style(
         indicatif::ProgressStyle::with_template("{spinner} decoding {pos}/{len} steps [{elapsed_precise}] {per_sec} eta {eta}")
@@ -979,11 +974,15 @@ fn run_config_file(runtime: &Runtime, verify: Verify, config: RunConfig) -> Resu
         steering_period: 1,
         offset: 0,
     };
-    let ready = || {
+    // Every setting as the run used it, the bundle's defaults filled in, so it can be repeated exactly.
+    let ready = |steps: usize, sampling: &musicgen_interp::generate::SamplingConfig| {
+        let mut resolved = config.clone();
+        let g = &mut resolved.generation;
+        (g.steps, g.top_k, g.temperature, g.guidance_scale) = (Some(steps), Some(sampling.top_k), Some(sampling.temperature), Some(sampling.guidance_scale));
         std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.clone(), source: e })?;
-        musicgen_interp::store::write_atomic(&out.join("config.resolved.yaml"), config.to_yaml().as_bytes())
+        musicgen_interp::store::write_atomic(&out.join("config.resolved.yaml"), resolved.to_yaml().as_bytes())
     };
-    generate(runtime, verify, args, plugins, &ready, true)
+    generate(runtime, verify, args, plugins, &ready)
 }
 
 fn list_plugins() -> Result<()> {

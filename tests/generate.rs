@@ -195,9 +195,11 @@ fn bad_input_is_refused_without_leaving_files() {
     assert!(e.contains("empty text prompt"), "{e}");
     let e = cli_err(&["generate", "--model", &m, "--text", "x", "--duration", "60", "--output", o]);
     assert!(e.contains("exceed the model's position table"), "{e}");
-    let missing = dir.path().join("no/such/folder/out.wav");
-    let e = cli_err(&["generate", "--model", &m, "--text", "x", "--steps", "5", "--output", missing.to_str().unwrap()]);
-    assert!(e.contains("does not exist"), "{e}");
+    std::fs::write(dir.path().join("file"), b"").unwrap();
+    let under_a_file = dir.path().join("file/folder/out.wav");
+    let e = cli_err(&["generate", "--model", &m, "--text", "x", "--steps", "5", "--output", under_a_file.to_str().unwrap()]);
+    assert!(e.contains("is a file, not a folder"), "{e}");
+    std::fs::remove_file(dir.path().join("file")).unwrap();
     let short = dir.path().join("short.wav");
     write_wav(&short, 32000, 1, 0.5);
     let e = cli_err(&["generate", "--model", &m, "--text", "x", "--audio", short.to_str().unwrap(), "--audio-start", "2", "--steps", "5", "--output", o]);

@@ -85,7 +85,10 @@ fn external_plugin_is_loaded_from_yaml_and_sees_its_hooks() {
     assert_eq!((calls["run_start"].as_u64(), calls["run_end"].as_u64()), (Some(1), Some(1)));
     // The resolved config sits beside the outputs and parses back.
     let resolved = std::fs::read_to_string(dir.path().join("out/config.resolved.yaml")).unwrap();
-    musicgen_interp::config::RunConfig::parse(&resolved, Path::new("resolved")).unwrap();
+    let parsed = musicgen_interp::config::RunConfig::parse(&resolved, Path::new("resolved")).unwrap();
+    // Every setting as used, the bundle's defaults (guidance 3, temperature 1) written out.
+    let g = &parsed.generation;
+    assert_eq!((g.steps, g.top_k, g.temperature, g.guidance_scale), (Some(steps), Some(1), Some(1.0), Some(3.0)), "{resolved}");
     assert!(dir.path().join("out/clip_0.wav").is_file() && dir.path().join("out/codes.npy").is_file());
 }
 
