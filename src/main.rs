@@ -392,6 +392,9 @@ struct GenerateArgs {
     /// The WAV to write (with several prompts: NAME_0.wav, NAME_1.wav, ...).
     #[arg(long)]
     output: PathBuf,
+    /// How the WAV stores samples: float32 (exact) or pcm16 (plain 16-bit PCM that any reader opens).
+    #[arg(long, value_enum, default_value_t = musicgen_interp::audio::WavFormat::Float32)]
+    wav_format: musicgen_interp::audio::WavFormat,
     /// Write the generated codes [batch, codebooks, frames] as int64 .npy.
     #[arg(long)]
     save_codes: Option<PathBuf>,
@@ -876,7 +879,7 @@ fn generate(
     for i in 0..b {
         let path = if b == 1 { args.output.clone() } else { numbered(&args.output, i) };
         let samples: Vec<f32> = wave.slice(s![i, 0, ..]).to_vec();
-        staged.stage_with(&path, musicgen_interp::audio::wav_writer(&samples, rate))?;
+        staged.stage_with(&path, musicgen_interp::audio::wav_writer(&samples, rate, args.wav_format))?;
         written.push(format!("wrote {} ({:.2} s)", path.display(), samples.len() as f64 / rate as f64));
     }
     if let Some(path) = &args.save_codes {
@@ -964,6 +967,7 @@ fn run_config_file(runtime: &Runtime, verify: Verify, config: RunConfig) -> Resu
         steps: g.steps,
         sampling: SamplingArgs { seed: config.seed, top_k: g.top_k, temperature: g.temperature, guidance_scale: g.guidance_scale },
         output: out.join("clip.wav"),
+        wav_format: config.wav_format,
         save_codes: config.save_codes.then(|| out.join("codes.npy")),
         save_residuals: None,
         residual_reduction: Reduction::Last,

@@ -208,3 +208,22 @@ fn bad_input_is_refused_without_leaving_files() {
     assert!(!out.exists(), "a failed run left {}: {left:?}", out.display());
     assert!(left.iter().all(|n| !n.to_string_lossy().contains(".tmp")), "temporary files left: {left:?}");
 }
+
+#[test]
+fn wav_format_pcm16_writes_the_float_clip_rounded_to_16_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model();
+    let (f, p) = (dir.path().join("f.wav"), dir.path().join("p.wav"));
+    for (path, format) in [(&f, "float32"), (&p, "pcm16")] {
+        cli_ok(&["generate", "--model", &m, "--text", "slow jazz", "--steps", "12", "--seed", "1", "--wav-format", format, "--output", path.to_str().unwrap()]);
+    }
+    let float: Vec<f32> = hound::WavReader::open(&f).unwrap().samples::<f32>().map(|s| s.unwrap()).collect();
+    let mut reader = hound::WavReader::open(&p).unwrap();
+    assert_eq!((reader.spec().bits_per_sample, reader.spec().sample_format), (16, hound::SampleFormat::Int));
+    let pcm: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
+    assert_eq!(pcm.len(), float.len());
+    assert!(float.iter().any(|x| x.abs() > 1e-3), "a silent clip cannot tell the formats apart");
+    for (q, x) in pcm.iter().zip(&float) {
+        assert_eq!(*q, (x.clamp(-1.0, 1.0) * 32767.0).round() as i16);
+    }
+}

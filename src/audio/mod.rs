@@ -285,16 +285,37 @@ pub fn window(audio: &Audio, path: &Path, rate: u32, start_s: f64, duration_s: O
 
 /// Writes mono float samples as a 32-bit float WAV, atomically.
 pub fn write_wav(path: &Path, samples: &[f32], rate: u32) -> Result<()> {
-    crate::store::write_atomic_with(path, wav_writer(samples, rate))
+    crate::store::write_atomic_with(path, wav_writer(samples, rate, WavFormat::Float32))
 }
 
-/// The bytes of a mono 32-bit float WAV, for [`crate::store::Staged::stage_with`].
-pub fn wav_writer(samples: &[f32], rate: u32) -> impl FnOnce(&mut std::fs::File) -> std::io::Result<()> + '_ {
-    let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 32, sample_format: hound::SampleFormat::Float };
+/// How a WAV stores its samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WavFormat {
+    /// 32-bit float, the model's samples exactly (WAVE_FORMAT_EXTENSIBLE header; soundfile, scipy,
+    /// librosa and audio editors read it, Python's `wave` module does not).
+    #[default]
+    Float32,
+    /// 16-bit PCM with a plain header (any reader, Python's `wave` included): samples clipped to
+    /// [-1, 1] and rounded to 1/32767.
+    Pcm16,
+}
+
+/// The bytes of a mono WAV, for [`crate::store::Staged::stage_with`].
+pub fn wav_writer(samples: &[f32], rate: u32, format: WavFormat) -> impl FnOnce(&mut std::fs::File) -> std::io::Result<()> + '_ {
+    let (bits, sample_format) = match format {
+        WavFormat::Float32 => (32, hound::SampleFormat::Float),
+        WavFormat::Pcm16 => (16, hound::SampleFormat::Int),
+    };
+    let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: bits, sample_format };
     move |file| {
         let mut w = hound::WavWriter::new(std::io::BufWriter::new(file), spec).map_err(std::io::Error::other)?;
         for &s in samples {
-            w.write_sample(s).map_err(std::io::Error::other)?;
+            match format {
+                WavFormat::Float32 => w.write_sample(s),
+                WavFormat::Pcm16 => w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16),
+            }
+            .map_err(std::io::Error::other)?;
         }
         w.finalize().map_err(std::io::Error::other)
     }
@@ -306,6 +327,20 @@ mod tests {
 
     fn sine(freq: f32, rate: u32, secs: f32) -> Vec<f32> {
         (0..(rate as f32 * secs) as usize).map(|i| (2.0 * std::f32::consts::PI * freq * i as f32 / rate as f32).sin() * 0.5).collect()
+    }
+
+    #[test]
+    fn pcm16_wavs_have_a_plain_header_and_rounded_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.wav");
+        let x = [0.0f32, 0.5, -0.25, 1.5, -2.0, 1e-5];
+        crate::store::write_atomic_with(&path, wav_writer(&x, 16000, WavFormat::Pcm16)).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        // fmt chunk of 16 bytes, format tag 1 (PCM), 16 bits: what Python's `wave` reads.
+        assert_eq!((&bytes[12..16], u32::from_le_bytes(bytes[16..20].try_into().unwrap())), (&b"fmt "[..], 16));
+        assert_eq!((u16::from_le_bytes([bytes[20], bytes[21]]), u16::from_le_bytes([bytes[34], bytes[35]])), (1, 16));
+        let got: Vec<i16> = hound::WavReader::open(&path).unwrap().samples::<i16>().map(|s| s.unwrap()).collect();
+        assert_eq!(got, [0, 16384, -8192, 32767, -32767, 0]);
     }
 
     #[test]
@@ -351,7 +386,8 @@ mod tests {
         std::fs::write(&junk, b"RIFF....WAVEfmt garbage").unwrap();
         assert!(read(&junk).unwrap_err().to_string().contains("cannot read audio file"));
         assert!(read(&dir.path().join("missing.mp3")).is_err());
-        let out = dir.path().join("missing-folder/x.wav");
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let out = dir.path().join("file/x.wav");
         assert!(write_wav(&out, &[0.0; 10], 32000).is_err());
         assert!(!out.exists());
     }

@@ -45,6 +45,9 @@ pub struct RunConfig {
     /// Write `codes.npy` too (default true).
     #[serde(default = "yes")]
     pub save_codes: bool,
+    /// How `clip.wav` stores samples: `float32` (default, exact) or `pcm16`.
+    #[serde(default)]
+    pub wav_format: crate::audio::WavFormat,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
