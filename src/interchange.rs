@@ -190,6 +190,8 @@ impl InterveneConfig {
 #[derive(Debug, Default)]
 pub struct Report {
     pub means_computed: usize,
+    /// Concept means read from the means folder (computed before).
+    pub means_loaded: usize,
     pub units_done: usize,
     pub units_skipped: usize,
     pub units_left_to_other_shards: usize,
@@ -421,6 +423,8 @@ impl<'a> Interchange<'a> {
         for c in needed {
             if self.ensure_means(c, &mut progress)? {
                 report.means_computed += 1;
+            } else {
+                report.means_loaded += 1;
             }
         }
         // Baselines of every prompt a pending unit needs.

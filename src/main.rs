@@ -603,9 +603,6 @@ fn run(cli: Cli) -> Result<()> {
             if loss_type != "mse" && loss_type != "ce" {
                 return Err(Error::Input(format!("--loss-type {loss_type}: use mse or ce")));
             }
-            if loss_type == "mse" && epochs.is_some() {
-                eprintln!("note: the mse probe is solved in closed form; --epochs is ignored");
-            }
             musicgen_interp::store::check_writable(&output_dir, true)?;
             let options = musicgen_interp::probe::TrainOptions { num_classes, loss: loss_type.clone(), epochs, stream, test_fraction, seed, probe };
             let bar = indicatif::ProgressBar::new(0);
@@ -741,7 +738,11 @@ fn info(runtime: &Runtime, model: PathBuf, verify: Verify) -> Result<()> {
     let graphs = if man.graphs.decoder_cpu().is_some() { "plain graphs and CPU copies" } else { "plain graphs only (no CPU copies)" };
     println!("graphs       decoder: {graphs}");
     println!("audio        {} Hz, {} frames/s, {} channel(s)", man.audio.sample_rate, man.audio.frame_rate, man.audio.channels);
-    println!("hook points  {} ({} ... {})", man.hook_points.len(), man.hook_points.first().map_or("", String::as_str), man.hook_points.last().map_or("", String::as_str));
+    // The points as their grammar: the first layer's names stand for every layer's.
+    let layer0: Vec<&str> = man.hook_points.iter().filter_map(|p| p.strip_prefix("blocks.0.")).collect();
+    let outside: Vec<&str> = man.hook_points.iter().filter(|p| !p.starts_with("blocks.")).map(String::as_str).collect();
+    println!("hook points  {} in all: {}", man.hook_points.len(), outside.join(", "));
+    println!("             blocks.{{0..{}}}.{{{}}}", d.num_layers - 1, layer0.join(", "));
     let bytes: u64 = man.files.values().map(|f| f.bytes).sum();
     println!(
         "files        {} ({:.1} MB, {}; {:.1} MB of graphs loaded here)",
@@ -996,7 +997,7 @@ fn list_plugins() -> Result<()> {
     }
     for (path, lib) in found {
         match lib {
-            Ok(l) => println!("{:<16} {:<8} {:?}  ABI {}  {}", l.name, l.version, l.kind, musicgen_interp::plugin::ABI_VERSION, path.display()),
+            Ok(l) => println!("{:<16} {:<8} {:<7} ABI {}  {}", l.name, l.version, format!("{:?}", l.kind), musicgen_interp::plugin::ABI_VERSION, path.display()),
             Err(e) => println!("{:<16} unusable: {e}", path.display()),
         }
     }
@@ -1117,7 +1118,8 @@ fn intervene(runtime: &Runtime, verify: Verify, args: InterveneArgs) -> Result<(
     let mut judge = musicgen_interp::judge::Judge::load(&config.judge, runtime.library(), &needed)?;
     let mut m = load(runtime, PathBuf::from(&config.model), verify)?;
     let mut run = Interchange::new(&mut m, &mut judge, config)?;
-    eprintln!("{} concept pairs", run.pairs().len());
+    let pairs = run.pairs().len();
+    eprintln!("{pairs} concept pair{}", if pairs == 1 { "" } else { "s" });
     let bar = indicatif::ProgressBar::new_spinner();
     let report = run.run(shard, |what| {
         bar.set_message(what.to_string());
@@ -1126,11 +1128,12 @@ fn intervene(runtime: &Runtime, verify: Verify, args: InterveneArgs) -> Result<(
     bar.finish_and_clear();
     let report = report?;
     println!(
-        "means computed for {} concepts; {} intervention batches run, {} already done, {} left to other shards",
-        report.means_computed, report.units_done, report.units_skipped, report.units_left_to_other_shards
+        "concept means: {} computed, {} loaded; intervention batches: {} run, {} already done, {} belong to other shards",
+        report.means_computed, report.means_loaded, report.units_done, report.units_skipped, report.units_left_to_other_shards
     );
     if report.merged {
-        println!("every batch is done: wrote results/, summary.csv and plots/");
+        let whose = if report.units_left_to_other_shards > 0 { "every shard's batches are done" } else { "every batch is done" };
+        println!("{whose}: wrote results/, summary.csv and plots/");
     } else {
         println!("results are merged when every shard is done (run any shard again to merge)");
     }

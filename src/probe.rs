@@ -242,6 +242,9 @@ pub fn train(data: &Path, out: &Path, o: &TrainOptions, mut progress: impl FnMut
     sp.loss = Some(o.loss.clone());
     sp.data = Some(f.fingerprint());
     std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    if o.loss == "mse" && o.epochs.is_some() {
+        eprintln!("note: the mse probe is solved in closed form; epochs is ignored");
+    }
     let settings = serde_json::json!({"loss": o.loss, "epochs": o.epochs}).to_string();
     let (layers, d) = (f.layers(), f.x.shape()[2]);
     let mut weights = Array3::<f32>::zeros((layers, o.num_classes, d));

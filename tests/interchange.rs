@@ -202,7 +202,7 @@ fn runs_resume_shard_merge_and_batch_consistently() {
     // Resume: a finished batch is not recomputed; a lost one is, and the results do not move.
     std::fs::remove_file(single.join("parts/rock__piano/p0001_b000.csv")).unwrap();
     let again = run(config(&single, 4), Shard::ALL);
-    assert_eq!((again.units_done, again.units_skipped, again.means_computed), (1, 23, 0));
+    assert_eq!((again.units_done, again.units_skipped, again.means_computed, again.means_loaded), (1, 23, 0, 2));
     assert_same_scores(&results(&single), &base, "resumed run");
 
     // One by one (batch 1), reusing the means: the same scores.
@@ -210,7 +210,7 @@ fn runs_resume_shard_merge_and_batch_consistently() {
     let mut c = config(&one, 1);
     c.pre_computed_means = Some(single.join("means"));
     let r = run(c, Shard::ALL);
-    assert_eq!((r.units_done, r.means_computed), (6 * 2 * 6, 0));
+    assert_eq!((r.units_done, r.means_computed, r.means_loaded), (6 * 2 * 6, 0, 3));
     assert_same_scores(&results(&one), &base, "batch 1 vs batch 4");
 
     // Two shards into one folder: the second to finish merges the same files.

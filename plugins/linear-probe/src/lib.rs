@@ -2,7 +2,7 @@
 //! the score of class `c` for features `x` is `W[c] . x`.
 //!
 //! - `loss: mse`: least squares onto one-hot targets, closed form (`W^T = pinv(X) Y`, the minimum-norm
-//!   solution, by SVD with nalgebra). Iterations do not apply: `epochs` is ignored, and said so.
+//!   solution, by SVD with nalgebra). Iterations do not apply: `epochs` is ignored (the host says so once per training run).
 //! - `loss: ce`: multinomial logistic regression (linfa-logistic, L-BFGS, no intercept), `epochs` =
 //!   its maximum iterations (default 100), `l2` its penalty (default 0).
 //!
@@ -89,9 +89,6 @@ impl ProbeModel for LinearProbe {
         let s: Settings = serde_json::from_str(config).map_err(|e| format!("linear-probe settings: {e}"))?;
         if s.loss != "mse" && s.loss != "ce" {
             return Err(format!("linear-probe: loss {:?}: use mse or ce", s.loss));
-        }
-        if s.loss == "mse" && s.epochs.is_some() {
-            eprintln!("linear-probe: the mse probe is solved in closed form; epochs is ignored");
         }
         Ok(LinearProbe { loss: s.loss, epochs: s.epochs.unwrap_or(100), l2: s.l2, weights: None })
     }
