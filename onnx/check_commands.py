@@ -4,6 +4,7 @@
     python onnx/check_commands.py inspect --bundle B --text T --out DIR
     python onnx/check_commands.py compare --candidate B1 --reference B2 --text T --steps N --out FILE.json
     python onnx/check_commands.py self-similarity --means residual_means.npy --out FILE.npy
+    python onnx/check_commands.py judge --judge J.onnx --labels L.csv --label NAME --sample-rate R WAV...
 
 inspect: transformers' decoder (the bundle's hf/ checkpoint) on the start token with classifier-free
 guidance rows (conditional: the prompt's T5 states; unconditional: zero states, zero mask), as
@@ -19,6 +20,9 @@ their outputs, averaged over every row and position; next-token agreement is the
 position) where their guided argmax agree; per layer what it adds (its output minus its input, by a
 forward pre-hook) compared by cosine and by relative error ||c - r|| / ||r||, and the logits' relative
 error. Writes {"positions", "cosine", "delta_cosine", "delta_error", "logits_error", "agreement"}.
+
+judge: the mean probability of one label over WAV clips under an ONNX judge (softmax of its scores,
+one clip per call), as the `onnx-judge` plugin computes it.
 
 self-similarity: cosine between the layers' time-averaged outputs of each prompt, averaged over prompts,
 from the saved means `[layers, prompts, d_model]` (numpy only).
@@ -42,6 +46,31 @@ def self_similarity(args):
     sim = np.einsum("apd,bpd->abp", unit, unit).mean(axis=2)
     np.save(args.out, sim.astype(np.float32))
     print(f"self-similarity of {sim.shape[0]} layers over {means.shape[1]} prompts -> {args.out}")
+
+
+def judge(args):
+    """Mean softmax probability of one label over the clips, the judge run one clip at a time."""
+    import csv
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from make_sensitive_judge import read_float_wav
+
+    with open(args.labels, newline="") as f:
+        names = [row["name"] for row in csv.DictReader(f)]
+    index = [n.lower() for n in names].index(args.label.lower())
+    session = ort.InferenceSession(args.judge, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    probs = []
+    for wav in args.wavs:
+        rate, x = read_float_wav(wav)
+        if rate != args.sample_rate:
+            raise SystemExit(f"{wav}: {rate} Hz, the judge takes {args.sample_rate}")
+        scores = session.run(None, {name: x[None, :]})[0][0].astype(np.float64)
+        p = np.exp(scores - scores.max())
+        probs.append(p[index] / p.sum())
+    print(json.dumps({"mean": float(np.mean(probs)), "clips": len(probs)}))
 
 
 def setup():
@@ -195,8 +224,14 @@ def main():
     s = sub.add_parser("self-similarity")
     s.add_argument("--means", required=True)
     s.add_argument("--out", required=True)
+    j = sub.add_parser("judge")
+    j.add_argument("--judge", required=True)
+    j.add_argument("--labels", required=True)
+    j.add_argument("--label", required=True)
+    j.add_argument("--sample-rate", type=int, required=True)
+    j.add_argument("wavs", nargs="+")
     args = ap.parse_args()
-    {"inspect": inspect, "compare": compare, "self-similarity": self_similarity}[args.cmd](args)
+    {"inspect": inspect, "compare": compare, "self-similarity": self_similarity, "judge": judge}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -656,7 +656,7 @@ fn run(cli: Cli) -> Result<()> {
             let config = musicgen_interp::pipeline::PipelineConfig::load(&config)?;
             musicgen_interp::store::check_writable(&config.output, true)?;
             let mut m = load(&runtime, PathBuf::from(&config.model), verify)?;
-            musicgen_interp::pipeline::run(&mut m, &config, |line| println!("{line}")).map(|_| ())
+            musicgen_interp::pipeline::run(&mut m, &config, runtime.library(), |line| println!("{line}")).map(|_| ())
         }
         Command::Intervene(args) => intervene(&runtime, verify, args),
         Command::DecoderLens(args) => decoder_lens(&runtime, verify, args),
@@ -716,6 +716,9 @@ fn load(runtime: &Runtime, model: PathBuf, verify: Verify) -> Result<MusicGen> {
     let start = std::time::Instant::now();
     let m = MusicGen::load(runtime, &model, verify)?;
     eprintln!("loaded {} in {:.2} s on {}", model.display(), start.elapsed().as_secs_f64(), runtime.describe());
+    if m.manifest().source.kind == "random" {
+        eprintln!("note: this bundle has random weights (a demo model): its clips and scores test the plumbing, they are not findings about MusicGen");
+    }
     Ok(m)
 }
 

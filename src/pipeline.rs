@@ -1,9 +1,11 @@
 //! The probe workflow end to end, from one YAML file (`musicgen-interp probe-pipeline CONFIG.yaml`):
 //! extract residuals of a labelled dataset -> train one probe per layer -> evaluate on the saved
-//! split -> steer towards a class with the trained probe's directions -> report whether steering
-//! moved the probe's own prediction on the steered clips (share classified as the target, before and
-//! after, with the same seeds). Each stage writes into its own sub-folder of `output`; extraction
-//! resumes, the other stages are quick and rerun.
+//! split -> steer towards a class with the trained probe's directions -> report what moved, plain
+//! clips against steered ones with the same seeds: the probe's own reading (circular by
+//! construction: the direction added is the probe's, so it reads as a sanity check of the wiring,
+//! not as evidence) and, when `steer.judge` names one, an independent audio classifier's probability
+//! of the target class on the decoded clips. Each stage writes into its own sub-folder of `output`;
+//! extraction resumes, the other stages are quick and rerun.
 
 use std::path::{Path, PathBuf};
 
@@ -80,6 +82,10 @@ pub struct SteerStage {
     pub steps: usize,
     #[serde(default)]
     pub seed: u64,
+    /// An audio classifier to judge the plain and steered clips by (the `judge:` block of
+    /// `intervene`); its concept for the target class is the class's name in `labels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<crate::judge::JudgeConfig>,
 }
 
 fn default_steps() -> usize {
@@ -121,16 +127,27 @@ impl Default for TrainStage {
 
 impl PipelineConfig {
     pub fn load(path: &Path) -> Result<PipelineConfig> {
-        crate::config::load_yaml(path)
+        let mut config: PipelineConfig = crate::config::load_yaml(path)?;
+        if let Some(judge) = config.steer.judge.as_mut() {
+            use crate::config::Seg;
+            judge.origin = Some(crate::config::Origin::new(path, &[Seg::Key("steer".into()), Seg::Key("judge".into()), Seg::Key("settings".into())]));
+        }
+        Ok(config)
     }
 }
 
-/// Share of clips the probe puts in the target class, per steered layer.
+/// What steering moved, per steered layer: plain clips (`before`) against steered clips with the
+/// same seeds (`after`).
 #[derive(Clone, Debug, Serialize)]
 pub struct SteeringEffect {
     pub layer: usize,
-    pub target_share_before: f64,
-    pub target_share_after: f64,
+    /// Share of clips the steering probe itself puts in the target class (circular: its own
+    /// direction was added).
+    pub probe_target_share_before: f64,
+    pub probe_target_share_after: f64,
+    /// The judge's mean probability of the target class over the clips, if a judge is configured.
+    pub judge_target_probability_before: Option<f64>,
+    pub judge_target_probability_after: Option<f64>,
 }
 
 /// The probe's class for each clip at `layer`: residual (conditional row, mean over positions),
@@ -148,16 +165,31 @@ fn classify(capture: &ResidualCapture, weights: &Array3<f32>, layer: usize, clip
         .collect())
 }
 
-/// Runs every stage; returns the steering effect per steered layer.
-pub fn run(model: &mut MusicGen, config: &PipelineConfig, mut say: impl FnMut(String)) -> Result<Vec<SteeringEffect>> {
+/// Runs every stage; returns the steering effect per steered layer. `ort_library` is handed to a
+/// judge plugin that runs its own graphs.
+pub fn run(model: &mut MusicGen, config: &PipelineConfig, ort_library: &Path, mut say: impl FnMut(String)) -> Result<Vec<SteeringEffect>> {
     let out = &config.output;
-    std::fs::create_dir_all(out).map_err(Error::io(out))?;
-    write_atomic(&out.join("pipeline.resolved.yaml"), serde_yaml::to_string(config).expect("yaml").as_bytes())?;
     let labels = match &config.labels {
         Some(spec) => LabelMap::parse(spec)?,
         None => LabelMap::default(),
     };
     let num_classes = labels.num_classes();
+    let s = &config.steer;
+    if s.target_class >= num_classes {
+        return Err(Error::Input(format!("steer.target_class {} is outside the {num_classes} classes", s.target_class)));
+    }
+    // The judge loads before any work, so a judge that cannot judge the target fails early.
+    let target_name = labels.0.iter().find(|(_, &id)| id == s.target_class as i64).map(|(n, _)| n.clone());
+    let mut judge = match &s.judge {
+        Some(j) => {
+            let name = target_name.clone().ok_or_else(|| Error::Input(format!("steer.judge: class {} has no name in the label map", s.target_class)))?;
+            let concept = crate::data::concepts::concept(&name)?;
+            Some((crate::judge::Judge::load(j, ort_library, &[concept])?, concept))
+        }
+        None => None,
+    };
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    write_atomic(&out.join("pipeline.resolved.yaml"), serde_yaml::to_string(config).expect("yaml").as_bytes())?;
 
     // 1. extract (resumable)
     let scan = scan_folder(&config.data_dir, &labels)?;
@@ -204,11 +236,7 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, mut say: impl FnMut(St
     crate::probe::plot(&probe_dir.join("evaluation.png"), &ev.metrics, &t.loss, ev.best)?;
     say(format!("evaluate: best layer {} (test accuracy {:.3})", ev.best, ev.metrics[ev.best].accuracy));
 
-    // 4. steer with the probe's directions, and 5. measure with the probe itself
-    let s = &config.steer;
-    if s.target_class >= num_classes {
-        return Err(Error::Input(format!("steer.target_class {} is outside the {num_classes} classes", s.target_class)));
-    }
+    // 4. steer with the probe's directions, and 5. measure with the probe itself and the judge
     let layers = if s.layers.is_empty() { vec![ev.best] } else { s.layers.clone() };
     let weights: Array3<f32> = crate::store::read_npy(&weights_path, "probe weights [layers, classes, d_model]")?;
     let steer_settings = serde_json::json!({
@@ -226,7 +254,8 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, mut say: impl FnMut(St
     std::fs::create_dir_all(&steer_dir).map_err(Error::io(&steer_dir))?;
     let n_layers = model.decoder.num_layers();
     let clips = s.prompts.len();
-    let mut run_one = |steered: bool| -> Result<ResidualCapture> {
+    let rate = model.manifest().audio.sample_rate;
+    let mut run_one = |steered: bool| -> Result<(ResidualCapture, Option<f64>)> {
         let mut capture = ResidualCapture::new(n_layers, Reduction::Mean);
         let result = if steered {
             let mut plugin = MethodPlugin::load("steering", &steer_settings.to_string())?;
@@ -236,30 +265,61 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, mut say: impl FnMut(St
             generate(model, &request, &mut capture, |_, _| {})?
         };
         let wave = model.encodec.decode(result.codes.view())?;
-        let rate = model.manifest().audio.sample_rate;
+        let mono = wave.index_axis(Axis(1), 0);
         for c in 0..clips {
             let name = format!("{}_{c}.wav", if steered { "steered" } else { "plain" });
-            crate::audio::write_wav(&steer_dir.join(name), &wave.index_axis(Axis(0), c).index_axis(Axis(0), 0).to_vec(), rate)?;
+            crate::audio::write_wav(&steer_dir.join(name), &mono.row(c).to_vec(), rate)?;
         }
-        Ok(capture)
+        let judged = match judge.as_mut() {
+            Some((j, concept)) => {
+                let probs = j.probabilities(mono, rate)?;
+                Some(probs.rows().into_iter().map(|p| j.concept_probability(p, concept)).sum::<f64>() / clips as f64)
+            }
+            None => None,
+        };
+        Ok((capture, judged))
     };
-    let plain = run_one(false)?;
-    let steered = run_one(true)?;
+    let (plain, judged_plain) = run_one(false)?;
+    let (steered, judged_steered) = run_one(true)?;
     let mut effects = Vec::new();
-    let mut csv = String::from("layer,target_class,clips,target_share_before,target_share_after\n");
+    let mut csv = String::from(
+        "layer,target_class,clips,probe_target_share_before,probe_target_share_after,judge_target_probability_before,judge_target_probability_after\n",
+    );
+    let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+    let name = target_name.as_deref().unwrap_or("?");
     for &l in &layers {
         let share = |c: &ResidualCapture| -> Result<f64> {
             Ok(classify(c, &weights, l, clips)?.iter().filter(|&&p| p == s.target_class).count() as f64 / clips as f64)
         };
-        let effect = SteeringEffect { layer: l, target_share_before: share(&plain)?, target_share_after: share(&steered)? };
-        csv.push_str(&format!("{l},{},{clips},{:.4},{:.4}\n", s.target_class, effect.target_share_before, effect.target_share_after));
-        say(format!(
-            "steer: layer {l}: {:.0}% of clips classified as class {} before, {:.0}% after",
-            100.0 * effect.target_share_before,
+        let effect = SteeringEffect {
+            layer: l,
+            probe_target_share_before: share(&plain)?,
+            probe_target_share_after: share(&steered)?,
+            judge_target_probability_before: judged_plain,
+            judge_target_probability_after: judged_steered,
+        };
+        csv.push_str(&format!(
+            "{l},{},{clips},{:.4},{:.4},{},{}\n",
             s.target_class,
-            100.0 * effect.target_share_after
+            effect.probe_target_share_before,
+            effect.probe_target_share_after,
+            cell(judged_plain),
+            cell(judged_steered)
+        ));
+        say(format!(
+            "steer: layer {l}: the steering probe itself reads class {} ({name}) in {:.0}% of plain clips, {:.0}% of steered ones (circular: its own direction was added)",
+            s.target_class,
+            100.0 * effect.probe_target_share_before,
+            100.0 * effect.probe_target_share_after
         ));
         effects.push(effect);
+    }
+    match (judged_plain, judged_steered) {
+        (Some(before), Some(after)) => {
+            let p = |x: f64| if x == 0.0 || x >= 1e-3 { format!("{x:.4}") } else { format!("{x:.3e}") };
+            say(format!("steer: the judge's mean probability of {name}: {} plain, {} steered", p(before), p(after)))
+        }
+        _ => say("steer: no judge configured (steer.judge): nothing independent of the probe measured the steered audio".into()),
     }
     write_atomic(&steer_dir.join("steering_report.csv"), csv.as_bytes())?;
     write_atomic(&steer_dir.join("steering_report.json"), serde_json::to_string_pretty(&effects).expect("json").as_bytes())?;

@@ -4,6 +4,7 @@
 //! end on the tiny model.
 
 mod common;
+mod scores;
 
 use std::path::Path;
 use std::process::Command;
@@ -207,27 +208,52 @@ fn probe_pipeline_runs_end_to_end_and_reports_the_steering_effect() {
     assert!(status.success());
     let out = tmp.path().join("run");
     let config = tmp.path().join("pipeline.yaml");
+    let (judge, labels) = scores::sensitive_judge(tmp.path());
     std::fs::write(
         &config,
         format!(
-            "model: {}\ndata_dir: {}\noutput: {}\nextract:\n  steps: 4\ntrain:\n  loss: mse\nsteer:\n  target_class: 2\n  layers: [0, 1]\n  strengths: [10.0]\n  steps: 12\n  prompts: [a, b, c, d]\n",
+            "model: {}\ndata_dir: {}\noutput: {}\nextract:\n  steps: 4\ntrain:\n  loss: mse\nsteer:\n  target_class: 2\n  layers: [0, 1]\n  strengths: [10.0]\n  steps: 12\n  prompts: [a, b, c, d]\n  judge:\n    settings: {{model: {}, labels: {}, sample_rate: 32000}}\n",
             common::fixture("tiny").display(),
             data.display(),
-            out.display()
+            out.display(),
+            judge.display(),
+            labels.display()
         ),
     )
     .unwrap();
     let log = cli(&["probe-pipeline", config.to_str().unwrap()]);
+    assert!(log.contains("the steering probe itself reads class 2 (rock)") && log.contains("circular"), "{log}");
     assert!(log.contains("extract: 12 segments") && log.contains("evaluate: best layer"), "{log}");
     for f in ["extract/residuals_cond.npy", "probes/mse_weights.npy", "probes/mse_split.json", "probes/evaluation.png", "steer/steering_report.csv", "steer/steered_0.wav", "steer/plain_0.wav", "pipeline.resolved.yaml"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("steer/steering_report.json")).unwrap()).unwrap();
+    // The judge's probability of the target (Rock music) on the saved clips, recomputed by
+    // onnxruntime in Python from the WAVs.
+    let judged = |stem: &str| -> f64 {
+        let wavs: Vec<String> = (0..4).map(|c| out.join(format!("steer/{stem}_{c}.wav")).display().to_string()).collect();
+        let o = Command::new(python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("onnx/check_commands.py"))
+            .args(["judge", "--judge", judge.to_str().unwrap(), "--labels", labels.to_str().unwrap(), "--label", "Rock music", "--sample-rate", "32000"])
+            .args(&wavs)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["mean"].as_f64().unwrap()
+    };
+    let (plain, steered) = (judged("plain"), judged("steered"));
+    // The test judge is calibrated on other clips: its probabilities of Rock here are tiny but
+    // differ between the plain and the steered clips, so a swap of the two would show.
+    let near = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs().max(1e-30);
+    assert!(!near(plain, steered), "the judge cannot tell the clips apart: {plain} {steered}");
     for r in report.as_array().unwrap() {
-        let (before, after) = (r["target_share_before"].as_f64().unwrap(), r["target_share_after"].as_f64().unwrap());
+        let (before, after) = (r["probe_target_share_before"].as_f64().unwrap(), r["probe_target_share_after"].as_f64().unwrap());
         // Strong steering along the probe's own direction moves its prediction to the target.
         assert!(after >= before && after >= 0.75, "{r}");
+        let (jb, ja) = (r["judge_target_probability_before"].as_f64().unwrap(), r["judge_target_probability_after"].as_f64().unwrap());
+        assert!(near(jb, plain) && near(ja, steered), "{r} vs onnxruntime {plain} {steered}");
     }
+    assert!(log.contains("the judge's mean probability of rock: "), "{log}");
     // Unknown keys in the pipeline config name their line.
     std::fs::write(&config, "model: m\ndata_dir: d\noutput: o\nsteer:\n  target_class: 1\n  strenghts: [1]\n  prompts: [a]\n").unwrap();
     let e = cli_err(&["probe-pipeline", config.to_str().unwrap()]);
