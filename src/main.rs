@@ -1084,6 +1084,7 @@ fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
 
 fn decoder_lens(runtime: &Runtime, verify: Verify, args: DecoderLensArgs) -> Result<()> {
     let config = args.config()?;
+    config.prompt_set()?; // prompts or concepts, checked before anything loads
     musicgen_interp::store::check_writable(&config.output, true)?;
     let mut judge = match &config.judge {
         Some(j) => Some(musicgen_interp::judge::Judge::load(j, runtime.library(), &config.judged_concepts()?)?),

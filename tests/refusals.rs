@@ -308,3 +308,13 @@ fn extract_counts_short_and_non_finite_tracks_and_warns_of_truncated_ones() {
     assert_eq!(items, vec!["Jazz/good.wav", "Rock/cut.wav"]);
     assert_no_temporaries(dir.path());
 }
+
+#[test]
+fn decoder_lens_with_prompts_and_concepts_is_refused_before_the_model_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lens");
+    let m = fixture("tiny");
+    let e = refused(&["decoder-lens", "--model", m.to_str().unwrap(), "--text", "x", "--concepts", "jazz", "--output-dir", out.to_str().unwrap()]);
+    assert!(e.contains("give prompts or concepts, not both") && !e.contains("loaded"), "{e}");
+    assert!(!out.exists());
+}
