@@ -41,3 +41,4 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -q -p m
 echo "== Rust tests"
 # --release shares the build with scripts/setup.sh (one compile instead of two on CI's two cores)
 cargo test --workspace --release
+bash scripts/examples.sh   # examples/*.rs on the library API, run on tests/data/tiny; any non-zero exit fails
