@@ -124,14 +124,16 @@ pub fn check_points(owner: &str, points: &[HookPoint], layers: usize) -> Result<
 }
 
 impl fmt::Display for HookPoint {
+    /// The TransformerLens-style name; width and alignment (`{:<28}`) apply.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HookPoint::Embed => write!(f, "embed.hook_out"),
-            HookPoint::ResidPre(l) => write!(f, "blocks.{l}.hook_resid_pre"),
-            HookPoint::Component(l, c) => write!(f, "blocks.{l}.{}.hook_out", c.name()),
-            HookPoint::ResidPost(l) => write!(f, "blocks.{l}.hook_resid_post"),
-            HookPoint::LnFinal => write!(f, "ln_final.hook_normalized"),
-        }
+        let name = match self {
+            HookPoint::Embed => "embed.hook_out".to_string(),
+            HookPoint::ResidPre(l) => format!("blocks.{l}.hook_resid_pre"),
+            HookPoint::Component(l, c) => format!("blocks.{l}.{}.hook_out", c.name()),
+            HookPoint::ResidPost(l) => format!("blocks.{l}.hook_resid_post"),
+            HookPoint::LnFinal => "ln_final.hook_normalized".to_string(),
+        };
+        f.pad(&name)
     }
 }
 
@@ -418,6 +420,7 @@ mod tests {
         assert_eq!(HookPoint::all(3).len(), 2 + 3 * 5);
         assert!("blocks.x.hook_resid_post".parse::<HookPoint>().is_err());
         assert!("blocks.1.attn".parse::<HookPoint>().is_err());
+        assert_eq!(format!("[{:<16}]", HookPoint::Embed), "[embed.hook_out  ]");
     }
 
     #[test]
