@@ -8,6 +8,7 @@ The bundle layout, graph names, inputs and outputs are the contract in docs/BUND
     python onnx/export.py --preset tiny --random-weights --tokenizer t5-tokenizer.json --out models/tiny-t5tok
     python onnx/export.py --model facebook/musicgen-small --out models/musicgen-small
     python onnx/export.py --model path/to/checkpoint_folder --out models/local
+    python onnx/export.py --model facebook/musicgen-small --precision fp16 --out models/musicgen-small-fp16
 """
 
 import argparse
@@ -40,6 +41,13 @@ EXTERNAL_DATA_BYTES = 100 * 1024 * 1024  # graphs larger than this keep their we
 # a copy reads the plain graph's weights file.
 CPU_OP = "StreamMatMul"
 PRESETS = HERE / "presets"
+# --precision fp16: the graphs converted to float16 compute (onnxruntime's own converter). The text encoder
+# stays float32 (T5 overflows in float16). Every graph input and output stays float32 except the KV cache
+# and the cross keys/values, which are float16 (FP16_IO).
+FP16_GRAPHS = ("cross_kv", "decoder_embed", "decoder_head", "encodec_encode", "encodec_decode_latent",
+               "encodec_decode_upsample")  # and every decoder_layer_{l}
+FP16_IO = {"past_key", "past_value", "cross_key", "cross_value", "present_key", "present_value"}
+DTYPES = {"fp32": "float32", "fp16": "float16"}
 DEFAULT_GENERATION = {"guidance_scale": 3.0, "top_k": 250, "temperature": 1.0}
 
 
@@ -79,6 +87,11 @@ def parse_args(argv=None):
     p.add_argument("--source-key", help="what --model was made from, as the Rust runtime keys it (recorded as "
                    "manifest source.key, compared before the runtime reuses the bundle)")
     p.add_argument("--no-verify", action="store_true", help="skip running each graph once with onnxruntime")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: the decoder, cross_kv and EnCodec graphs compute in float16 (weights, activations and "
+                   "the KV cache), for GPU hosts; the text encoder stays float32; implies no CPU copies (docs/BUNDLE.md)")
+    p.add_argument("--targets", choices=("all", "gpu"), default="all",
+                   help="gpu: write no CPU copies (decoder_layer_{l}.cpu.onnx, decoder_head.cpu.onnx) (default all)")
     args = p.parse_args(argv)
     if (args.config or args.preset) and not args.random_weights:
         p.error("--config/--preset build a model from a config: add --random-weights (or use --model for weights)")
@@ -468,7 +481,54 @@ def graph_specs(model):
     return specs
 
 
-def export_one(folder: Path, stem, module, example, in_names, out_names, axes, verify):
+def position_nodes(graph):
+    """decoder_embed's sinusoid path: the nodes computed from `past_len` alone (positions, angles, cos and
+    sin), kept float32 in an fp16 export, as transformers computes its position table in float32 and
+    rounds it once (in float16 an angle near position 1000 would be off by up to 0.25 rad)."""
+    cone = {"past_len"}
+    consts = {i.name for i in graph.initializer}
+    names = []
+    for node in graph.node:  # topologically sorted
+        ins = [i for i in node.input if i]
+        if node.op_type == "Constant" or not ins:
+            consts.update(node.output)
+            continue
+        if any(i in cone for i in ins) and all(i in cone or i in consts for i in ins):
+            cone.update(node.output)
+            names.append(node.name)
+    return names
+
+
+def to_float16(proto, stem):
+    """`proto` converted to float16 compute by onnxruntime's own converter: float32 IO kept except FP16_IO
+    (the KV cache and cross keys/values, which become float16 with no cast in front of the attention);
+    the converter's default op block list stays float32 with casts (docs/BUNDLE.md)."""
+    from onnx import TensorProto
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    io = list(proto.graph.input) + list(proto.graph.output)
+    before = {v.name: v.type.tensor_type.elem_type for v in io}
+    blocked = position_nodes(proto.graph) if stem == "decoder_embed" else None
+    out = convert_float_to_float16(
+        proto, keep_io_types=[n for n in before if n not in FP16_IO], disable_shape_infer=True,
+        node_block_list=blocked,
+    )
+    OnnxModel(out).topological_sort()  # the converter appends its input casts after their consumers
+    for v in list(out.graph.input) + list(out.graph.output):
+        got, was = v.type.tensor_type.elem_type, before[v.name]
+        want = TensorProto.FLOAT16 if v.name in FP16_IO else was
+        if got != want:
+            raise ExportError(f"{stem}: fp16 conversion made {v.name} type {got}, expected {want} (exporter bug)")
+    if stem.startswith("decoder_layer_"):
+        gqa = [n for n in out.graph.node if n.op_type == "GroupQueryAttention"]
+        if len(gqa) != 1 or list(gqa[0].input[3:5]) != ["past_key", "past_value"] or \
+                list(gqa[0].output[1:3]) != ["present_key", "present_value"]:
+            raise ExportError(f"{stem}: GroupQueryAttention does not read and write the fp16 cache directly (exporter bug)")
+    return out
+
+
+def export_one(folder: Path, stem, module, example, in_names, out_names, axes, verify, fp16=False, cpu_copies=True):
     import numpy as np
     import onnx
     import torch
@@ -496,7 +556,7 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trace(path, {"com.microsoft": 1} if layer else None)
-        if layer:
+        if layer and cpu_copies:
             # the CPU copy's own operators, traced from the same module (weights relinked below)
             module.cpu_ops = True
             try:
@@ -508,10 +568,13 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
     got_out = [o.name for o in proto.graph.output]
     if got_in != list(in_names) or got_out != list(out_names):
         raise ExportError(f"{stem}: exported names {got_in} -> {got_out} differ from the contract (exporter bug)")
+    half = fp16 and (layer or stem in FP16_GRAPHS)
+    if half:
+        proto = to_float16(proto, stem)
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     data_file = f"{stem}.onnx.data"
-    cpu_copy = layer or stem == "decoder_head"
-    if cpu_copy or proto.ByteSize() > EXTERNAL_DATA_BYTES:
+    cpu_copy = cpu_copies and (layer or stem == "decoder_head")
+    if layer or stem == "decoder_head" or proto.ByteSize() > EXTERNAL_DATA_BYTES:
         path.unlink()
         onnx.save_model(
             proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_file,
@@ -526,7 +589,7 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
     if cpu_copy:
         files += write_cpu_copy(folder, stem, traced=layer)
     size = sum((folder / f).stat().st_size for f in files)
-    msg = f"  {path.name:<24} {mb(size):>10}  {time.time() - t0:5.1f} s"
+    msg = f"  {path.name:<24} {mb(size):>10}  {time.time() - t0:5.1f} s{'  fp16' if half else ''}"
     if verify:
         import onnxruntime as ort
 
@@ -534,7 +597,8 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
         opts.log_severity_level = 3
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         feeds = {n: t.numpy() for n, t in zip(in_names, example)}
-        got = sess.run(None, feeds)
+        got = sess.run(None, {i.name: feeds[i.name].astype(np.float16) if i.type == "tensor(float16)" else feeds[i.name]
+                              for i in sess.get_inputs()})
         with torch.no_grad():
             want = module(*example)
         want = want if isinstance(want, (tuple, list)) else (want,)
@@ -549,8 +613,8 @@ def export_one(folder: Path, stem, module, example, in_names, out_names, axes, v
                 raise ExportError(f"{stem}: onnxruntime gives shape {g_.shape}, torch {w_.shape} (exporter bug)")
             if g_.dtype.kind == "i":
                 diff = max(diff, float((g_ != w_).sum()))
-            else:
-                diff = max(diff, float(np.abs(g_ - w_).max()) if g_.size else 0.0)
+            else:  # (an fp16 graph against the fp32 torch module: its rounding)
+                diff = max(diff, float(np.abs(g_.astype(np.float32) - w_).max()) if g_.size else 0.0)
         msg += f"  check {diff:.1e}"
         del sess
     log(msg)
@@ -650,7 +714,7 @@ def write_cpu_copy(folder: Path, stem, traced):
     return [name, data]
 
 
-def manifest(model, source, graph_files, tokenizer_file, folder: Path):
+def manifest(model, source, graph_files, tokenizer_file, folder: Path, dtype="float32", cpu_copies=True):
     import mg_wrappers as W
 
     dcfg = model.config.decoder
@@ -676,7 +740,21 @@ def manifest(model, source, graph_files, tokenizer_file, folder: Path):
     for name in [f for fs in graph_files.values() for f in fs] + [tokenizer_file]:
         p = folder / name
         files[name] = {"sha256": sha256(p), "bytes": p.stat().st_size}
-    return {
+    graphs = {
+        "text_encoder": "text_encoder.onnx",
+        "cross_kv": "cross_kv.onnx",
+        "decoder_embed": "decoder_embed.onnx",
+        "decoder_layers": [f"decoder_layer_{l}.onnx" for l in range(L)],
+        "decoder_head": "decoder_head.onnx",
+        "decoder_layers_cpu": [f"decoder_layer_{l}.cpu.onnx" for l in range(L)],
+        "decoder_head_cpu": "decoder_head.cpu.onnx",
+        "encodec_encode": "encodec_encode.onnx",
+        "encodec_decode_latent": "encodec_decode_latent.onnx",
+        "encodec_decode_upsample": "encodec_decode_upsample.onnx",
+    }
+    if not cpu_copies:
+        del graphs["decoder_layers_cpu"], graphs["decoder_head_cpu"]
+    man = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "exporter_version": EXPORTER_VERSION,
@@ -711,30 +789,24 @@ def manifest(model, source, graph_files, tokenizer_file, folder: Path):
             "decode_context_frames": context,
         },
         "generation": generation,
-        "graphs": {
-            "text_encoder": "text_encoder.onnx",
-            "cross_kv": "cross_kv.onnx",
-            "decoder_embed": "decoder_embed.onnx",
-            "decoder_layers": [f"decoder_layer_{l}.onnx" for l in range(L)],
-            "decoder_head": "decoder_head.onnx",
-            "decoder_layers_cpu": [f"decoder_layer_{l}.cpu.onnx" for l in range(L)],
-            "decoder_head_cpu": "decoder_head.cpu.onnx",
-            "encodec_encode": "encodec_encode.onnx",
-            "encodec_decode_latent": "encodec_decode_latent.onnx",
-            "encodec_decode_upsample": "encodec_decode_upsample.onnx",
-        },
+        "graphs": graphs,
         "tokenizer": tokenizer_file,
         "hook_points": hooks,
         "files": files,
     }
+    if dtype != "float32":  # absent: float32 (the bundles before this field)
+        man["dtype"] = dtype
+    return man
 
 
-def write_bundle(model, tok, source, folder: Path, verify: bool):
+def write_bundle(model, tok, source, folder: Path, verify: bool, precision="fp32", cpu_copies=True):
     """Everything goes into `folder` (a fresh temporary folder)."""
     specs = graph_specs(model)
     graph_files = {}
     for stem, module, example, ins, outs, axes in specs:
-        graph_files[stem] = export_one(folder, stem, module, example, ins, outs, axes, verify)
+        graph_files[stem] = export_one(
+            folder, stem, module, example, ins, outs, axes, verify, fp16=precision == "fp16", cpu_copies=cpu_copies
+        )
     tok.save(str(folder / "tokenizer.json"))
     log("  tokenizer.json")
     if source["kind"] == "random":
@@ -745,7 +817,7 @@ def write_bundle(model, tok, source, folder: Path, verify: bool):
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
         fast.save_pretrained(str(hf))
         log("  hf/ (transformers checkpoint of the same weights, with the tokenizer)")
-    man = manifest(model, source, graph_files, "tokenizer.json", folder)
+    man = manifest(model, source, graph_files, "tokenizer.json", folder, DTYPES[precision], cpu_copies)
     (folder / "manifest.json").write_text(json.dumps(man, indent=2) + "\n")
     return man
 
@@ -815,20 +887,32 @@ def main(argv=None):
         f"{dcfg.hidden_size}, {dcfg.num_attention_heads} heads, {dcfg.num_codebooks} codebooks"
     )
 
+    # The CPU copies are fp32 panel kernels (src/runtime/matmul.rs): an fp16 bundle has none.
+    cpu_copies = args.targets == "all" and args.precision == "fp32"
+    if args.precision == "fp16":
+        log("precision fp16: decoder, cross_kv and EnCodec graphs in float16 (text encoder float32); "
+            + ("no CPU copies (they are fp32 kernels; --targets all has nothing more to write)"
+               if args.targets == "all" else "no CPU copies (--targets gpu)"))
+    elif not cpu_copies:
+        log("targets gpu: no CPU copies of the decoder graphs")
+
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     try:
         with torch.no_grad():
-            write_bundle(model, tok, source, tmp, verify=not args.no_verify)
+            write_bundle(model, tok, source, tmp, verify=not args.no_verify, precision=args.precision,
+                         cpu_copies=cpu_copies)
         make_readable(tmp)
         swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     runtime = folder_size(out, skip=("hf",))
-    log(f"wrote {args.out}: {mb(runtime)} of graphs (the plain decoder graphs and their CPU copies each hold the "
-        f"weights), {mb(folder_size(out))} in all, {time.time() - t_start:.1f} s")
+    what = ("the plain decoder graphs and their CPU copies each hold the weights" if cpu_copies
+            else f"{DTYPES[args.precision]}, no CPU copies")
+    log(f"wrote {args.out}: {mb(runtime)} of graphs ({what}), {mb(folder_size(out))} in all, "
+        f"{time.time() - t_start:.1f} s")
 
 
 if __name__ == "__main__":
