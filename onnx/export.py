@@ -482,19 +482,18 @@ def graph_specs(model):
 
 
 def position_nodes(graph):
-    """decoder_embed's sinusoid path: the nodes computed from `past_len` alone (positions, angles, cos and
-    sin), kept float32 in an fp16 export, as transformers computes its position table in float32 and
-    rounds it once (in float16 an angle near position 1000 would be off by up to 0.25 rad)."""
-    cone = {"past_len"}
-    consts = {i.name for i in graph.initializer}
+    """decoder_embed's sinusoid path: every node not computed from the embedding tables (positions from
+    `past_len` and the input's length, the frequencies, angles, cos and sin), kept float32 in an fp16 export:
+    transformers computes its position table in float32 and rounds it once, while angles computed in
+    float16 (or with float16 frequencies) would be off by up to 0.25 rad near position 1000."""
+    from onnx import TensorProto
+
+    tables = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT}
     names = []
     for node in graph.node:  # topologically sorted
-        ins = [i for i in node.input if i]
-        if node.op_type == "Constant" or not ins:
-            consts.update(node.output)
-            continue
-        if any(i in cone for i in ins) and all(i in cone or i in consts for i in ins):
-            cone.update(node.output)
+        if any(i in tables for i in node.input):
+            tables.update(node.output)
+        else:
             names.append(node.name)
     return names
 
@@ -510,6 +509,17 @@ def to_float16(proto, stem):
     io = list(proto.graph.input) + list(proto.graph.output)
     before = {v.name: v.type.tensor_type.elem_type for v in io}
     blocked = position_nodes(proto.graph) if stem == "decoder_embed" else None
+    if blocked:
+        # The converter puts a cast on every typed value a blocked node reads or writes, so a chain of blocked
+        # nodes would round each step to float16: only the values leaving the chain get their type (and a cast).
+        import onnx
+
+        typed = {v.name: v for v in onnx.shape_inference.infer_shapes(proto).graph.value_info}
+        inside = {o for n in proto.graph.node if n.name in blocked for o in n.output}
+        leaving = {i for n in proto.graph.node if n.name not in blocked for i in n.input if i in inside}
+        proto.graph.value_info.extend(
+            typed[v] for v in sorted(leaving) if v in typed and typed[v].type.tensor_type.elem_type == TensorProto.FLOAT
+        )
     out = convert_float_to_float16(
         proto, keep_io_types=[n for n in before if n not in FP16_IO], disable_shape_infer=True,
         node_block_list=blocked,

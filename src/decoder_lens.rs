@@ -221,7 +221,14 @@ pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &Decoder
     write_npy(&out.join("self_similarity.npy"), &sim)?;
     write_npy(&out.join("residual_means.npy"), &means)?;
     if layers >= 2 {
-        crate::plot::heatmap(&out.join("self_similarity.png"), "cosine similarity of time-averaged layer outputs", sim.view())?;
+        // Row and column l: blocks.{l}.hook_resid_post (0-based); colours on the fixed [-1, 1].
+        crate::plot::heatmap(
+            &out.join("self_similarity.png"),
+            "cosine similarity of time-averaged layer outputs",
+            "cosine similarity",
+            sim.view(),
+            crate::plot::ColourRange::default(),
+        )?;
     }
 
     let judged = judge.is_some() && prompts.iter().any(|p| p.1.is_some());
@@ -262,14 +269,20 @@ pub fn self_similarity(means: &Array3<f32>) -> Array2<f32> {
     sim
 }
 
+/// NDCG against layer, 0-based: `by_layer[k - 1]` exits after k decoder layers (the output of
+/// layer k - 1), `by_text[j - 1]` conditions on text-encoder layer j's hidden state (the output of
+/// layer j - 1); the files keep their 1-based k and j.
 fn plot_ndcg(path: &Path, by_layer: &[f64], by_text: &[f64]) -> Result<()> {
+    use crate::plot::{Marker, Panel, Series};
     use plotters::prelude::{BLUE, RED};
-    let line = |v: &[f64]| v.iter().enumerate().map(|(i, &x)| ((i + 1) as f64, x)).collect::<Vec<_>>();
-    let mut series = vec![("decoder exit layer".to_string(), line(by_layer), BLUE)];
+    let line = |v: &[f64]| v.iter().enumerate().map(|(i, &x)| (i as f64, x)).collect::<Vec<_>>();
+    let mut series = vec![Series::new("decoder: exit after layer", line(by_layer), BLUE).marker(Marker::Circle)];
     if !by_text.is_empty() {
-        series.push(("text encoder layer".to_string(), line(by_text), RED));
+        series.push(Series::new("text encoder: condition on layer", line(by_text), RED).marker(Marker::Cross).dashed(true));
     }
-    crate::plot::png(path, (900, 400), |root| crate::plot::by_layer(&root, "NDCG of the prompt's concept by layer (DecoderLens)", "NDCG", &series))
+    let mut panel = Panel::new("NDCG of the prompt's concept by layer (DecoderLens)", "mean NDCG");
+    panel.y_range = Some((0.0, 1.0));
+    crate::plot::png(path, (900, 420), |root| crate::plot::by_layer(&root, &panel, &series))
 }
 
 #[cfg(test)]

@@ -746,29 +746,42 @@ fn mean_std(xs: impl Iterator<Item = f64>) -> (f64, f64) {
     (m, (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt())
 }
 
-/// Mean effectiveness and precision by layer, one line per component.
+/// Mean effectiveness and precision by layer (0-based), one line per component (its own marker
+/// and dash, shifted a little sideways), with error bars of one standard deviation: over the
+/// prompts for a pair's plot (the `_std` columns of `summary.csv`), over prompts and pairs for
+/// `all_pairs`.
 fn plot_scores(path: &Path, title: &str, scores: &[&Score]) -> Result<()> {
+    use crate::plot::{Marker, Panel, Series};
     use plotters::prelude::{BLUE, GREEN, RED};
-    let colours = [BLUE, RED, GREEN];
-    let series = |f: fn(&Score) -> f64| -> Vec<(String, Vec<(f64, f64)>, plotters::prelude::RGBColor)> {
+    let styles = [(BLUE, Marker::Circle, false), (RED, Marker::Square, true), (GREEN, Marker::Triangle, false)];
+    let series = |f: fn(&Score) -> f64| -> Vec<Series> {
         Component::ALL
             .iter()
-            .zip(colours)
-            .filter_map(|(&c, colour)| {
+            .zip(styles)
+            .filter_map(|(&c, (colour, marker, dashed))| {
                 let mut by_layer: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
                 for s in scores.iter().filter(|s| s.site.component == c) {
                     by_layer.entry(s.site.layer).or_default().push(f(s));
                 }
-                (!by_layer.is_empty()).then(|| (c.name().to_string(), by_layer.iter().map(|(&l, v)| (l as f64, mean_std(v.iter().copied()).0)).collect(), colour))
+                let stats: Vec<(usize, (f64, f64))> = by_layer.iter().map(|(&l, v)| (l, mean_std(v.iter().copied()))).collect();
+                (!by_layer.is_empty()).then(|| {
+                    Series::new(c.name(), stats.iter().map(|&(l, (m, _))| (l as f64, m)).collect(), colour)
+                        .std(stats.iter().map(|&(_, (_, s))| s).collect())
+                        .marker(marker)
+                        .dashed(dashed)
+                })
             })
             .collect()
     };
-    let eff = series(|s| s.effectiveness);
-    let prec = series(|s| s.precision);
-    crate::plot::png(path, (900, 620), |root| {
-        let (top, bottom) = root.split_vertically(310);
-        crate::plot::by_layer(&top, &format!("{title}: effectiveness by layer"), "effectiveness", &eff)?;
-        crate::plot::by_layer(&bottom, &format!("{title}: precision (-KL) by layer"), "precision", &prec)
+    let (eff, prec) = (series(|s| s.effectiveness), series(|s| s.precision));
+    let mut top = Panel::new(format!("{title}: effectiveness by layer (mean, bars: ±1 std)"), "effectiveness");
+    let mut bottom = Panel::new(format!("{title}: precision (-KL) by layer (mean, bars: ±1 std)"), "precision (-KL)");
+    top.dodge = true;
+    bottom.dodge = true;
+    crate::plot::png(path, (900, 660), |root| {
+        let (upper, lower) = root.split_vertically(330);
+        crate::plot::by_layer(&upper, &top, &eff)?;
+        crate::plot::by_layer(&lower, &bottom, &prec)
     })
 }
 

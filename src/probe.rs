@@ -83,6 +83,8 @@ pub struct LayerMetrics {
     pub layer: usize,
     pub accuracy: f64,
     pub loss: f64,
+    /// The number of classes (the chance accuracy is its inverse).
+    pub classes: usize,
 }
 
 /// Extracted residuals of one stream: `[samples, layers, d_model]` (the embedding entry dropped, so
@@ -264,7 +266,7 @@ pub fn train(data: &Path, out: &Path, o: &TrainOptions, mut progress: impl FnMut
         weights.index_axis_mut(Axis(0), l).assign(&w);
         let (str_, ste) = (xtr.dot(&w.t()), xte.dot(&w.t()));
         let acc = |s: &Array2<f32>, y: &[i64]| argmax_rows(s.view()).iter().zip(y).filter(|(a, b)| a == b).count() as f64 / y.len() as f64;
-        let m = LayerMetrics { layer: l, accuracy: acc(&ste, &yte), loss: loss(ste.view(), &yte, &o.loss) };
+        let m = LayerMetrics { layer: l, accuracy: acc(&ste, &yte), loss: loss(ste.view(), &yte, &o.loss), classes: o.num_classes };
         rows.push(serde_json::json!({
             "layer": l, "point": format!("blocks.{l}.hook_resid_post"),
             "train_accuracy": acc(&str_, &ytr), "train_loss": loss(str_.view(), &ytr, &o.loss),
@@ -374,7 +376,7 @@ pub fn evaluate(data: &Path, weights: &Path, split_path: &Path, loss_kind: &str)
             confusion[[l, t as usize, p as usize]] += 1;
         }
         let accuracy = pred.iter().zip(&y).filter(|(a, b)| a == b).count() as f64 / y.len() as f64;
-        metrics.push(LayerMetrics { layer: l, accuracy, loss: loss(scores.view(), &y, loss_kind) });
+        metrics.push(LayerMetrics { layer: l, accuracy, loss: loss(scores.view(), &y, loss_kind), classes });
     }
     let best = best_layer(&metrics);
     Ok(Evaluation { metrics, confusion, best, split: sp })
@@ -405,15 +407,25 @@ pub fn write_evaluation(dir: &Path, stem: &str, e: &Evaluation) -> Result<()> {
     write_atomic(&dir.join(format!("{stem}_confusion_best.csv")), best.as_bytes())
 }
 
-/// A PNG of test accuracy and loss against layer, written atomically.
+/// A PNG of test accuracy (on 0..1, with the chance level 1 / classes dashed) and loss against
+/// layer (0-based, `blocks.{layer}.hook_resid_post`), written atomically.
 pub fn plot(path: &Path, metrics: &[LayerMetrics], loss_kind: &str, best: usize) -> Result<()> {
+    use crate::plot::{Panel, Series};
     use plotters::prelude::*;
     let acc: Vec<(f64, f64)> = metrics.iter().map(|m| (m.layer as f64, m.accuracy)).collect();
     let loss: Vec<(f64, f64)> = metrics.iter().map(|m| (m.layer as f64, m.loss)).collect();
-    crate::plot::png(path, (900, 520), |root| {
-        let (top, bottom) = root.split_vertically(260);
-        crate::plot::by_layer(&top, &format!("probe test accuracy by layer (best: layer {best})"), "accuracy", &[("accuracy".into(), acc, BLUE)])?;
-        crate::plot::by_layer(&bottom, &format!("test loss ({loss_kind}) by layer"), "loss", &[("loss".into(), loss, RED)])
+    let classes = metrics.first().map_or(0, |m| m.classes);
+    let mut top = Panel::new(format!("probe test accuracy by layer (best: layer {best})"), "test accuracy");
+    top.y_range = Some((0.0, 1.0));
+    if classes > 0 {
+        let chance = 1.0 / classes as f64;
+        top.reference = Some((chance, format!("chance (1/{classes} = {})", crate::plot::tick_label(chance, 2))));
+    }
+    let bottom = Panel::new(format!("test loss ({loss_kind}) by layer"), format!("test loss ({loss_kind})"));
+    crate::plot::png(path, (900, 560), |root| {
+        let (upper, lower) = root.split_vertically(280);
+        crate::plot::by_layer(&upper, &top, &[Series::new("test accuracy", acc, BLUE)])?;
+        crate::plot::by_layer(&lower, &bottom, &[Series::new("test loss", loss, RED).marker(crate::plot::Marker::Square)])
     })
 }
 
