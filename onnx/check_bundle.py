@@ -44,6 +44,8 @@ class Bundle:
         self.dec_upsample = load(graphs["encodec_decode_upsample"])
         d = self.manifest["decoder"]
         self.L, self.D, self.H, self.hd = d["num_layers"], d["d_model"], d["num_heads"], d["head_dim"]
+        # an fp16 bundle's KV cache (and cross K/V) are float16 (docs/BUNDLE.md, manifest dtype)
+        self.cache_dtype = np.float16 if self.manifest.get("dtype") == "float16" else np.float32
 
     def decode(self, codes):
         """EnCodec decode through its two graphs: codes -> latent -> audio."""
@@ -64,8 +66,8 @@ class Bundle:
 
         def new_cache():
             if garbage:  # finite junk beyond past_len must not matter
-                return rng.standard_normal((B, self.H, cap, self.hd)).astype(np.float32)
-            return np.zeros((B, self.H, cap, self.hd), np.float32)
+                return rng.standard_normal((B, self.H, cap, self.hd)).astype(self.cache_dtype)
+            return np.zeros((B, self.H, cap, self.hd), self.cache_dtype)
 
         keys = [new_cache() for _ in range(self.L)]
         values = [new_cache() for _ in range(self.L)]
@@ -137,8 +139,11 @@ def maxdiff(a, b):
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
 
 
-def check(bundle_dir, reference_dir=None, capacity=None, garbage=False, verbose=True):
-    """Returns a report dict: {"text": {...}, "decoder": {case: [{...per call}]}, "encodec": {...}, "ok": bool}."""
+def check(bundle_dir, reference_dir=None, capacity=None, garbage=False, verbose=True, tol=TOL, codes_exact=True):
+    """Returns a report dict: {"text": {...}, "decoder": {case: [{...per call}]}, "encodec": {...}, "ok": bool}.
+    `tol` bounds the differences of states, logits and audio; `codes_exact=False` reports EnCodec's codes without
+    requiring them equal (float16 changes nearest-code decisions)."""
+    TOL = tol  # noqa: N806
     ref = Path(reference_dir) if reference_dir else Path(bundle_dir) / "reference"
     meta = json.loads((ref / "cases.json").read_text())
     b = Bundle(bundle_dir)
@@ -197,7 +202,7 @@ def check(bundle_dir, reference_dir=None, capacity=None, garbage=False, verbose=
     say(
         f"encodec        codes equal {report['encodec']['codes_equal']}  decoded {report['encodec']['decoded']:.1e}"
     )
-    ok &= report["encodec"]["codes_equal"] and report["encodec"]["decoded"] <= TOL
+    ok &= (report["encodec"]["codes_equal"] or not codes_exact) and report["encodec"]["decoded"] <= TOL
     report["ok"] = bool(ok)
     say("OK" if ok else f"FAILED (tolerance {TOL})")
     return report

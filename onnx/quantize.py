@@ -260,6 +260,8 @@ def main(argv=None):
             f"{src} is bundle format {manifest.get('format_version')}, this quantize.py reads format {FORMAT_VERSION}: "
             "export it again with onnx/export.py"
         )
+    if manifest.get("dtype", "float32") != "float32":
+        raise QuantizeError(f"{src} is a {manifest['dtype']} bundle; quantize an fp32 bundle")
     if manifest.get("precision", {}).get("weights", "fp32") != "fp32":
         raise QuantizeError(f"{src} is already reduced-precision ({manifest['precision']['weights']}); start from an fp32 bundle")
     if args.reference_checkpoint and not (src / "hf" / "config.json").is_file():

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """PyTorch reference outputs of a random-weight bundle: the oracle the Rust tests compare against.
 
-    python onnx/reference.py --bundle tests/data/tiny [--out tests/data/tiny/reference]
+    python onnx/reference.py --bundle tests/data/tiny [--out tests/data/tiny/reference] [--dtype float16|float32]
 
 Loads BUNDLE/hf with transformers (default attention implementation) and runs transformers' own forward
 (MusicgenForConditionalGeneration with its KV cache; T5 and EnCodec as MusicGen calls them), recording
 every hook point with PyTorch hooks and applying the interventions of each case in hooks. It never uses
 the export wrappers. The layout of what it writes is described in onnx/README.md and in cases.json.
+
+--dtype (default: the bundle manifest's dtype) is what transformers computes in. On an fp16 bundle the
+weights are its graphs' weights either way: the decoder, enc_to_dec_proj and EnCodec rounded to float16,
+the text encoder float32 as loaded (mg_dtype.py). Every .npy is written as float32 (or int64).
 """
 
 import argparse
@@ -20,6 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from mg_dtype import DTYPES, as_reference, bundle_dtype  # noqa: E402
 from mg_fs import swap_in  # noqa: E402
 
 PROMPTS = ["80s pop track with bassy drums and synth", "90s rock song with loud guitars and heavy drums"]
@@ -92,6 +97,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True, help="a random-weight bundle folder (with hf/)")
     ap.add_argument("--out", help="output folder (default BUNDLE/reference)")
+    ap.add_argument("--dtype", choices=DTYPES, help="compute type (default: the bundle manifest's dtype)")
     args = ap.parse_args(argv)
     bundle = Path(args.bundle)
     hf_dir = bundle / "hf"
@@ -100,6 +106,10 @@ def main(argv=None):
     if not (bundle / "tokenizer.json").is_file():
         raise RefError(f"{bundle} has no tokenizer.json; re-export the bundle")
     out = Path(args.out) if args.out else bundle / "reference"
+    weights = bundle_dtype(bundle)
+    if weights not in DTYPES:
+        raise RefError(f"{bundle}: manifest dtype {weights!r} is not one of {', '.join(DTYPES)}")
+    dtype = args.dtype or weights
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import numpy as np
@@ -115,6 +125,9 @@ def main(argv=None):
     torch.set_grad_enabled(False)
 
     model = MusicgenForConditionalGeneration.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    # the text encoder's states are cast below, where they enter the decoder (as the bundle's cross_kv does)
+    as_reference(model, weights, dtype, cast_text_output=False)
+    compute = getattr(torch, dtype)
     tcfg, dcfg = model.config.text_encoder, model.config.decoder
     L, D, K, V = dcfg.num_hidden_layers, dcfg.hidden_size, dcfg.num_codebooks, dcfg.vocab_size
     pad = dcfg.pad_token_id
@@ -127,6 +140,10 @@ def main(argv=None):
     def save(rel, arr):
         p = tmp / rel
         p.parent.mkdir(parents=True, exist_ok=True)
+        if arr.dtype == np.float16:
+            arr = arr.astype(np.float32)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise RefError(f"{rel}: not finite in {dtype}")
         np.save(p, np.ascontiguousarray(arr))
         written.append(rel)
 
@@ -177,6 +194,7 @@ def main(argv=None):
         for rel, vec in vectors.items():
             save(rel, vec)
         enc_states = torch.cat([last_hidden, torch.zeros_like(last_hidden)], 0)  # what generate() builds for CFG
+        enc_states = enc_states.to(compute)
         enc_mask = torch.cat([torch.from_numpy(mask), torch.zeros(2, S, dtype=torch.int64)], 0)
         save("decoder/encoder_hidden_states.npy", enc_states.numpy())
         save("decoder/encoder_attention_mask.npy", enc_mask.numpy())
@@ -196,7 +214,7 @@ def main(argv=None):
                 for iv in state["ivs"]:
                     if iv["layer"] != l or iv["component"] != comp:
                         continue
-                    vec = torch.from_numpy(vectors[iv["vector"]])
+                    vec = torch.from_numpy(vectors[iv["vector"]]).to(new.dtype)
                     new = new.clone()
                     for t in range(new.shape[1]):
                         if not position_selected(iv["positions"], start + t):
@@ -290,20 +308,28 @@ def main(argv=None):
             + 0.1 * np.sin(2 * np.pi * 1318.5 * t + 1.0)
             + 0.05 * rng.standard_normal(n)
         ).astype(np.float32)[None, None, :]
-        enc = ae.encode(torch.from_numpy(audio), return_dict=True)  # default bandwidth, as MusicGen calls it
+        enc = ae.encode(torch.from_numpy(audio).to(compute), return_dict=True)  # default bandwidth, as MusicGen calls it
         if enc.audio_codes.shape[0] != 1:
             raise RefError("EnCodec returned more than one chunk; MusicGen needs chunk_length_s null")
         audio_codes = enc.audio_codes[0]  # [1, K, F]
         decoded = ae.decode(enc.audio_codes, [None]).audio_values  # as MusicGen's generate decodes
         save("encodec/audio.npy", audio)
         save("encodec/codes.npy", audio_codes.numpy().astype(np.int64))
-        save("encodec/decoded.npy", decoded.numpy().astype(np.float32))
+        save("encodec/decoded.npy", decoded.float().numpy())
 
         meta = {
             "format": "musicgen-interp-reference",
             "format_version": 1,
             "transformers_version": transformers.__version__,
             "torch_version": torch.__version__.split("+")[0],
+            "dtype": dtype,
+            "weights": weights,
+            "dtype_note": (
+                "float32 everywhere" if weights == dtype == "float32" else
+                f"decoder, enc_to_dec_proj and EnCodec weights {'rounded to float16' if weights == 'float16' else 'float32'}, "
+                f"computing in {dtype}; text encoder float32 (its states cast to {dtype} where they enter the decoder); "
+                "arrays saved as float32"
+            ),
             "attn_implementation": {
                 "decoder": model.decoder.config._attn_implementation,
                 "text_encoder": te.config._attn_implementation,
