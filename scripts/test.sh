@@ -21,6 +21,13 @@ if [ "$(cat tests/data/.stamp 2>/dev/null)" != "$stamp" ]; then
     .venv/bin/python onnx/reference_interchange.py --bundle "tests/data/$preset"
     .venv/bin/python onnx/reference_residuals.py --bundle "tests/data/$preset"
   done
+  # the fp16 profile (GPU hosts): float16 graphs, no CPU copies; transformers in float16 and in float32 on the same rounded weights
+  for preset in tiny tiny2; do
+    .venv/bin/python onnx/export.py --preset "$preset" --random-weights --seed 0 --precision fp16 --out "tests/data/$preset-fp16"
+    .venv/bin/python onnx/reference.py --bundle "tests/data/$preset-fp16"
+    .venv/bin/python onnx/reference.py --bundle "tests/data/$preset-fp16" --dtype float32 --out "tests/data/$preset-fp16/reference-fp32"
+    .venv/bin/python onnx/reference_generate.py --bundle "tests/data/$preset-fp16"
+  done
   .venv/bin/python onnx/make_classifier.py --out tests/data/classifier
   .venv/bin/python onnx/quantize.py --bundle tests/data/tiny --out tests/data/tiny-int8 --bits 8 --reference-checkpoint
   .venv/bin/python onnx/reference.py --bundle tests/data/tiny-int8
