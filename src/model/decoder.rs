@@ -489,10 +489,12 @@ fn bind_cache<T: PrimitiveTensorElementType + std::fmt::Debug>(
 ) -> ort::Result<()> {
     assert!(buffer.is_standard_layout(), "KV cache buffers are allocated in standard layout");
     assert!(offset + shape.iter().product::<i64>() as usize <= buffer.len(), "cache rows within the buffer");
-    // SAFETY: the cache buffers are standard-layout arrays owned by the decoder state, which
-    // outlives the layer call; the pointer covers the asserted range of one buffer. Nothing else
-    // touches the buffer while the graph runs, and the binding that holds the pointer is dropped
-    // before the layer call returns.
+    // SAFETY: `buffer` is a standard-layout (asserted) host array in CPU memory, as `MemoryInfo::
+    // default()` describes it, and the tensor covers `offset .. offset + product(shape)`, within
+    // it (asserted), in `T`, the buffer's own element type. `run_layer`, the only caller, holds
+    // `&mut DecoderState` (owner of the buffer) for its whole body, so nothing else reads, writes,
+    // moves or frees the buffer while the graph may use the pointer; the binding and the run's
+    // outputs that hold it are locals of `run_layer`, dropped before it returns.
     let tensor = unsafe { TensorRefMut::<T>::from_raw(MemoryInfo::default(), buffer.as_mut_ptr().add(offset).cast(), shape.clone())? };
     bind_input(binding, past, tensor.view().into_dyn().deref())?;
     binding.bind_output(present, tensor)
@@ -502,8 +504,11 @@ fn bind_cache<T: PrimitiveTensorElementType + std::fmt::Debug>(
 /// the cache is read where it lies. The caller keeps the data alive until the binding has run.
 fn bind_input(binding: &mut IoBinding, name: &str, value: &ort::value::DynValue) -> ort::Result<()> {
     let name = std::ffi::CString::new(name).expect("input names have no NUL");
-    // SAFETY: both pointers are valid for the call; onnxruntime keeps its own reference to the value
-    // (not to the data, which the caller keeps alive, see above).
+    // SAFETY: `binding` and `value` are live ort handles (`ptr_mut` / `ptr` of borrowed wrappers)
+    // and `name` a NUL-terminated string, all valid for the call, which is what `BindInput`
+    // reads. onnxruntime keeps its own reference to the value (not a copy of its data): the data
+    // must outlive the run, which `run_layer` ensures by keeping every bound view (and the cache
+    // buffer, see `bind_cache`) alive until after `run_binding`.
     unsafe {
         let status = (ort::api().BindInput)(binding.ptr_mut(), name.as_ptr(), value.ptr());
         ort::Error::result_from_status(status)

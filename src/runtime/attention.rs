@@ -91,9 +91,13 @@ fn dims_of(op: &str, q: &[i64], cache: &[i64], heads: usize, past: i64) -> ort::
 /// Raw pointers for the worker closures; each (row, head) unit touches its own part only.
 #[derive(Clone, Copy)]
 struct Ptr<T>(T);
-// SAFETY: the pointers outlive the parallel section (it returns when every part is done) and
-// the parts write disjoint regions (one (row, head) unit's cache rows and output columns each).
+// SAFETY: a `Ptr` is only made in the kernels below, from the tensors of one `compute` call, and
+// only used inside that call's parallel section, which `for_units` returns from after every part
+// has ended: the pointers outlive every thread that reads them. Through them the parts write
+// disjoint regions (unit u: its own `[capacity, head_dim]` cache block and its output columns) and
+// otherwise only read inputs nothing writes during the section.
 unsafe impl<T> Send for Ptr<T> {}
+// SAFETY: as for `Send` above.
 unsafe impl<T> Sync for Ptr<T> {}
 
 /// Runs `unit(0..units)` split into `parts` contiguous ranges, one pool part each.
@@ -162,14 +166,23 @@ impl Operator for CachedAttention {
             // where it lies), the outputs start as copies of the caches.
             for (past, present) in [(past_k, key), (past_v, value)] {
                 if past.0 != present.0.cast_const() {
-                    // SAFETY: both hold `cache_len` values (shapes checked) and are distinct buffers.
+                    // SAFETY: `past` is the past input's data and `present` the present output's,
+                    // both of `cache_shape` (`value_shape == cache_shape` checked above, the
+                    // outputs made with it), so both hold `cache_len` values. They differ, so the
+                    // host did not bind one buffer as both, and onnxruntime never places an output
+                    // it allocates over an input: the regions do not overlap.
                     unsafe { std::ptr::copy_nonoverlapping(past.0, present.0, cache_len) };
                 }
             }
             let (q, k, v) = (Ptr(q.as_ptr()), Ptr(k.as_ptr()), Ptr(v.as_ptr()));
             let unit = move |u: usize, scratch: &mut Scratch| {
                 let (q, k, v, out, key, value) = (q, k, v, out, key, value);
-                // SAFETY: shapes checked above; unit u touches its own cache rows and output columns.
+                // SAFETY: `cached_unit`'s contract: q, k, v and out hold `[rows, new, width]`
+                // (their shapes equal `q_shape`, which `dims_of` matched against the cache with
+                // `width = heads * head_dim`), key and value `[rows, heads, capacity, head_dim]`
+                // (outputs of `cache_shape`), `past + new <= capacity` (checked); `for_units` gives
+                // each u in 0..rows * heads to one part only, and unit u touches only its own
+                // block of the caches and its own output columns.
                 unsafe { cached_unit(q.0, k.0, v.0, key.0, value.0, out.0, d, scale, u, scratch) };
             };
             for_units(d.rows * d.heads, parts, &unit)
@@ -219,7 +232,11 @@ impl Operator for CrossAttention {
             let (q, key, value, kept) = (Ptr(q.as_ptr()), Ptr(key.as_ptr()), Ptr(value.as_ptr()), &kept);
             let unit = move |u: usize, scratch: &mut Scratch| {
                 let (q, key, value, out) = (q, key, value, out);
-                // SAFETY: shapes checked above; unit u writes its own output columns.
+                // SAFETY: `cross_unit`'s contract: q and out hold `[rows, new, width]` (out made
+                // with `q_shape`), key and value `[rows, heads, past, head_dim]` (`dims_of` with
+                // `past` = the key positions, `value_shape == key_shape` checked); `kept` has
+                // `rows` entries of positions `< past` (the mask's shape is `[rows, past]`), and
+                // `for_units` gives each unit to one part, which writes only its output columns.
                 unsafe { cross_unit(q.0, key.0, value.0, out.0, d, scale, &kept[u / d.heads], u, scratch) };
             };
             for_units(d.rows * d.heads, parts, &unit)
@@ -304,8 +321,17 @@ pub unsafe fn cross_unit(
 fn attend(q: &[f32], keys: &[f32], values: &[f32], kept: Option<&[usize]>, scale: f32, out: &mut [f32], scratch: &mut Scratch) {
     #[cfg(target_arch = "x86_64")]
     {
-        if super::matmul::avx2_available() && q.len().is_multiple_of(8) && q.len() <= 8 * avx2::MAX_REGS {
-            // SAFETY: the features were just detected; the head size fits the registers.
+        let hd = q.len();
+        let fits = hd > 0
+            && out.len() == hd
+            && keys.len() == values.len()
+            && kept.is_none_or(|k| k.iter().all(|&p| p < keys.len() / hd));
+        if super::matmul::avx2_available() && fits && hd.is_multiple_of(8) && hd <= 8 * avx2::MAX_REGS {
+            // SAFETY: AVX2 and FMA were just detected. `avx2::attend` reads through raw pointers
+            // with no bounds checks, so the slices were checked just above: `hd` values of `q`
+            // and `out` (a non-zero multiple of 8 up to `8 * MAX_REGS`, the register count the
+            // weighted sum unrolls to), and every attended position `p` (each of `kept`, or
+            // `0..keys.len() / hd`) has `hd` values at `p * hd` in both `keys` and `values`.
             return unsafe { avx2::attend(q, keys, values, kept, scale, out, scratch) };
         }
     }
@@ -458,6 +484,8 @@ mod avx2 {
         for i in 0..=25_000 {
             let x: [f32; 8] = std::array::from_fn(|l| -87.0 * (8 * i + l) as f32 / 200_007.0);
             let mut got = [0f32; 8];
+            // SAFETY: AVX2/FMA were checked at the top of the test; `x` and `got` hold the 8
+            // values each unaligned load and store reads or writes.
             unsafe { _mm256_storeu_ps(got.as_mut_ptr(), exp8(_mm256_loadu_ps(x.as_ptr()))) };
             for l in 0..8 {
                 worst = worst.max(((got[l] - x[l].exp()) / x[l].exp()).abs());
@@ -555,6 +583,8 @@ mod tests {
         let (key0, value0) = (key.clone(), value.clone());
         let mut out = vec![0f32; w];
         for u in 0..d.rows * d.heads {
+            // SAFETY: q, k, v and out are `rows * new * width` long and key, value
+            // `rows * heads * capacity * head_dim`, with past + new <= capacity; one thread.
             unsafe {
                 cached_unit(q.as_ptr(), k.as_ptr(), v.as_ptr(), key.as_mut_ptr(), value.as_mut_ptr(), out.as_mut_ptr(), d, 0.3, u, &mut Scratch::default())
             };

@@ -141,9 +141,12 @@ struct Ptrs {
     y: *mut f32,
     n: usize,
 }
-// SAFETY: the pointers outlive the parallel section (`run` returns after every part is done) and
-// each part writes only its own panels' columns of `y`.
+// SAFETY: `Ptrs` are made only in `matmul_group` from its borrowed `w` and `y` slices and used only
+// by the parts of its one parallel section, which `run` returns from after every part has ended,
+// while those borrows are still held: the pointers outlive every thread that uses them. Through
+// them the parts only read `w` and write disjoint columns of `y` (each part its own panels).
 unsafe impl Send for Ptrs {}
+// SAFETY: as for `Send` above.
 unsafe impl Sync for Ptrs {}
 
 /// Every product `y_i = a · w_i` of one input `a` (`[m, k]`, row-major) by several weights (the q,
@@ -164,8 +167,10 @@ pub fn matmul_group<E>(
     run: impl Fn(&(dyn Fn(usize) + Sync), usize) -> Result<(), E>,
 ) -> Result<(), E> {
     for p in products.iter() {
+        // Checked products: a wrapped one would pass and let the kernels read or write past a buffer.
+        let holds = |len: usize, dims: &[usize]| dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_some_and(|n| len >= n);
         assert!(
-            a.len() >= m * k && p.w.len() >= p.n.div_ceil(PANEL) * k * PANEL && p.y.len() >= m * p.n,
+            holds(a.len(), &[m, k]) && holds(p.w.len(), &[p.n.div_ceil(PANEL), k, PANEL]) && holds(p.y.len(), &[m, p.n]),
             "StreamMatMul: buffers smaller than [{m}, {k}] x [{k}, {}] in panels",
             p.n
         );
@@ -192,8 +197,11 @@ pub fn matmul_group<E>(
             let count = p.n.div_ceil(PANEL);
             let (lo, hi) = (g0.max(first), g1.min(first + count));
             if lo < hi {
-                // SAFETY: in-bounds by the asserts above; this part writes the columns of panels
-                // lo..hi of this product's y only.
+                // SAFETY: `panels_of`'s contract: the asserts above (with non-wrapping products)
+                // give `a` its `m * k` values, `w` its `ceil(n / PANEL)` panels of `k` rows and
+                // `y` its `m * n`; `a` is borrowed shared and `y` mutably by `matmul_group` until
+                // `run` returns, and panels lo..hi (within this product's `count`) belong to part
+                // `i` alone, so no other part writes those columns of `y`.
                 unsafe { panels_of(a_addr as *const f32, m, k, *p, lo - first, hi - first) };
             }
             first += count;
@@ -555,6 +563,8 @@ pub(crate) mod tests {
         let (a, w) = (values(rows * k, 5), values(k * PANEL, 6));
         let start: Vec<[f32; PANEL]> = (0..rows).map(|i| std::array::from_fn(|c| (i * PANEL + c) as f32 * 0.01)).collect();
         let (mut portable, mut vector) = (start.clone(), start);
+        // SAFETY: `a` holds `rows` rows of `k` values, one for each tile row, and `w` a whole
+        // panel of `k` rows, so rows 10..290 are in bounds; `block` checks AVX2 itself.
         unsafe {
             portable_block(a.as_ptr(), k, w.as_ptr(), &mut portable, 10, 290);
             block(a.as_ptr(), k, w.as_ptr(), &mut vector, 10, 290);

@@ -113,9 +113,12 @@ impl Operator for StreamMatMulInt8 {
 /// An output's buffer as an address, for the worker closures; each part writes its own columns.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
-// SAFETY: the buffers outlive the parallel section (`run` returns after every part is done) and
-// parts write disjoint columns.
+// SAFETY: an `Out` is made only in `matmul_int8` from its mutably borrowed `ys` and used only by
+// the parts of its one parallel section, which `run` returns from after every part has ended, while
+// the borrow is still held: the pointer outlives every thread that uses it. The parts write
+// disjoint column ranges of each output and never read it.
 unsafe impl Send for Out {}
+// SAFETY: as for `Send` above.
 unsafe impl Sync for Out {}
 
 /// `ys[i] = a · dequant(weights[i])` for one input `a` (`[m, k]`, row-major) and several weights,
@@ -133,14 +136,16 @@ pub fn matmul_int8<E>(
 ) -> Result<(), E> {
     assert_eq!(weights.len(), ys.len(), "StreamMatMulInt8: one output per weight");
     for (w, y) in weights.iter().zip(ys.iter()) {
+        // Checked products: a wrapped one would pass and let the kernels read or write past a buffer.
+        let holds = |len: usize, dims: &[usize]| dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_some_and(|n| len >= n);
         assert!(
-            a.len() >= m * k
+            holds(a.len(), &[m, k])
                 && w.bs % 16 == 0
                 && w.bs <= 2048
                 && w.blocks == k.div_ceil(w.bs)
-                && w.b.len() >= w.n * w.blocks * w.bs
-                && w.scales.len() >= w.n * w.blocks
-                && y.len() >= m * w.n,
+                && holds(w.b.len(), &[w.n, w.blocks, w.bs])
+                && holds(w.scales.len(), &[w.n, w.blocks])
+                && holds(y.len(), &[m, w.n]),
             "StreamMatMulInt8: buffers smaller than [{m}, {k}] x [{k}, {}]",
             w.n
         );
@@ -167,17 +172,22 @@ pub fn matmul_int8<E>(
     let a_addr = a.as_ptr() as usize;
     let (outs, rows) = (&outs, &rows);
     let part = move |p: usize| {
-        // SAFETY: in-bounds by the asserts above.
+        // SAFETY: `a_addr` is `a`'s start, borrowed shared by `matmul_int8` until `run` returns
+        // (after this part), and the asserts above checked `a.len() >= m * k` without wrapping:
+        // the first `m * k` values are initialized `f32`s nothing writes meanwhile.
         let a = unsafe { std::slice::from_raw_parts(a_addr as *const f32, m * k) };
         for (w, y) in weights.iter().zip(outs) {
             let per = w.n.div_ceil(parts).next_multiple_of(COLS);
             let (n0, n1) = ((p * per).min(w.n), ((p + 1) * per).min(w.n));
             if m > STREAM_MAX_ROWS {
-                // SAFETY: part p writes only columns n0..n1 of y, which holds m * n values.
+                // SAFETY: `gemm_columns`' contract: `y.0` is this weight's output, which holds
+                // `m * w.n` values (asserted), borrowed mutably until `run` returns; parts take the
+                // disjoint ranges `p * per ..`, so only part `p` writes columns n0..n1.
                 unsafe { gemm_columns(a, m, k, w, y.0, n0, n1) };
             } else {
                 let x = &rows.iter().find(|(bs, _)| *bs == w.bs).expect("made above").1;
-                // SAFETY: as above.
+                // SAFETY: `stream_columns`' contract, as for `gemm_columns` above (`x` holds the
+                // same `m` rows, `x.m == m`).
                 unsafe { stream_columns(x, w, y.0, n0, n1) };
             }
         }
@@ -480,7 +490,8 @@ mod tests {
         assert!(crate::runtime::matmul::avx2_available(), "this test needs AVX2 and FMA");
         for c in 0..n {
             let rows = [x.row(0), x.row(1)];
-            // SAFETY: the features were just checked.
+            // SAFETY: AVX2/FMA were just checked; `rows` are two rows of `k` int16 values with
+            // their block scales and `w` a whole weight of `n` columns, `c < n`.
             let v = unsafe { avx2::column(rows, &w, c) };
             let p = portable_column(rows, &w, c);
             for r in 0..2 {

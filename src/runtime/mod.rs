@@ -228,7 +228,8 @@ impl Runtime {
 /// after each session is created and after large transient work.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages; it has no preconditions.
+    // SAFETY: glibc's `malloc_trim` takes the allocator's own locks and only returns free pages to
+    // the system; it takes an integer, touches no live allocation and may run on any thread.
     unsafe {
         libc::malloc_trim(0);
     }
@@ -250,7 +251,9 @@ fn cuda_ep(device_id: i32) -> ort::ep::ExecutionProviderDispatch {
 /// s per second of audio).
 fn fixed_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator policy for later allocations.
+    // SAFETY: glibc's `mallopt` takes the allocator's lock and only changes the threshold later
+    // allocations use (`M_MMAP_THRESHOLD`, a valid parameter, with a value in its range); it
+    // takes integers and touches no live allocation.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }

@@ -54,6 +54,9 @@ pub fn clean_stale_temporaries(dir: &Path) -> usize {
 
 fn process_alive(pid: i32) -> bool {
     // kill(pid, 0) delivers nothing; it fails with ESRCH when no such process exists.
+    // SAFETY: `kill` with signal 0 only checks that `pid` exists and may be signalled; it takes
+    // plain integers, touches no memory of ours and sends nothing. `pid > 0` is checked first, so
+    // it never addresses a process group (0 or negative).
     pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH))
 }
 
@@ -72,6 +75,9 @@ pub fn remove_temporaries_and_exit() -> ! {
     }
     eprintln!("interrupted: no partial output was left (a resumable job goes on from its finished parts when run again)");
     // _exit: no static destructors while onnxruntime's threads may still run.
+    // SAFETY: `_exit` ends the process at once, running no destructors or atexit handlers; nothing
+    // is left half-done that memory safety depends on (the temporaries were removed above and the
+    // registry's lock is held to the end), and it never returns.
     unsafe { libc::_exit(130) }
 }
 

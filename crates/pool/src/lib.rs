@@ -49,6 +49,8 @@
 //! four are SeqCst, so at least one side sees the other: the caller notifies (under the lock, so not
 //! before the worker waits) or the worker sees the new section and does not wait.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 #[cfg(loom)]
 use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 #[cfg(not(loom))]
@@ -155,8 +157,11 @@ impl Board {
     fn claim_and_run(&self, section: u32) -> usize {
         let mut ran = 0;
         while let Some((part, job)) = self.claim(section) {
-            // SAFETY: the claim succeeded while `section` was published, and its publisher waits
-            // for this part's `complete` before it returns or publishes again: `*job` is alive.
+            // SAFETY: the claim's compare-exchange succeeded on a word holding `section` with a
+            // part left, so `section` is still the published one and its publisher (see `publish`'s
+            // contract) keeps `*job` alive until `done` reaches `total`, which needs this part's
+            // `complete` below. The `job` pointer read after the claim is this section's: the
+            // claim's Acquire synchronizes with the publish's store (module docs).
             let job = unsafe { *job };
             let panicked = catch_unwind(AssertUnwindSafe(|| job(part))).is_err();
             self.complete(panicked);
@@ -378,11 +383,14 @@ mod tests {
         let board = Board::new();
         let f = |_: usize| {};
         let job: Job = &f;
+        // SAFETY: this test is the board's only publisher, no section was published before, and
+        // `job` lives to the end of the test.
         let s1 = unsafe { board.publish(2, &job as *const Job as *const Job<'static>) };
         assert!(board.claim(s1).is_some() && board.claim(s1).is_some() && board.claim(s1).is_none());
         board.complete(false);
         board.complete(false);
         assert!(board.finished(2));
+        // SAFETY: the only publisher; section 1 has finished (asserted just above); `job` lives on.
         let s2 = unsafe { board.publish(5, &job as *const Job as *const Job<'static>) };
         assert_ne!(s1, s2);
         assert!(board.claim(s1).is_none());
@@ -413,6 +421,9 @@ mod loom_model {
             calls[i].fetch_add(1, Relaxed);
         };
         let job: Job = &f;
+        // SAFETY: the model's caller thread is the board's only publisher and waits below until
+        // this section has finished before returning (so before the next publish and before `job`,
+        // on this frame, is dropped).
         let section = unsafe { board.publish(total, &job as *const Job as *const Job<'static>) };
         board.claim_and_run(section);
         // Bounded: a `done` count that lost or gained a part would spin here forever.
