@@ -35,8 +35,12 @@ pub struct Library {
     _lib: libloading::Library,
 }
 
-// The descriptor points to statics of the loaded library, which lives as long as this value.
+// SAFETY: `descriptor` points to the loaded library's descriptor: constants (a `'static` in the
+// library, see the SDK's `PluginDescriptor`) that nothing writes and that stay mapped while `_lib`,
+// owned by this value, keeps the library loaded. Sharing or sending it only shares those reads; the
+// calls it leads to (`create`, from any thread) go through `Instance`, which is neither.
 unsafe impl Send for Library {}
+// SAFETY: as for `Send` above.
 unsafe impl Sync for Library {}
 
 impl Library {
@@ -46,9 +50,14 @@ impl Library {
         if !path.is_file() {
             return Err(bad("no such file".into()));
         }
-        // SAFETY: loading a library runs its initialisers; plugins are trusted code the user chose.
+        // SAFETY: loading runs the library's initialisers (and its finalisers at unload): code the
+        // user chose to run by naming the plugin, as trusted as the host itself. Nothing else about
+        // the file is assumed here.
         let lib = unsafe { libloading::Library::new(path) }.map_err(|e| bad(format!("cannot load: {}", crate::error::chain(&e))))?;
         let descriptor = {
+            // SAFETY: the ABI reserves the symbol `musicgen_interp_plugin` for the entry point, whose
+            // type is `extern "C" fn() -> *const PluginDescriptor` in every ABI version; a library
+            // exporting that name promises it. The symbol is used only while `lib` is borrowed.
             let entry: libloading::Symbol<'_, extern "C" fn() -> *const sdk::PluginDescriptor> = unsafe { lib.get(sdk::ENTRY_SYMBOL) }
                 .map_err(|_| bad("not a musicgen-interp plugin (no `musicgen_interp_plugin` symbol)".into()))?;
             entry()
@@ -57,6 +66,9 @@ impl Library {
             return Err(bad("its entry point returned no descriptor".into()));
         }
         // Only the first field is read before the version is known to match.
+        // SAFETY: non-null, and in every ABI version the entry point returns a `#[repr(C)]`
+        // descriptor, living as long as the library, whose first field is the `u32` ABI version:
+        // the pointer is valid and aligned for reading that one `u32`, whatever the rest looks like.
         let abi = unsafe { std::ptr::read(descriptor as *const u32) };
         if abi != ABI_VERSION {
             return Err(bad(format!(
@@ -64,6 +76,9 @@ impl Library {
                 env!("CARGO_PKG_VERSION")
             )));
         }
+        // SAFETY: the ABI version matches this host's, so the non-null `descriptor` points to a
+        // `PluginDescriptor` of this very layout: constants in the library (see the `Send` impl),
+        // valid while `lib` is loaded, which outlives `d`.
         let d = unsafe { &*descriptor };
         let kind = match d.kind {
             sdk::KIND_METHOD if !d.method.is_null() => Kind::Method,
@@ -71,19 +86,46 @@ impl Library {
             sdk::KIND_JUDGE if !d.judge.is_null() => Kind::Judge,
             k => return Err(bad(format!("unknown plugin kind {k}"))),
         };
+        // SAFETY: C ABI contract: `name` is null or a NUL-terminated string valid while the library is
+        // loaded (it is, by `lib`); `read_c` copies it.
         let name = unsafe { sdk::read_c(d.name) }.unwrap_or_default();
+        // SAFETY: as for `name`.
         let version = unsafe { sdk::read_c(d.version) }.unwrap_or_default();
         Ok(Arc::new(Library { path: path.to_path_buf(), name, version, kind, descriptor, _lib: lib }))
     }
 
     fn descriptor(&self) -> &sdk::PluginDescriptor {
+        // SAFETY: `open` made `self.descriptor` only from a non-null descriptor of this ABI version:
+        // a `PluginDescriptor` of this layout, constant, valid while `_lib` keeps the library loaded,
+        // which is as long as `self`, and the returned borrow of `self` is no longer than that.
         unsafe { &*self.descriptor }
+    }
+
+    /// The method vtable; `None` unless the plugin is a method.
+    fn method(&self) -> Option<&sdk::MethodVTable> {
+        // SAFETY: the descriptor's `method` is null or a pointer to the plugin's `static` vtable,
+        // valid as long as the library stays loaded, that is as long as `self` (C ABI contract).
+        (self.kind == Kind::Method).then(|| unsafe { self.descriptor().method.as_ref() }).flatten()
+    }
+
+    /// The probe vtable; `None` unless the plugin is a probe model.
+    fn probe(&self) -> Option<&sdk::ProbeVTable> {
+        // SAFETY: as in `method`, for the descriptor's `probe`.
+        (self.kind == Kind::Probe).then(|| unsafe { self.descriptor().probe.as_ref() }).flatten()
+    }
+
+    /// The judge vtable; `None` unless the plugin is a judge.
+    fn judge(&self) -> Option<&sdk::JudgeVTable> {
+        // SAFETY: as in `method`, for the descriptor's `judge`.
+        (self.kind == Kind::Judge).then(|| unsafe { self.descriptor().judge.as_ref() }).flatten()
     }
 
     /// Creates an instance from JSON settings.
     fn create(self: &Arc<Self>, config_json: &str) -> Result<Instance> {
         let config = CString::new(config_json).map_err(|_| Error::Input("plugin settings contain a NUL byte".into()))?;
-        let ptr = (self.descriptor().create)(config.as_ptr());
+        // SAFETY: C ABI contract for `create`: a NUL-terminated string (the `CString`, alive and
+        // unchanged until the call returns); `create` may be called from any thread.
+        let ptr = unsafe { (self.descriptor().create)(config.as_ptr()) };
         let inst = Instance { lib: self.clone(), ptr };
         if let Some(e) = inst.last_error() {
             return Err(Error::Plugin { plugin: self.name.clone(), reason: e });
@@ -93,6 +135,11 @@ impl Library {
 }
 
 /// One plugin instance; destroyed on drop.
+///
+/// The raw `ptr` makes it neither `Send` nor `Sync`: every call on the instance is made from the
+/// thread that owns it, one at a time (the plugin's calls back into the host, `EditsHandle`'s, make
+/// none). With `ptr` coming from `lib`'s `create` and destroyed only by `Drop`, every call through
+/// it below meets the C ABI contract's rule for `instance`.
 struct Instance {
     lib: Arc<Library>,
     ptr: *mut c_void,
@@ -100,6 +147,8 @@ struct Instance {
 
 impl Instance {
     fn last_error(&self) -> Option<String> {
+        // SAFETY: `self.ptr` is a live instance of this library (see the type's docs); the string
+        // returned is valid until the next call on the instance, and `read_c` copies it before any.
         unsafe { sdk::read_c((self.lib.descriptor().last_error)(self.ptr)) }
     }
 
@@ -116,7 +165,9 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        (self.lib.descriptor().destroy)(self.ptr)
+        // SAFETY: `self.ptr` came from this library's `create` and is given to `destroy` only here,
+        // once; nothing uses it afterwards (`self` is being dropped).
+        unsafe { (self.lib.descriptor().destroy)(self.ptr) }
     }
 }
 
@@ -203,7 +254,9 @@ impl MethodPlugin {
             return Err(Error::Plugin { plugin: lib.name.clone(), reason: format!("is a {:?} plugin, not a method", lib.kind) });
         }
         let instance = lib.create(config_json)?;
-        let m = unsafe { &*lib.descriptor().method };
+        let m = lib.method().ok_or_else(|| Error::Plugin { plugin: lib.name.clone(), reason: "has no method table".into() })?;
+        // SAFETY: `instance.ptr` is a live instance of this library (see `Instance`); the list it
+        // returns stays valid until `destroy`, and `read_c` copies it at once.
         let listed = unsafe { sdk::read_c((m.hook_points)(instance.ptr)) }.unwrap_or_default();
         let mut points = Vec::new();
         for name in listed.lines().filter(|l| !l.trim().is_empty()) {
@@ -227,7 +280,7 @@ impl MethodPlugin {
     }
 
     fn vtable(&self) -> &sdk::MethodVTable {
-        unsafe { &*self.instance.lib.descriptor().method }
+        self.instance.lib.method().expect("a method plugin's library has its method table (checked by `load`)")
     }
 
     fn name_of(&self, point: HookPoint) -> Option<&CString> {
@@ -236,41 +289,72 @@ impl MethodPlugin {
 
     pub fn run_start(&mut self, info_json: &str) -> Result<()> {
         let info = CString::new(info_json).map_err(|_| Error::Input("run info contains a NUL byte".into()))?;
-        let status = (self.vtable().run_start)(self.instance.ptr, info.as_ptr());
+        // SAFETY: a live instance (see `Instance`) and a NUL-terminated string alive until the call
+        // returns.
+        let status = unsafe { (self.vtable().run_start)(self.instance.ptr, info.as_ptr()) };
         self.instance.check(status, || "run start".into())
     }
 
     pub fn run_end(&mut self) -> Result<()> {
-        let status = (self.vtable().run_end)(self.instance.ptr);
+        // SAFETY: a live instance (see `Instance`).
+        let status = unsafe { (self.vtable().run_end)(self.instance.ptr) };
         self.instance.check(status, || "run end".into())
     }
 }
 
+/// What `EditsHandle::host` points to during one `edit_components` call.
 struct EditsHost<'a> {
     edits: &'a mut LayerEdits,
+    /// The first unknown component number the plugin asked for.
+    error: Option<String>,
 }
 
-fn component(c: u32) -> Component {
-    match c {
-        0 => Component::Attn,
-        1 => Component::CrossAttn,
-        _ => Component::Mlp,
+/// The component an ABI number stands for; any other number is an error naming it.
+fn component(c: u32) -> std::result::Result<Component, String> {
+    Ok(match sdk::Component::try_from(c)? {
+        sdk::Component::Attn => Component::Attn,
+        sdk::Component::CrossAttn => Component::CrossAttn,
+        sdk::Component::Mlp => Component::Mlp,
+    })
+}
+
+/// One of the layer's edit buffers for the plugin, or, for an unknown component number, an empty
+/// tensor (non-null dangling pointer, all sizes 0: nothing to read or write) and the error kept for
+/// `edit_components` to report.
+///
+/// # Safety
+/// `host` must be the `EditsHost` pointer of the `EditsHandle` that `edit_components` made, during
+/// that call, with no other reference to the `EditsHost` in use.
+unsafe fn edit_buffer(host: *mut c_void, c: u32, pick: for<'b> fn(&'b mut LayerEdits, Component) -> ArrayViewMut3<'b, f32>) -> sdk::TensorMut {
+    // SAFETY: by this function's contract `host` points to the live `EditsHost` on
+    // `edit_components`' stack, and nothing else uses it until this returns: a unique borrow is
+    // sound. (The pointer handed out below points into the `LayerEdits`' heap buffers, not into the
+    // `EditsHost`.)
+    let host = unsafe { &mut *(host as *mut EditsHost<'_>) };
+    match component(c) {
+        Ok(c) => tensor_mut(pick(host.edits, c)),
+        Err(e) => {
+            host.error.get_or_insert(e);
+            sdk::TensorMut { data: std::ptr::NonNull::<f32>::dangling().as_ptr(), rows: 0, positions: 0, width: 0 }
+        }
     }
 }
 
-extern "C" fn edits_add(host: *mut c_void, c: u32) -> sdk::TensorMut {
-    let host = unsafe { &mut *(host as *mut EditsHost<'_>) };
-    tensor_mut(host.edits.add(component(c)))
+unsafe extern "C" fn edits_add(host: *mut c_void, c: u32) -> sdk::TensorMut {
+    // SAFETY: the plugin calls this through the handle with the handle's `host`, during
+    // `edit_components` (the `EditsHandle` functions' contract); `edit_components` itself does not
+    // touch the `EditsHost` until the plugin returns.
+    unsafe { edit_buffer(host, c, |e, c| e.add(c)) }
 }
 
-extern "C" fn edits_replace(host: *mut c_void, c: u32) -> sdk::TensorMut {
-    let host = unsafe { &mut *(host as *mut EditsHost<'_>) };
-    tensor_mut(host.edits.replace(component(c)).0)
+unsafe extern "C" fn edits_replace(host: *mut c_void, c: u32) -> sdk::TensorMut {
+    // SAFETY: as in `edits_add`.
+    unsafe { edit_buffer(host, c, |e, c| e.replace(c).0) }
 }
 
-extern "C" fn edits_mask(host: *mut c_void, c: u32) -> sdk::TensorMut {
-    let host = unsafe { &mut *(host as *mut EditsHost<'_>) };
-    tensor_mut(host.edits.replace(component(c)).1)
+unsafe extern "C" fn edits_mask(host: *mut c_void, c: u32) -> sdk::TensorMut {
+    // SAFETY: as in `edits_add`.
+    unsafe { edit_buffer(host, c, |e, c| e.replace(c).1) }
 }
 
 impl Hooks for MethodPlugin {
@@ -286,7 +370,7 @@ impl Hooks for MethodPlugin {
         if !self.points.iter().any(|p| matches!(p, HookPoint::Component(l, _) if *l == layer)) {
             return Ok(());
         }
-        let mut host = EditsHost { edits };
+        let mut host = EditsHost { edits, error: None };
         let handle = sdk::EditsHandle {
             host: &mut host as *mut EditsHost<'_> as *mut c_void,
             add: edits_add,
@@ -294,33 +378,51 @@ impl Hooks for MethodPlugin {
             mask: edits_mask,
         };
         let c = context(ctx);
-        let status = (self.vtable().edit_components)(self.instance.ptr, &c, layer as u64, &handle);
+        // SAFETY: a live instance (see `Instance`); `c` and `handle` live on this stack frame until
+        // the call returns, and `handle.host` points to `host`, which nothing here touches until
+        // then. The buffers its functions hand out belong to `edits`, borrowed mutably by this
+        // function, so nothing else reads or writes them during the call; they are allocated once
+        // per component and never moved or freed while `edits` is borrowed.
+        let status = unsafe { (self.vtable().edit_components)(self.instance.ptr, &c, layer as u64, &handle) };
+        if let Some(reason) = host.error {
+            return Err(Error::Plugin { plugin: self.name().to_string(), reason: format!("editing layer {layer}: {reason}") });
+        }
         self.instance.check(status, || format!("editing layer {layer}"))
     }
 
     fn on_residual(&mut self, ctx: &ForwardContext, point: HookPoint, h: ArrayViewMut3<'_, f32>) -> Result<()> {
         let Some(name) = self.name_of(point) else { return Ok(()) };
         let c = context(ctx);
-        let status = (self.vtable().on_residual)(self.instance.ptr, &c, name.as_ptr() as *const c_char, tensor_mut(h));
+        // SAFETY: a live instance (see `Instance`); `c` and the `CString` `name` (owned by `self`)
+        // outlive the call; `h` is a standard-layout view (`tensor_mut` asserts it) borrowed
+        // mutably by this function, so the plugin has its elements to itself during the call.
+        let status = unsafe { (self.vtable().on_residual)(self.instance.ptr, &c, name.as_ptr() as *const c_char, tensor_mut(h)) };
         self.instance.check(status, || point.to_string())
     }
 
     fn on_component(&mut self, ctx: &ForwardContext, point: HookPoint, out: ArrayView3<'_, f32>) -> Result<()> {
         let Some(name) = self.name_of(point) else { return Ok(()) };
+        // The ABI's tensors are row-major: a strided view is copied first.
+        let out = out.as_standard_layout();
         let (rows, positions, width) = out.dim();
         let t = sdk::Tensor { data: out.as_ptr(), rows: rows as u64, positions: positions as u64, width: width as u64 };
         let c = context(ctx);
-        let status = (self.vtable().on_component)(self.instance.ptr, &c, name.as_ptr(), t);
+        // SAFETY: a live instance (see `Instance`); `c`, `name` and `out` (standard layout, exactly
+        // `rows * positions * width` values at `t.data`, borrowed shared so unchanged) outlive the
+        // call.
+        let status = unsafe { (self.vtable().on_component)(self.instance.ptr, &c, name.as_ptr(), t) };
         self.instance.check(status, || point.to_string())
     }
 
     fn step_end(&mut self, step: usize) -> Result<()> {
-        let status = (self.vtable().step_end)(self.instance.ptr, step as u64);
+        // SAFETY: a live instance (see `Instance`).
+        let status = unsafe { (self.vtable().step_end)(self.instance.ptr, step as u64) };
         self.instance.check(status, || format!("end of step {step}"))
     }
 
     fn exit_after(&self) -> Option<usize> {
-        let k = (self.vtable().exit_after)(self.instance.ptr);
+        // SAFETY: a live instance (see `Instance`).
+        let k = unsafe { (self.vtable().exit_after)(self.instance.ptr) };
         (k > 0).then_some(k as usize)
     }
 }
@@ -344,7 +446,7 @@ impl ProbePlugin {
     }
 
     fn vtable(&self) -> &sdk::ProbeVTable {
-        unsafe { &*self.instance.lib.descriptor().probe }
+        self.instance.lib.probe().expect("a probe plugin's library has its probe table (checked by `load`)")
     }
 
     fn matrix<'a>(x: &'a ndarray::ArrayView2<'_, f32>) -> (sdk::Matrix, ndarray::CowArray<'a, f32, ndarray::Ix2>) {
@@ -358,14 +460,19 @@ impl ProbePlugin {
             return Err(Error::Input(format!("{} labels for {} feature rows", labels.len(), x.nrows())));
         }
         let (m, _keep) = Self::matrix(&x);
-        let status = (self.vtable().fit)(self.instance.ptr, m, labels.as_ptr(), classes as u64);
+        // SAFETY: a live instance (see `Instance`); `m` points into `_keep` (standard layout,
+        // `rows * cols` values) and `labels` holds `m.rows` values (checked above), both borrowed
+        // shared until the call returns.
+        let status = unsafe { (self.vtable().fit)(self.instance.ptr, m, labels.as_ptr(), classes as u64) };
         self.instance.check(status, || "fit".into())
     }
 
     pub fn predict(&mut self, x: ndarray::ArrayView2<'_, f32>) -> Result<Vec<i64>> {
         let (m, _keep) = Self::matrix(&x);
         let mut out = vec![0i64; x.nrows()];
-        let status = (self.vtable().predict)(self.instance.ptr, m, out.as_mut_ptr());
+        // SAFETY: a live instance (see `Instance`); `m` points into `_keep` as in `fit`, and `out`
+        // is this function's own buffer of `m.rows` values.
+        let status = unsafe { (self.vtable().predict)(self.instance.ptr, m, out.as_mut_ptr()) };
         self.instance.check(status, || "predict".into())?;
         Ok(out)
     }
@@ -373,20 +480,25 @@ impl ProbePlugin {
     pub fn scores(&mut self, x: ndarray::ArrayView2<'_, f32>, classes: usize) -> Result<ndarray::Array2<f32>> {
         let (m, _keep) = Self::matrix(&x);
         let mut out = ndarray::Array2::<f32>::zeros((x.nrows(), classes));
-        let status = (self.vtable().scores)(self.instance.ptr, m, out.as_mut_ptr());
+        // SAFETY: a live instance (see `Instance`); `m` points into `_keep` as in `fit`, and `out`
+        // is this function's own standard-layout buffer of `m.rows * classes` values, the room the
+        // ABI gives `scores` for the `classes` passed.
+        let status = unsafe { (self.vtable().scores)(self.instance.ptr, m, classes as u64, out.as_mut_ptr()) };
         self.instance.check(status, || "scores".into())?;
         Ok(out)
     }
 
     pub fn save(&mut self, path: &Path) -> Result<()> {
         let p = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| Error::Input("path contains NUL".into()))?;
-        let status = (self.vtable().save)(self.instance.ptr, p.as_ptr());
+        // SAFETY: a live instance (see `Instance`); `p` is NUL-terminated and outlives the call.
+        let status = unsafe { (self.vtable().save)(self.instance.ptr, p.as_ptr()) };
         self.instance.check(status, || "save".into())
     }
 
     pub fn load_weights(&mut self, path: &Path) -> Result<()> {
         let p = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| Error::Input("path contains NUL".into()))?;
-        let status = (self.vtable().load)(self.instance.ptr, p.as_ptr());
+        // SAFETY: a live instance (see `Instance`); `p` is NUL-terminated and outlives the call.
+        let status = unsafe { (self.vtable().load)(self.instance.ptr, p.as_ptr()) };
         self.instance.check(status, || "load".into())
     }
 }
@@ -405,9 +517,12 @@ impl JudgePlugin {
             return Err(Error::Plugin { plugin: lib.name.clone(), reason: format!("is a {:?} plugin, not a judge", lib.kind) });
         }
         let instance = lib.create(config_json)?;
-        let j = unsafe { &*lib.descriptor().judge };
+        let j = lib.judge().ok_or_else(|| Error::Plugin { plugin: lib.name.clone(), reason: "has no judge table".into() })?;
+        // SAFETY: a live instance (see `Instance`); the list it returns stays valid until `destroy`,
+        // and `read_c` copies it at once.
         let labels: Vec<String> = unsafe { sdk::read_c((j.labels)(instance.ptr)) }.unwrap_or_default().lines().map(str::to_string).collect();
-        let sample_rate = (j.sample_rate)(instance.ptr);
+        // SAFETY: a live instance (see `Instance`).
+        let sample_rate = unsafe { (j.sample_rate)(instance.ptr) };
         instance.check(if sample_rate > 0 { sdk::OK } else { sdk::ERROR }, || "sample rate".into())?;
         if labels.is_empty() {
             return Err(Error::Plugin { plugin: lib.name.clone(), reason: "names no labels".into() });
@@ -434,9 +549,44 @@ impl JudgePlugin {
         let audio = audio.as_standard_layout();
         let m = sdk::Matrix { data: audio.as_ptr(), rows: audio.nrows() as u64, cols: audio.ncols() as u64 };
         let mut out = ndarray::Array2::<f32>::zeros((audio.nrows(), self.labels.len()));
-        let j = unsafe { &*self.instance.lib.descriptor().judge };
-        let status = (j.judge)(self.instance.ptr, m, out.as_mut_ptr());
+        let j = self.instance.lib.judge().expect("a judge plugin's library has its judge table (checked by `load`)");
+        // SAFETY: a live instance (see `Instance`); `m` points into `audio` (standard layout,
+        // `rows * cols` values, borrowed shared) and `out` is this function's own buffer of
+        // `rows * labels` values, `labels` being the lines the plugin's `labels` listed (`load`).
+        let status = unsafe { (j.judge)(self.instance.ptr, m, out.as_mut_ptr()) };
         self.instance.check(status, || "judging clips".into())?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_numbers_map_and_unknown_ones_are_errors_naming_the_value() {
+        assert_eq!(component(0), Ok(Component::Attn));
+        assert_eq!(component(1), Ok(Component::CrossAttn));
+        assert_eq!(component(2), Ok(Component::Mlp));
+        for n in [3, 42, u32::MAX] {
+            let err = component(n).unwrap_err();
+            assert!(err.contains(&format!("unknown component number {n}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_component_gets_an_empty_tensor_and_is_reported() {
+        let mut edits = LayerEdits::new(2, 3, 4);
+        let mut host = EditsHost { edits: &mut edits, error: None };
+        let ptr = &mut host as *mut EditsHost<'_> as *mut c_void;
+        // SAFETY: `ptr` points to `host`, live and otherwise unused during these calls, as
+        // `edit_components` hands it to a plugin.
+        let (known, unknown) = unsafe { (edits_add(ptr, 2), edits_mask(ptr, 7)) };
+        assert_eq!((known.rows, known.positions, known.width), (2, 3, 4));
+        assert!(!unknown.data.is_null());
+        assert_eq!((unknown.rows, unknown.positions, unknown.width), (0, 0, 0));
+        let err = host.error.expect("the unknown component is kept as the call's error");
+        assert!(err.contains("unknown component number 7"), "{err}");
+        assert!(edits.add(Component::Mlp).iter().all(|&x| x == 0.0));
     }
 }

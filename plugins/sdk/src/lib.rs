@@ -11,6 +11,8 @@
 //! audio clips) and call [`export_method!`], [`export_probe!`] or [`export_judge!`]. Panics are caught at the boundary and reported as errors with the panic's
 //! message; an `Err(String)` is reported the same way. See `plugins/README.md` for a guide.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -20,11 +22,30 @@ pub mod npy;
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3};
 
 /// The plugin ABI version this SDK speaks. A host refuses plugins whose descriptor says otherwise.
-/// Version 2 added the judge kind (the descriptor's `judge` field) and the methods' `exit_after`.
-pub const ABI_VERSION: u32 = 2;
+/// Version 2 added the judge kind (the descriptor's `judge` field) and the methods' `exit_after`;
+/// version 3 gives a probe's `scores` the length of each row of its output (the host's class count),
+/// so a plugin never writes past the host's buffer.
+pub const ABI_VERSION: u32 = 3;
 
 /// The symbol every plugin exports: `extern "C" fn() -> *const PluginDescriptor`.
 pub const ENTRY_SYMBOL: &[u8] = b"musicgen_interp_plugin\0";
+
+// The C ABI contract. Every pointer the host passes to a plugin function, and every pointer a
+// plugin function returns, follows these rules; the `unsafe` code of both sides relies on them.
+//
+// - `instance` is null or a value this plugin's `create` returned and `destroy` has not yet been
+//   given; the host makes one call at a time on an instance (never two concurrently).
+// - Strings are null or NUL-terminated, unchanged for the call's duration. A string a plugin returns
+//   (`name`, `version`, `last_error`, `hook_points`, `labels`) stays valid until the next call on the
+//   same instance (`name` / `version`: while the library is loaded).
+// - `TensorMut` / `Tensor` / `Matrix`: `data` is non-null and aligned for `f32` and points to
+//   `rows * positions * width` (`rows * cols`) values, row-major, for the call's duration; a
+//   `TensorMut` is the only access to those values until the call returns.
+// - `labels` of `fit` holds `features.rows` values; `out` of `predict` has room for `features.rows`
+//   values, of `scores` for `features.rows * classes`, of `judge` for `audio.rows * labels`, where
+//   `labels` is the count of lines `labels` returned.
+// - `ctx` and `edits` point to live values for the call's duration; the tensors `EditsHandle`'s
+//   functions return follow the `TensorMut` rule until `edit_components` returns.
 
 /// Status codes of every call.
 pub const OK: i32 = 0;
@@ -81,54 +102,62 @@ pub struct HookContext {
 /// Component edit buffers of one layer for one forward, handed out by the host on request.
 /// `component`: 0 self-attention, 1 cross-attention, 2 MLP. The result is
 /// `out * (1 - mask) + replace * mask + add`.
+/// An unknown `component` gets an empty tensor (non-null dangling `data`, all sizes 0) and the
+/// host fails the call with an error naming the value.
+///
+/// The functions are `unsafe`: `host` must be the handle's own `host` pointer, called during the
+/// `edit_components` call that received the handle.
 #[repr(C)]
 pub struct EditsHandle {
     pub host: *mut c_void,
-    pub add: extern "C" fn(host: *mut c_void, component: u32) -> TensorMut,
-    pub replace: extern "C" fn(host: *mut c_void, component: u32) -> TensorMut,
-    pub mask: extern "C" fn(host: *mut c_void, component: u32) -> TensorMut,
+    pub add: unsafe extern "C" fn(host: *mut c_void, component: u32) -> TensorMut,
+    pub replace: unsafe extern "C" fn(host: *mut c_void, component: u32) -> TensorMut,
+    pub mask: unsafe extern "C" fn(host: *mut c_void, component: u32) -> TensorMut,
 }
 
-/// Function pointers of a method plugin. `instance` is what `create` returned.
+/// Function pointers of a method plugin. `instance` is what `create` returned. Every function is
+/// `unsafe`: its arguments must follow the C ABI contract above.
 #[repr(C)]
 pub struct MethodVTable {
     /// Hook point names this instance wants, one per line (valid until `destroy`).
-    pub hook_points: extern "C" fn(instance: *mut c_void) -> *const c_char,
-    pub on_residual: extern "C" fn(instance: *mut c_void, ctx: *const HookContext, point: *const c_char, h: TensorMut) -> i32,
-    pub on_component: extern "C" fn(instance: *mut c_void, ctx: *const HookContext, point: *const c_char, out: Tensor) -> i32,
-    pub edit_components: extern "C" fn(instance: *mut c_void, ctx: *const HookContext, layer: u64, edits: *const EditsHandle) -> i32,
+    pub hook_points: unsafe extern "C" fn(instance: *mut c_void) -> *const c_char,
+    pub on_residual: unsafe extern "C" fn(instance: *mut c_void, ctx: *const HookContext, point: *const c_char, h: TensorMut) -> i32,
+    pub on_component: unsafe extern "C" fn(instance: *mut c_void, ctx: *const HookContext, point: *const c_char, out: Tensor) -> i32,
+    pub edit_components: unsafe extern "C" fn(instance: *mut c_void, ctx: *const HookContext, layer: u64, edits: *const EditsHandle) -> i32,
     /// `info`: JSON with the run's settings and `output_dir`.
-    pub run_start: extern "C" fn(instance: *mut c_void, info: *const c_char) -> i32,
-    pub step_end: extern "C" fn(instance: *mut c_void, step: u64) -> i32,
-    pub run_end: extern "C" fn(instance: *mut c_void) -> i32,
+    pub run_start: unsafe extern "C" fn(instance: *mut c_void, info: *const c_char) -> i32,
+    pub step_end: unsafe extern "C" fn(instance: *mut c_void, step: u64) -> i32,
+    pub run_end: unsafe extern "C" fn(instance: *mut c_void) -> i32,
     /// Layers the decoder runs before the final LayerNorm and heads; 0 = all (DecoderLens's early
     /// exit is a plugin that answers k).
-    pub exit_after: extern "C" fn(instance: *mut c_void) -> u64,
+    pub exit_after: unsafe extern "C" fn(instance: *mut c_void) -> u64,
 }
 
-/// Function pointers of a probe-model plugin.
+/// Function pointers of a probe-model plugin (`unsafe`: arguments under the C ABI contract).
 #[repr(C)]
 pub struct ProbeVTable {
     /// `labels`: `features.rows` class ids in `0 .. classes`.
-    pub fit: extern "C" fn(instance: *mut c_void, features: Matrix, labels: *const i64, classes: u64) -> i32,
+    pub fit: unsafe extern "C" fn(instance: *mut c_void, features: Matrix, labels: *const i64, classes: u64) -> i32,
     /// Writes `features.rows` class ids to `out`.
-    pub predict: extern "C" fn(instance: *mut c_void, features: Matrix, out: *mut i64) -> i32,
-    /// Writes `features.rows x classes` scores (probabilities or decision values) to `out`.
-    pub scores: extern "C" fn(instance: *mut c_void, features: Matrix, out: *mut f32) -> i32,
-    pub save: extern "C" fn(instance: *mut c_void, path: *const c_char) -> i32,
-    pub load: extern "C" fn(instance: *mut c_void, path: *const c_char) -> i32,
+    pub predict: unsafe extern "C" fn(instance: *mut c_void, features: Matrix, out: *mut i64) -> i32,
+    /// Writes `features.rows x classes` scores (probabilities or decision values) to `out`; a
+    /// plugin whose model has another class count fails the call instead.
+    pub scores: unsafe extern "C" fn(instance: *mut c_void, features: Matrix, classes: u64, out: *mut f32) -> i32,
+    pub save: unsafe extern "C" fn(instance: *mut c_void, path: *const c_char) -> i32,
+    pub load: unsafe extern "C" fn(instance: *mut c_void, path: *const c_char) -> i32,
 }
 
-/// Function pointers of a judge plugin: an audio classifier.
+/// Function pointers of a judge plugin: an audio classifier (`unsafe`: arguments under the C ABI
+/// contract).
 #[repr(C)]
 pub struct JudgeVTable {
     /// The sample rate the judge wants its audio at (the host resamples).
-    pub sample_rate: extern "C" fn(instance: *mut c_void) -> u32,
+    pub sample_rate: unsafe extern "C" fn(instance: *mut c_void) -> u32,
     /// Class names, one per line, in output order (valid until `destroy`).
-    pub labels: extern "C" fn(instance: *mut c_void) -> *const c_char,
+    pub labels: unsafe extern "C" fn(instance: *mut c_void) -> *const c_char,
     /// `audio`: `[clips, samples]` mono at `sample_rate`; writes `clips x labels` probabilities
-    /// (each row sums to 1) to `out`.
-    pub judge: extern "C" fn(instance: *mut c_void, audio: Matrix, out: *mut f32) -> i32,
+    /// (each row sums to 1) to `out`, `labels` being the count of lines `labels` returned.
+    pub judge: unsafe extern "C" fn(instance: *mut c_void, audio: Matrix, out: *mut f32) -> i32,
 }
 
 /// What [`ENTRY_SYMBOL`] returns. `abi_version` must stay the first field in every ABI version.
@@ -140,10 +169,11 @@ pub struct PluginDescriptor {
     pub version: *const c_char,
     /// Creates an instance from a JSON settings string. Never null: a failed creation returns an
     /// instance whose `last_error` says why (and which the host then destroys).
-    pub create: extern "C" fn(config_json: *const c_char) -> *mut c_void,
-    pub destroy: extern "C" fn(instance: *mut c_void),
+    pub create: unsafe extern "C" fn(config_json: *const c_char) -> *mut c_void,
+    /// Frees an instance; the host makes no call on it afterwards.
+    pub destroy: unsafe extern "C" fn(instance: *mut c_void),
     /// The message of the last failed call (or failed creation), or null.
-    pub last_error: extern "C" fn(instance: *mut c_void) -> *const c_char,
+    pub last_error: unsafe extern "C" fn(instance: *mut c_void) -> *const c_char,
     /// Non-null for `KIND_METHOD`.
     pub method: *const MethodVTable,
     /// Non-null for `KIND_PROBE`.
@@ -152,14 +182,16 @@ pub struct PluginDescriptor {
     pub judge: *const JudgeVTable,
 }
 
-// The descriptor holds only pointers to statics.
+// SAFETY: a descriptor's pointers are to immutable data that lives as long as the library: the
+// `'static` C strings of `leak_c` and the `static` vtables; nothing is written through them, so
+// sharing or sending the descriptor between threads reads the same constants.
 unsafe impl Sync for PluginDescriptor {}
+// SAFETY: as for `Sync` above: only pointers to immutable statics (a `OnceLock` static needs both).
 unsafe impl Send for PluginDescriptor {}
-unsafe impl Sync for MethodVTable {}
-unsafe impl Sync for ProbeVTable {}
-unsafe impl Sync for JudgeVTable {}
+// The vtables hold only function pointers, which are `Send + Sync` whatever their signatures: they
+// need no `unsafe impl`.
 
-/// Which layer component an edit is for.
+/// Which layer component an edit is for (the `component` number of [`EditsHandle`]'s functions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Component {
     Attn = 0,
@@ -167,27 +199,58 @@ pub enum Component {
     Mlp = 2,
 }
 
+impl Component {
+    /// Every component, in ABI number order.
+    pub const ALL: [Component; 3] = [Component::Attn, Component::CrossAttn, Component::Mlp];
+}
+
+impl TryFrom<u32> for Component {
+    type Error = String;
+
+    /// The component an ABI number stands for; any other number is an error that names it.
+    fn try_from(n: u32) -> Result<Component, String> {
+        match n {
+            0 => Ok(Component::Attn),
+            1 => Ok(Component::CrossAttn),
+            2 => Ok(Component::Mlp),
+            n => Err(format!("unknown component number {n} (0 self-attention, 1 cross-attention, 2 MLP)")),
+        }
+    }
+}
+
 /// Edits a method plugin makes to one layer's components (see [`EditsHandle`]).
+///
+/// Made only by [`rt::edits`], whose caller promises that the handle and the tensors its functions
+/// return follow the C ABI contract for `'a`.
 pub struct Edits<'a> {
     handle: &'a EditsHandle,
 }
 
-impl<'a> Edits<'a> {
-    fn view(t: TensorMut) -> ArrayViewMut3<'a, f32> {
-        // SAFETY: the host hands out a live, exclusive [rows, positions, width] buffer for this call.
-        unsafe { ArrayViewMut3::from_shape_ptr((t.rows as usize, t.positions as usize, t.width as usize), t.data) }
+impl Edits<'_> {
+    /// The view of one edit buffer, borrowing `self` mutably: one view at a time per `Edits`, so
+    /// asking twice for the same buffer cannot give two live `&mut` views of it.
+    fn view(&mut self, get: unsafe extern "C" fn(*mut c_void, u32) -> TensorMut, component: Component) -> ArrayViewMut3<'_, f32> {
+        // SAFETY: `self.handle` came through `rt::edits`, whose caller promised the C ABI contract:
+        // `get` is one of the handle's functions, called with the handle's own `host` during the
+        // `edit_components` call that lasts at least as long as `self`.
+        let t = unsafe { get(self.handle.host, component as u32) };
+        // SAFETY: by the same contract the tensor is live, aligned and `rows * positions * width`
+        // values long until `edit_components` returns, which outlives this borrow of `self`; the
+        // host hands out no other access to it meanwhile, and the `&mut self` borrow keeps this
+        // `Edits` from handing out a second view while this one lives.
+        unsafe { rt::view_mut(t) }
     }
     /// The term added to `component`'s output (zero until changed).
-    pub fn add(&mut self, component: Component) -> ArrayViewMut3<'a, f32> {
-        Self::view((self.handle.add)(self.handle.host, component as u32))
+    pub fn add(&mut self, component: Component) -> ArrayViewMut3<'_, f32> {
+        self.view(self.handle.add, component)
     }
     /// The replacement values for `component`'s output (used where the mask is 1).
-    pub fn replace(&mut self, component: Component) -> ArrayViewMut3<'a, f32> {
-        Self::view((self.handle.replace)(self.handle.host, component as u32))
+    pub fn replace(&mut self, component: Component) -> ArrayViewMut3<'_, f32> {
+        self.view(self.handle.replace, component)
     }
     /// The replace mask for `component` (1 replace, 0 keep).
-    pub fn mask(&mut self, component: Component) -> ArrayViewMut3<'a, f32> {
-        Self::view((self.handle.mask)(self.handle.host, component as u32))
+    pub fn mask(&mut self, component: Component) -> ArrayViewMut3<'_, f32> {
+        self.view(self.handle.mask, component)
     }
 }
 
@@ -292,20 +355,26 @@ fn c_string(s: String) -> CString {
 }
 
 /// SDK-internal runtime of the export macros.
+///
+/// Every function that reads through a pointer the host passed is `unsafe`: the `extern "C"`
+/// functions that `export_method!` / `export_probe!` / `export_judge!` write (themselves `unsafe`,
+/// see the vtables) call them with the host's arguments, whose validity the C ABI contract (at the
+/// top of this file) promises.
 #[doc(hidden)]
-// Called only by the `extern "C"` functions that `export_plugin!` writes, with the pointers the host
-// passed them under the C ABI's contract (plugin_abi.h): live, of the stated shapes, for the call's
-// duration. Marking each `unsafe` would only move the same promise into the macro's expansion.
-#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub mod rt {
     use super::*;
 
     /// Runs `f` on the instance, catching panics and storing any error; returns OK or ERROR.
-    pub fn call<T>(instance: *mut c_void, f: impl FnOnce(&mut T) -> Result<(), String>) -> i32 {
+    ///
+    /// # Safety
+    /// `instance` must be null or a pointer `create::<T>` returned that `destroy::<T>` has not been
+    /// given, and no other call may use the same instance until this one returns.
+    pub unsafe fn call<T>(instance: *mut c_void, f: impl FnOnce(&mut T) -> Result<(), String>) -> i32 {
         if instance.is_null() {
             return ERROR;
         }
-        // SAFETY: the host only passes instances this plugin's `create` returned.
+        // SAFETY: non-null, so by this function's contract a live `Box<Instance<T>>` that `create`
+        // leaked, used by no other call now: a unique reference for this call is sound.
         let inst = unsafe { &mut *(instance as *mut Instance<T>) };
         let Some(plugin) = inst.plugin.as_mut() else {
             return ERROR;
@@ -323,10 +392,20 @@ pub mod rt {
         }
     }
 
-    pub fn create<T>(config: *const c_char, make: fn(&str) -> Result<T, String>, points: fn(&T) -> Vec<String>) -> *mut c_void {
+    /// Makes an instance (never null: a failed creation keeps its error for `last_error`).
+    ///
+    /// # Safety
+    /// `config` must be null or a NUL-terminated string left unchanged until this returns.
+    pub unsafe fn create<T>(config: *const c_char, make: fn(&str) -> Result<T, String>, points: fn(&T) -> Vec<String>) -> *mut c_void {
         quiet_panics();
         let result = catch_unwind(|| {
-            let config = if config.is_null() { "" } else { unsafe { CStr::from_ptr(config) }.to_str().map_err(|e| e.to_string())? };
+            let config = if config.is_null() {
+                ""
+            } else {
+                // SAFETY: non-null, so by this function's contract a NUL-terminated string that
+                // stays unchanged while the `&str` (dropped before `create` returns) lives.
+                unsafe { CStr::from_ptr(config) }.to_str().map_err(|e| e.to_string())?
+            };
             make(config)
         });
         let inst = match result {
@@ -340,50 +419,183 @@ pub mod rt {
         Box::into_raw(Box::new(inst)) as *mut c_void
     }
 
-    pub fn destroy<T>(instance: *mut c_void) {
+    /// Frees an instance.
+    ///
+    /// # Safety
+    /// `instance` must be null or a pointer `create::<T>` returned, given here once, with no call
+    /// on it running now or made afterwards.
+    pub unsafe fn destroy<T>(instance: *mut c_void) {
         if !instance.is_null() {
-            // SAFETY: created by `create` with Box::into_raw; the host destroys each instance once.
+            // SAFETY: by this function's contract `instance` is the `Box::into_raw` of `create::<T>`,
+            // freed only here, once, and unused afterwards: taking the box back is sound.
             let _ = catch_unwind(|| drop(unsafe { Box::from_raw(instance as *mut Instance<T>) }));
         }
     }
 
-    pub fn last_error<T>(instance: *mut c_void) -> *const c_char {
+    /// The last error's message, or null; valid until the next call on the instance.
+    ///
+    /// # Safety
+    /// As for [`call`].
+    pub unsafe fn last_error<T>(instance: *mut c_void) -> *const c_char {
         if instance.is_null() {
             return std::ptr::null();
         }
+        // SAFETY: non-null, so by this function's contract a live `Instance<T>` from `create` that
+        // no other call uses now; only read here.
         let inst = unsafe { &*(instance as *const Instance<T>) };
         inst.error.as_ref().map_or(std::ptr::null(), |e| e.as_ptr())
     }
 
-    pub fn hook_points<T>(instance: *mut c_void) -> *const c_char {
+    /// The hook points (a method) or labels (a judge) listed at creation, one per line; valid until
+    /// `destroy`. Null for a null instance.
+    ///
+    /// # Safety
+    /// As for [`call`].
+    pub unsafe fn hook_points<T>(instance: *mut c_void) -> *const c_char {
+        if instance.is_null() {
+            return std::ptr::null();
+        }
+        // SAFETY: non-null, so by this function's contract a live `Instance<T>` from `create` that
+        // no other call uses now; only read here.
         let inst = unsafe { &*(instance as *const Instance<T>) };
         inst.hook_points.as_ptr()
     }
 
-    pub fn str_arg<'a>(p: *const c_char) -> Result<&'a str, String> {
+    /// How many lines [`hook_points`] lists: a judge's label count, as the host counts it.
+    ///
+    /// # Safety
+    /// As for [`call`].
+    pub unsafe fn listed<T>(instance: *mut c_void) -> usize {
+        if instance.is_null() {
+            return 0;
+        }
+        // SAFETY: as in `hook_points`.
+        let inst = unsafe { &*(instance as *const Instance<T>) };
+        inst.hook_points.to_string_lossy().lines().count()
+    }
+
+    /// A string argument (an error for null or invalid UTF-8).
+    ///
+    /// # Safety
+    /// `p` must be null or a NUL-terminated string left unchanged for `'a`.
+    pub unsafe fn str_arg<'a>(p: *const c_char) -> Result<&'a str, String> {
         if p.is_null() {
             return Err("null string from the host".into());
         }
+        // SAFETY: non-null, so by this function's contract NUL-terminated and unchanged for `'a`.
         unsafe { CStr::from_ptr(p) }.to_str().map_err(|e| e.to_string())
     }
 
-    pub fn view_mut<'a>(t: TensorMut) -> ArrayViewMut3<'a, f32> {
-        // SAFETY: the host passes a live exclusive buffer of this shape for the call's duration.
-        unsafe { ArrayViewMut3::from_shape_ptr((t.rows as usize, t.positions as usize, t.width as usize), t.data) }
+    /// The hook context (an error for null).
+    ///
+    /// # Safety
+    /// `ctx` must be null or point to a `HookContext` left unchanged for `'a`.
+    pub unsafe fn context<'a>(ctx: *const HookContext) -> Result<&'a HookContext, String> {
+        // SAFETY: by this function's contract null (then `None`) or a live, aligned `HookContext`
+        // that nothing writes during `'a`.
+        unsafe { ctx.as_ref() }.ok_or_else(|| "null hook context from the host".into())
     }
 
-    pub fn view<'a>(t: Tensor) -> ArrayView3<'a, f32> {
-        unsafe { ArrayView3::from_shape_ptr((t.rows as usize, t.positions as usize, t.width as usize), t.data) }
+    /// `rows * positions * width` as a length, if it fits.
+    fn len3(rows: u64, positions: u64, width: u64) -> usize {
+        let n = rows.checked_mul(positions).and_then(|n| n.checked_mul(width)).and_then(|n| usize::try_from(n).ok());
+        n.filter(|&n| n <= isize::MAX as usize / std::mem::size_of::<f32>()).expect("tensor size overflows the address space")
     }
 
-    pub fn matrix<'a>(m: Matrix) -> ArrayView2<'a, f32> {
-        unsafe { ArrayView2::from_shape_ptr((m.rows as usize, m.cols as usize), m.data) }
+    /// A mutable view of the host's activation.
+    ///
+    /// # Safety
+    /// `t.data` must be non-null, aligned, and point to `rows * positions * width` `f32`s, row-major,
+    /// valid for reads and writes and accessed through nothing else during `'a`.
+    pub unsafe fn view_mut<'a>(t: TensorMut) -> ArrayViewMut3<'a, f32> {
+        let shape = (t.rows as usize, t.positions as usize, t.width as usize);
+        len3(t.rows, t.positions, t.width);
+        // SAFETY: by this function's contract `data` is non-null, aligned and exclusively ours for
+        // `'a` over exactly the elements of this standard-layout shape, whose byte size `len3`
+        // checked fits in `isize`.
+        unsafe { ArrayViewMut3::from_shape_ptr(shape, t.data) }
     }
 
-    pub fn edits(handle: *const EditsHandle) -> Edits<'static> {
-        Edits { handle: unsafe { &*handle } }
+    /// A read-only view of the host's activation.
+    ///
+    /// # Safety
+    /// `t.data` must be non-null, aligned, and point to `rows * positions * width` `f32`s, row-major,
+    /// that nothing writes during `'a`.
+    pub unsafe fn view<'a>(t: Tensor) -> ArrayView3<'a, f32> {
+        let shape = (t.rows as usize, t.positions as usize, t.width as usize);
+        len3(t.rows, t.positions, t.width);
+        // SAFETY: by this function's contract `data` is non-null, aligned, readable and unchanged
+        // for `'a` over exactly the elements of this shape, whose byte size `len3` checked.
+        unsafe { ArrayView3::from_shape_ptr(shape, t.data) }
+    }
+
+    /// A read-only view of the host's matrix.
+    ///
+    /// # Safety
+    /// `m.data` must be non-null, aligned, and point to `rows * cols` `f32`s, row-major, that
+    /// nothing writes during `'a`.
+    pub unsafe fn matrix<'a>(m: Matrix) -> ArrayView2<'a, f32> {
+        let shape = (m.rows as usize, m.cols as usize);
+        len3(m.rows, m.cols, 1);
+        // SAFETY: by this function's contract `data` is non-null, aligned, readable and unchanged
+        // for `'a` over exactly the elements of this shape, whose byte size `len3` checked.
+        unsafe { ArrayView2::from_shape_ptr(shape, m.data) }
+    }
+
+    /// The probe's `labels` argument: `rows` class ids.
+    ///
+    /// # Safety
+    /// `labels` must be non-null, aligned, and point to `rows` `i64`s that nothing writes during `'a`.
+    pub unsafe fn labels<'a>(labels: *const i64, rows: u64) -> Result<&'a [i64], String> {
+        if labels.is_null() {
+            return Err("null labels from the host".into());
+        }
+        let rows = usize::try_from(rows).map_err(|_| format!("{rows} labels do not fit in memory"))?;
+        // SAFETY: non-null, so by this function's contract aligned, `rows` values long, readable
+        // and unchanged for `'a`; a live buffer of that many `i64`s fits in `isize` bytes.
+        Ok(unsafe { std::slice::from_raw_parts(labels, rows) })
+    }
+
+    /// The component edits of one `edit_components` call.
+    ///
+    /// # Safety
+    /// `handle` must be non-null, point to an `EditsHandle` left unchanged for `'a`, and its functions,
+    /// called with its `host`, must return tensors that follow [`view_mut`]'s contract for `'a`
+    /// (the C ABI contract for the `edit_components` call that lasts `'a`).
+    pub unsafe fn edits<'a>(handle: *const EditsHandle) -> Result<Edits<'a>, String> {
+        // SAFETY: by this function's contract null (then `None`) or a live handle for `'a`.
+        let handle = unsafe { handle.as_ref() }.ok_or("null edits handle from the host")?;
+        Ok(Edits { handle })
+    }
+
+    /// Writes `values` to the host's `out`, which has room for exactly `room` values; a different
+    /// count (the plugin's own result) is an error naming `what`, and nothing is written.
+    ///
+    /// # Safety
+    /// `out` must be null or aligned and valid for writes of `room` values of `E`, accessed through
+    /// nothing else until this returns.
+    pub unsafe fn write_out<E: Copy>(out: *mut E, room: u64, values: &[E], what: &str) -> Result<(), String> {
+        if values.len() as u64 != room {
+            return Err(format!("{what}: {} values for the host's {room}", values.len()));
+        }
+        if values.is_empty() {
+            return Ok(());
+        }
+        if out.is_null() {
+            return Err("null output buffer from the host".into());
+        }
+        // SAFETY: `out` is non-null, so by this function's contract aligned and writable for `room`
+        // values, which is exactly `values.len()` (checked above); a host buffer does not overlap
+        // the plugin's freshly computed `values`.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out, values.len()) };
+        Ok(())
     }
 }
+
+// The `extern "C"` functions the export macros write are `unsafe`: only the host calls them, through
+// the descriptor's vtables, and the C ABI contract (at the top of this file) is its promise about
+// their arguments. Each one's `unsafe` block hands those arguments to the `rt` functions whose
+// `# Safety` sections restate the part of the contract they rely on.
 
 /// Exports a [`Method`] implementation as this library's plugin.
 #[macro_export]
@@ -392,42 +604,65 @@ macro_rules! export_method {
         const _: () = {
             use $crate::rt;
             use std::ffi::{c_char, c_void};
-            extern "C" fn create(config: *const c_char) -> *mut c_void {
-                rt::create::<$t>(config, <$t as $crate::Method>::create, <$t as $crate::Method>::hook_points)
+            unsafe extern "C" fn create(config: *const c_char) -> *mut c_void {
+                // SAFETY: C ABI contract: `config` is null or a NUL-terminated string, unchanged
+                // during this call.
+                unsafe { rt::create::<$t>(config, <$t as $crate::Method>::create, <$t as $crate::Method>::hook_points) }
             }
-            extern "C" fn destroy(i: *mut c_void) {
-                rt::destroy::<$t>(i)
+            unsafe extern "C" fn destroy(i: *mut c_void) {
+                // SAFETY: C ABI contract: `i` is null or from `create`, destroyed once, unused afterwards.
+                unsafe { rt::destroy::<$t>(i) }
             }
-            extern "C" fn last_error(i: *mut c_void) -> *const c_char {
-                rt::last_error::<$t>(i)
+            unsafe extern "C" fn last_error(i: *mut c_void) -> *const c_char {
+                // SAFETY: C ABI contract: `i` is null or a live instance, one call at a time.
+                unsafe { rt::last_error::<$t>(i) }
             }
-            extern "C" fn hook_points(i: *mut c_void) -> *const c_char {
-                rt::hook_points::<$t>(i)
+            unsafe extern "C" fn hook_points(i: *mut c_void) -> *const c_char {
+                // SAFETY: C ABI contract: `i` is null or a live instance, one call at a time.
+                unsafe { rt::hook_points::<$t>(i) }
             }
-            extern "C" fn on_residual(i: *mut c_void, ctx: *const $crate::HookContext, point: *const c_char, h: $crate::TensorMut) -> i32 {
-                rt::call::<$t>(i, |p| $crate::Method::on_residual(p, unsafe { &*ctx }, rt::str_arg(point)?, rt::view_mut(h)))
+            unsafe extern "C" fn on_residual(i: *mut c_void, ctx: *const $crate::HookContext, point: *const c_char, h: $crate::TensorMut) -> i32 {
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call; `ctx` and
+                // `point` are live and unchanged, and `h` is ours alone, until this call returns,
+                // which outlives every borrow the closure makes of them.
+                unsafe { rt::call::<$t>(i, |p| $crate::Method::on_residual(p, rt::context(ctx)?, rt::str_arg(point)?, rt::view_mut(h))) }
             }
-            extern "C" fn on_component(i: *mut c_void, ctx: *const $crate::HookContext, point: *const c_char, out: $crate::Tensor) -> i32 {
-                rt::call::<$t>(i, |p| $crate::Method::on_component(p, unsafe { &*ctx }, rt::str_arg(point)?, rt::view(out)))
+            unsafe extern "C" fn on_component(i: *mut c_void, ctx: *const $crate::HookContext, point: *const c_char, out: $crate::Tensor) -> i32 {
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call; `ctx`,
+                // `point` and `out` are live and unchanged until this call returns, which outlives
+                // every borrow the closure makes of them.
+                unsafe { rt::call::<$t>(i, |p| $crate::Method::on_component(p, rt::context(ctx)?, rt::str_arg(point)?, rt::view(out))) }
             }
-            extern "C" fn edit_components(i: *mut c_void, ctx: *const $crate::HookContext, layer: u64, edits: *const $crate::EditsHandle) -> i32 {
-                rt::call::<$t>(i, |p| $crate::Method::edit_components(p, unsafe { &*ctx }, layer as usize, &mut rt::edits(edits)))
+            unsafe extern "C" fn edit_components(i: *mut c_void, ctx: *const $crate::HookContext, layer: u64, edits: *const $crate::EditsHandle) -> i32 {
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call; `ctx` and
+                // `edits` are live until this call returns, and the tensors `edits` hands out are
+                // ours alone until then; the `Edits` made here is dropped before it returns.
+                unsafe {
+                    rt::call::<$t>(i, |p| $crate::Method::edit_components(p, rt::context(ctx)?, layer as usize, &mut rt::edits(edits)?))
+                }
             }
-            extern "C" fn run_start(i: *mut c_void, info: *const c_char) -> i32 {
-                rt::call::<$t>(i, |p| $crate::Method::run_start(p, rt::str_arg(info)?))
+            unsafe extern "C" fn run_start(i: *mut c_void, info: *const c_char) -> i32 {
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call; `info` is a
+                // NUL-terminated string unchanged until this call returns.
+                unsafe { rt::call::<$t>(i, |p| $crate::Method::run_start(p, rt::str_arg(info)?)) }
             }
-            extern "C" fn step_end(i: *mut c_void, step: u64) -> i32 {
-                rt::call::<$t>(i, |p| $crate::Method::step_end(p, step))
+            unsafe extern "C" fn step_end(i: *mut c_void, step: u64) -> i32 {
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call.
+                unsafe { rt::call::<$t>(i, |p| $crate::Method::step_end(p, step)) }
             }
-            extern "C" fn run_end(i: *mut c_void) -> i32 {
-                rt::call::<$t>(i, |p| $crate::Method::run_end(p))
+            unsafe extern "C" fn run_end(i: *mut c_void) -> i32 {
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call.
+                unsafe { rt::call::<$t>(i, |p| $crate::Method::run_end(p)) }
             }
-            extern "C" fn exit_after(i: *mut c_void) -> u64 {
+            unsafe extern "C" fn exit_after(i: *mut c_void) -> u64 {
                 let mut k = 0;
-                rt::call::<$t>(i, |p| {
-                    k = $crate::Method::exit_after(p).unwrap_or(0) as u64;
-                    Ok(())
-                });
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call.
+                unsafe {
+                    rt::call::<$t>(i, |p| {
+                        k = $crate::Method::exit_after(p).unwrap_or(0) as u64;
+                        Ok(())
+                    })
+                };
                 k
             }
             static VTABLE: $crate::MethodVTable = $crate::MethodVTable {
@@ -461,45 +696,61 @@ macro_rules! export_probe {
             fn no_points(_: &$t) -> Vec<String> {
                 Vec::new()
             }
-            extern "C" fn create(config: *const c_char) -> *mut c_void {
-                rt::create::<$t>(config, <$t as $crate::ProbeModel>::create, no_points)
+            unsafe extern "C" fn create(config: *const c_char) -> *mut c_void {
+                // SAFETY: C ABI contract: `config` is null or a NUL-terminated string, unchanged
+                // during this call.
+                unsafe { rt::create::<$t>(config, <$t as $crate::ProbeModel>::create, no_points) }
             }
-            extern "C" fn destroy(i: *mut c_void) {
-                rt::destroy::<$t>(i)
+            unsafe extern "C" fn destroy(i: *mut c_void) {
+                // SAFETY: C ABI contract: `i` is null or from `create`, destroyed once, unused afterwards.
+                unsafe { rt::destroy::<$t>(i) }
             }
-            extern "C" fn last_error(i: *mut c_void) -> *const c_char {
-                rt::last_error::<$t>(i)
+            unsafe extern "C" fn last_error(i: *mut c_void) -> *const c_char {
+                // SAFETY: C ABI contract: `i` is null or a live instance, one call at a time.
+                unsafe { rt::last_error::<$t>(i) }
             }
-            extern "C" fn fit(i: *mut c_void, x: $crate::Matrix, labels: *const i64, classes: u64) -> i32 {
-                rt::call::<$t>(i, |p| {
-                    let y = unsafe { std::slice::from_raw_parts(labels, x.rows as usize) };
-                    $crate::ProbeModel::fit(p, rt::matrix(x), y, classes as usize)
-                })
+            unsafe extern "C" fn fit(i: *mut c_void, x: $crate::Matrix, labels: *const i64, classes: u64) -> i32 {
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call; `x` and
+                // `labels` (`x.rows` values) are live and unchanged until this call returns.
+                unsafe { rt::call::<$t>(i, |p| $crate::ProbeModel::fit(p, rt::matrix(x), rt::labels(labels, x.rows)?, classes as usize)) }
             }
-            extern "C" fn predict(i: *mut c_void, x: $crate::Matrix, out: *mut i64) -> i32 {
-                rt::call::<$t>(i, |p| {
-                    let labels = $crate::ProbeModel::predict(p, rt::matrix(x))?;
-                    if labels.len() != x.rows as usize {
-                        return Err(format!("predict returned {} labels for {} rows", labels.len(), x.rows));
-                    }
-                    unsafe { std::ptr::copy_nonoverlapping(labels.as_ptr(), out, labels.len()) };
-                    Ok(())
-                })
+            unsafe extern "C" fn predict(i: *mut c_void, x: $crate::Matrix, out: *mut i64) -> i32 {
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call; `x` is live
+                // and unchanged, and `out` has room for `x.rows` values, until this call returns.
+                unsafe {
+                    rt::call::<$t>(i, |p| {
+                        let labels = $crate::ProbeModel::predict(p, rt::matrix(x))?;
+                        if labels.len() as u64 != x.rows {
+                            return Err(format!("predict returned {} labels for {} rows", labels.len(), x.rows));
+                        }
+                        rt::write_out(out, x.rows, &labels, "predict")
+                    })
+                }
             }
-            extern "C" fn scores(i: *mut c_void, x: $crate::Matrix, out: *mut f32) -> i32 {
-                rt::call::<$t>(i, |p| {
-                    let s = $crate::ProbeModel::scores(p, rt::matrix(x))?;
-                    let s = s.as_standard_layout();
-                    let flat = s.as_slice().expect("standard layout");
-                    unsafe { std::ptr::copy_nonoverlapping(flat.as_ptr(), out, flat.len()) };
-                    Ok(())
-                })
+            unsafe extern "C" fn scores(i: *mut c_void, x: $crate::Matrix, classes: u64, out: *mut f32) -> i32 {
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call; `x` is live
+                // and unchanged, and `out` has room for `x.rows * classes` values, until this call
+                // returns.
+                unsafe {
+                    rt::call::<$t>(i, |p| {
+                        let s = $crate::ProbeModel::scores(p, rt::matrix(x))?;
+                        if s.dim() != (x.rows as usize, classes as usize) {
+                            return Err(format!("scores returned {:?} values for {} rows and {classes} classes", s.dim(), x.rows));
+                        }
+                        let s = s.as_standard_layout();
+                        rt::write_out(out, x.rows * classes, s.as_slice().expect("standard layout"), "scores")
+                    })
+                }
             }
-            extern "C" fn save(i: *mut c_void, path: *const c_char) -> i32 {
-                rt::call::<$t>(i, |p| $crate::ProbeModel::save(p, rt::str_arg(path)?))
+            unsafe extern "C" fn save(i: *mut c_void, path: *const c_char) -> i32 {
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call; `path` is a
+                // NUL-terminated string unchanged until this call returns.
+                unsafe { rt::call::<$t>(i, |p| $crate::ProbeModel::save(p, rt::str_arg(path)?)) }
             }
-            extern "C" fn load(i: *mut c_void, path: *const c_char) -> i32 {
-                rt::call::<$t>(i, |p| $crate::ProbeModel::load(p, rt::str_arg(path)?))
+            unsafe extern "C" fn load(i: *mut c_void, path: *const c_char) -> i32 {
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call; `path` is a
+                // NUL-terminated string unchanged until this call returns.
+                unsafe { rt::call::<$t>(i, |p| $crate::ProbeModel::load(p, rt::str_arg(path)?)) }
             }
             static VTABLE: $crate::ProbeVTable = $crate::ProbeVTable { fit, predict, scores, save, load };
             static DESCRIPTOR: std::sync::OnceLock<$crate::PluginDescriptor> = std::sync::OnceLock::new();
@@ -530,38 +781,50 @@ macro_rules! export_judge {
             fn labels_of(j: &$t) -> Vec<String> {
                 <$t as $crate::Judge>::labels(j)
             }
-            extern "C" fn create(config: *const c_char) -> *mut c_void {
-                rt::create::<$t>(config, <$t as $crate::Judge>::create, labels_of)
+            unsafe extern "C" fn create(config: *const c_char) -> *mut c_void {
+                // SAFETY: C ABI contract: `config` is null or a NUL-terminated string, unchanged
+                // during this call.
+                unsafe { rt::create::<$t>(config, <$t as $crate::Judge>::create, labels_of) }
             }
-            extern "C" fn destroy(i: *mut c_void) {
-                rt::destroy::<$t>(i)
+            unsafe extern "C" fn destroy(i: *mut c_void) {
+                // SAFETY: C ABI contract: `i` is null or from `create`, destroyed once, unused afterwards.
+                unsafe { rt::destroy::<$t>(i) }
             }
-            extern "C" fn last_error(i: *mut c_void) -> *const c_char {
-                rt::last_error::<$t>(i)
+            unsafe extern "C" fn last_error(i: *mut c_void) -> *const c_char {
+                // SAFETY: C ABI contract: `i` is null or a live instance, one call at a time.
+                unsafe { rt::last_error::<$t>(i) }
             }
-            extern "C" fn sample_rate(i: *mut c_void) -> u32 {
+            unsafe extern "C" fn sample_rate(i: *mut c_void) -> u32 {
                 let mut rate = 0;
-                rt::call::<$t>(i, |p| {
-                    rate = $crate::Judge::sample_rate(p);
-                    Ok(())
-                });
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call.
+                unsafe {
+                    rt::call::<$t>(i, |p| {
+                        rate = $crate::Judge::sample_rate(p);
+                        Ok(())
+                    })
+                };
                 rate
             }
-            extern "C" fn labels(i: *mut c_void) -> *const c_char {
-                rt::hook_points::<$t>(i)
+            unsafe extern "C" fn labels(i: *mut c_void) -> *const c_char {
+                // SAFETY: C ABI contract: `i` is null or a live instance, one call at a time.
+                unsafe { rt::hook_points::<$t>(i) }
             }
-            extern "C" fn judge(i: *mut c_void, audio: $crate::Matrix, out: *mut f32) -> i32 {
-                rt::call::<$t>(i, |p| {
-                    let probs = $crate::Judge::judge(p, rt::matrix(audio))?;
-                    let classes = $crate::Judge::labels(p).len();
-                    if probs.dim() != (audio.rows as usize, classes) {
-                        return Err(format!("judge returned {:?} probabilities for {} clips and {classes} labels", probs.dim(), audio.rows));
-                    }
-                    let probs = probs.as_standard_layout();
-                    let flat = probs.as_slice().expect("standard layout");
-                    unsafe { std::ptr::copy_nonoverlapping(flat.as_ptr(), out, flat.len()) };
-                    Ok(())
-                })
+            unsafe extern "C" fn judge(i: *mut c_void, audio: $crate::Matrix, out: *mut f32) -> i32 {
+                // SAFETY: C ABI contract: `i` is a live instance used by no other call (read twice
+                // here, one call after the other); `audio` is live and unchanged, and `out` has
+                // room for `audio.rows` times as many values as `labels` listed lines, until this
+                // call returns.
+                unsafe {
+                    let classes = rt::listed::<$t>(i);
+                    rt::call::<$t>(i, |p| {
+                        let probs = $crate::Judge::judge(p, rt::matrix(audio))?;
+                        if probs.dim() != (audio.rows as usize, classes) {
+                            return Err(format!("judge returned {:?} probabilities for {} clips and {classes} labels", probs.dim(), audio.rows));
+                        }
+                        let probs = probs.as_standard_layout();
+                        rt::write_out(out, audio.rows * classes as u64, probs.as_slice().expect("standard layout"), "judge")
+                    })
+                }
             }
             static VTABLE: $crate::JudgeVTable = $crate::JudgeVTable { sample_rate, labels, judge };
             static DESCRIPTOR: std::sync::OnceLock<$crate::PluginDescriptor> = std::sync::OnceLock::new();
@@ -596,6 +859,36 @@ pub unsafe fn read_c(p: *const c_char) -> Option<String> {
     if p.is_null() {
         None
     } else {
+        // SAFETY: non-null, so by this function's contract a NUL-terminated string, read (and
+        // copied) before returning.
         Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_numbers_round_trip_and_unknown_ones_are_named() {
+        for c in Component::ALL {
+            assert_eq!(Component::try_from(c as u32), Ok(c));
+        }
+        for n in [3, 7, u32::MAX] {
+            let err = Component::try_from(n).unwrap_err();
+            assert!(err.contains(&format!("unknown component number {n}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn write_out_refuses_a_count_other_than_the_hosts_room() {
+        let mut out = [0i64; 2];
+        // SAFETY: `out` is a live local array with room for exactly 2 values.
+        let err = unsafe { rt::write_out(out.as_mut_ptr(), 2, &[1, 2, 3], "predict") }.unwrap_err();
+        assert!(err.contains("3 values for the host's 2"), "{err}");
+        assert_eq!(out, [0, 0]);
+        // SAFETY: as above.
+        unsafe { rt::write_out(out.as_mut_ptr(), 2, &[4, 5], "predict") }.unwrap();
+        assert_eq!(out, [4, 5]);
     }
 }
