@@ -225,6 +225,8 @@ fn ctrl_c_exits_130_and_leaves_no_output() {
         seen.push_str(&line);
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: kill takes plain integers and touches no memory; the pid is this test's own child,
+    // not yet waited for, so it cannot have been reused.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
