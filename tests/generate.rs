@@ -16,16 +16,25 @@ fn reference(preset: &str) -> PathBuf {
     fixture(preset).join("reference/generate")
 }
 
-fn greedy_case(preset: &str, case: &str) {
+/// Greedy generation (guidance 3) of the reference's prompts and steps: (codes, transformers'
+/// codes, the model). The audio prompt is encoded by the model, or with `their_prompt_codes` taken
+/// from transformers' own codes (to compare the decoder alone).
+fn greedy_run(preset: &str, case: &str, their_prompt_codes: bool) -> (ndarray::Array3<i64>, ndarray::Array3<i64>, musicgen_interp::model::MusicGen) {
     let r = reference(preset);
     let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(r.join("cases.json")).unwrap()).unwrap();
     let prompts: Vec<String> = serde_json::from_value(cases["prompts"].clone()).unwrap();
     let steps = cases["max_new_tokens"].as_u64().unwrap() as usize;
     assert!(steps >= 50);
     let mut m = load(preset);
+    let want = npy::<i64>(r.join(format!("{case}/codes.npy"))).into_dimensionality::<Ix3>().unwrap();
     let audio_codes = (case == "audio").then(|| {
         let prompt = npy::<f32>(r.join("audio/prompt.npy")).into_dimensionality::<Ix3>().unwrap();
-        m.encodec.encode(prompt.view()).unwrap()
+        let codes = m.encodec.encode(prompt.view()).unwrap();
+        if their_prompt_codes {
+            want.slice(ndarray::s![.., .., ..codes.shape()[2]]).to_owned()
+        } else {
+            codes
+        }
     });
     let request = GenerationRequest {
         prompts,
@@ -36,12 +45,16 @@ fn greedy_case(preset: &str, case: &str) {
     };
     let out = generate(&mut m, &request, &mut NoHooks, |_, _| {}).unwrap();
     assert_eq!(out.steps, steps);
-    let want = npy::<i64>(r.join(format!("{case}/codes.npy"))).into_dimensionality::<Ix3>().unwrap();
     assert_eq!(out.codes.shape(), want.shape(), "{preset} {case}: code shape");
-    let differ = out.codes.iter().zip(want.iter()).filter(|(a, b)| a != b).count();
+    (out.codes, want, m)
+}
+
+fn greedy_case(preset: &str, case: &str) {
+    let (codes, want, mut m) = greedy_run(preset, case, false);
+    let differ = codes.iter().zip(want.iter()).filter(|(a, b)| a != b).count();
     assert_eq!(differ, 0, "{preset} {case}: {differ} of {} codes differ from transformers generate()", want.len());
-    let wave = m.encodec.decode(out.codes.view()).unwrap();
-    let want_wave = npy::<f32>(r.join(format!("{case}/waveform.npy"))).into_dimensionality::<Ix3>().unwrap();
+    let wave = m.encodec.decode(codes.view()).unwrap();
+    let want_wave = npy::<f32>(reference(preset).join(format!("{case}/waveform.npy"))).into_dimensionality::<Ix3>().unwrap();
     assert_close(&format!("{preset} {case}: waveform"), &wave, &want_wave, 1e-4);
 }
 
@@ -60,33 +73,14 @@ fn greedy_text_prompt_matches_transformers_generate() {
 #[test]
 fn fp16_greedy_codes_agree_with_transformers_generate_in_float16() {
     for preset in ["tiny-fp16", "tiny2-fp16"] {
+        let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(reference(preset).join("cases.json")).unwrap()).unwrap();
+        assert_eq!(cases["dtype"], "float16");
         for case in ["text", "audio"] {
-            let r = reference(preset);
-            let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(r.join("cases.json")).unwrap()).unwrap();
-            assert_eq!(cases["dtype"], "float16");
-            let prompts: Vec<String> = serde_json::from_value(cases["prompts"].clone()).unwrap();
-            let steps = cases["max_new_tokens"].as_u64().unwrap() as usize;
-            assert!(steps >= 50);
-            let mut m = load(preset);
-            let want = npy::<i64>(r.join(format!("{case}/codes.npy"))).into_dimensionality::<Ix3>().unwrap();
-            let audio_codes = (case == "audio").then(|| {
-                let prompt = npy::<f32>(r.join("audio/prompt.npy")).into_dimensionality::<Ix3>().unwrap();
-                let frames = m.encodec.encode(prompt.view()).unwrap().shape()[2];
-                want.slice(ndarray::s![.., .., ..frames]).to_owned()
-            });
-            let request = GenerationRequest {
-                prompts,
-                audio_codes,
-                max_new_tokens: steps,
-                sampling: SamplingConfig { guidance_scale: 3.0, top_k: 1, temperature: 1.0, seed: 0 },
-                ..Default::default()
-            };
-            let out = generate(&mut m, &request, &mut NoHooks, |_, _| {}).unwrap();
-            assert_eq!(out.codes.shape(), want.shape(), "{preset} {case}: code shape");
-            let same = out.codes.iter().zip(want.iter()).filter(|(a, b)| a == b).count();
+            let (codes, want, _) = greedy_run(preset, case, true);
+            let same = codes.iter().zip(want.iter()).filter(|(a, b)| a == b).count();
             let agreement = same as f64 / want.len() as f64;
             let first: Vec<Option<usize>> = (0..want.shape()[0])
-                .map(|b| (0..want.shape()[2]).find(|&t| (0..want.shape()[1]).any(|k| out.codes[[b, k, t]] != want[[b, k, t]])))
+                .map(|b| (0..want.shape()[2]).find(|&t| (0..want.shape()[1]).any(|k| codes[[b, k, t]] != want[[b, k, t]])))
                 .collect();
             eprintln!(
                 "{preset} {case}: {same} of {} codes equal to transformers float16 ({:.1}%); first differing frame per row {first:?}",

@@ -61,16 +61,20 @@ impl Graph {
         Ok(())
     }
 
-    /// Checks the element type of an input or output (the KV cache's against the manifest's `dtype`).
-    pub fn expect_type(&self, tensor: &str, expected: ort::value::TensorElementType) -> Result<()> {
-        let outlet = self
-            .session
+    /// The declared type of an input or output.
+    fn outlet(&self, tensor: &str) -> Result<&ValueType> {
+        self.session
             .inputs()
             .iter()
             .chain(self.session.outputs().iter())
             .find(|o| o.name() == tensor)
-            .ok_or_else(|| self.mismatch(format!("has no tensor {tensor:?}")))?;
-        match outlet.dtype() {
+            .map(|o| o.dtype())
+            .ok_or_else(|| self.mismatch(format!("has no tensor {tensor:?}")))
+    }
+
+    /// Checks the element type of an input or output (the KV cache's against the manifest's `dtype`).
+    pub fn expect_type(&self, tensor: &str, expected: ort::value::TensorElementType) -> Result<()> {
+        match self.outlet(tensor)? {
             ValueType::Tensor { ty, .. } if *ty == expected => Ok(()),
             other => Err(self.mismatch(format!(
                 "{tensor} is {other:?} but manifest.json's dtype wants {expected:?} tensors: the graphs and the manifest describe different precisions; re-export the bundle"
@@ -81,14 +85,7 @@ impl Graph {
     /// Checks a static dimension of an input or output against the manifest (`what` names the size).
     /// Dynamic dimensions (-1) pass.
     pub fn expect_dim(&self, tensor: &str, axis: usize, expected: usize, what: &str) -> Result<()> {
-        let outlet = self
-            .session
-            .inputs()
-            .iter()
-            .chain(self.session.outputs().iter())
-            .find(|o| o.name() == tensor)
-            .ok_or_else(|| self.mismatch(format!("has no tensor {tensor:?}")))?;
-        if let ValueType::Tensor { shape, .. } = outlet.dtype() {
+        if let ValueType::Tensor { shape, .. } = self.outlet(tensor)? {
             if let Some(&dim) = shape.get(axis) {
                 if dim >= 0 && dim as usize != expected {
                     return Err(self.mismatch(format!(
