@@ -272,16 +272,16 @@ pub fn self_similarity(means: &Array3<f32>) -> Array2<f32> {
 /// NDCG against layer, 0-based: `by_layer[k - 1]` exits after k decoder layers (the output of
 /// layer k - 1), `by_text[j - 1]` conditions on text-encoder layer j's hidden state (the output of
 /// layer j - 1); the files keep their 1-based k and j.
-fn plot_ndcg(path: &Path, by_layer: &[f64], by_text: &[f64]) -> Result<()> {
-    use crate::plot::{Marker, Panel, Series};
-    use plotters::prelude::{BLUE, RED};
+pub fn plot_ndcg(path: &Path, by_layer: &[f64], by_text: &[f64]) -> Result<()> {
+    use crate::plot::{Marker, Panel, Series, LINE_COLOURS};
     let line = |v: &[f64]| v.iter().enumerate().map(|(i, &x)| (i as f64, x)).collect::<Vec<_>>();
-    let mut series = vec![Series::new("decoder: exit after layer", line(by_layer), BLUE).marker(Marker::Circle)];
+    let mut series = vec![Series::new("decoder: exit after layer", line(by_layer), LINE_COLOURS[0]).marker(Marker::Circle)];
     if !by_text.is_empty() {
-        series.push(Series::new("text encoder: condition on layer", line(by_text), RED).marker(Marker::Cross).dashed(true));
+        series.push(Series::new("text encoder: condition on layer", line(by_text), LINE_COLOURS[1]).marker(Marker::Square).dashed(true));
     }
     let mut panel = Panel::new("NDCG of the prompt's concept by layer (DecoderLens)", "mean NDCG");
     panel.y_range = Some((0.0, 1.0));
+    panel.x_desc = "layer (0-based; the files' layer_01 is layer 0)".into();
     crate::plot::png(path, (900, 420), |root| crate::plot::by_layer(&root, &panel, &series))
 }
 

@@ -750,10 +750,9 @@ fn mean_std(xs: impl Iterator<Item = f64>) -> (f64, f64) {
 /// and dash, shifted a little sideways), with error bars of one standard deviation: over the
 /// prompts for a pair's plot (the `_std` columns of `summary.csv`), over prompts and pairs for
 /// `all_pairs`.
-fn plot_scores(path: &Path, title: &str, scores: &[&Score]) -> Result<()> {
-    use crate::plot::{Marker, Panel, Series};
-    use plotters::prelude::{BLUE, GREEN, RED};
-    let styles = [(BLUE, Marker::Circle, false), (RED, Marker::Square, true), (GREEN, Marker::Triangle, false)];
+pub fn plot_scores(path: &Path, title: &str, scores: &[&Score]) -> Result<()> {
+    use crate::plot::{Marker, Panel, Series, LINE_COLOURS};
+    let styles = [(LINE_COLOURS[0], Marker::Circle, false), (LINE_COLOURS[1], Marker::Square, true), (LINE_COLOURS[2], Marker::Triangle, false)];
     let series = |f: fn(&Score) -> f64| -> Vec<Series> {
         Component::ALL
             .iter()

@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use plotters::coord::Shift;
+use plotters::element::ComposedElement;
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
@@ -16,6 +17,9 @@ pub type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 /// The drawing area every plot function draws on.
 pub type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+
+/// Line colours (tab10's blue, red, green), in order.
+pub const LINE_COLOURS: [RGBColor; 3] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
 
 /// The layer axis' description, the same in every plot.
 pub const LAYER_AXIS: &str = "layer (0-based)";
@@ -74,6 +78,30 @@ pub fn tick_label(v: f64, decimals: usize) -> String {
     s
 }
 
+/// The power of ten (a multiple of 3) an axis over `lo..hi` is shown in, when plain decimals would
+/// be too long (ticks needing more than 6 decimals, or values of a million and more): the ticks are
+/// then value / 10^e, still plain decimals, and the axis' description says "× 10^e" ([`scaled_desc`]).
+/// 0 when the values read well as they are.
+pub fn axis_exponent(lo: f64, hi: f64, max_ticks: usize) -> i32 {
+    let big = lo.abs().max(hi.abs());
+    if !(big.is_finite() && big > 0.0) || (tick_decimals(lo, hi, max_ticks) <= 6 && big < 1e6) {
+        return 0;
+    }
+    (big.log10().floor() as i32).div_euclid(3) * 3
+}
+
+/// An axis description with its scale, as `"precision (× 10⁻⁹)"`.
+pub fn scaled_desc(desc: &str, exponent: i32) -> String {
+    if exponent == 0 {
+        return desc.to_string();
+    }
+    let sup: String = exponent.to_string().chars().map(|c| match c {
+        '-' => '⁻',
+        d => ['⁰', '¹', '²', '³', '⁴', '⁵', '⁶', '⁷', '⁸', '⁹'][d.to_digit(10).unwrap_or(0) as usize],
+    }).collect();
+    format!("{desc} (× 10{sup})")
+}
+
 /// A layer tick: the integer, or nothing between integers.
 pub fn layer_label(v: f64) -> String {
     if (v - v.round()).abs() < 1e-6 { format!("{}", v.round() as i64) } else { String::new() }
@@ -93,28 +121,39 @@ pub fn layer_ticks(max_layer: usize, max_ticks: usize) -> Vec<f64> {
 // ---------------------------------------------------------------------------------------------
 // Lines by layer
 
-/// A point marker; series of one plot take different ones so that lines that coincide still show.
+/// A point marker; series of one plot take different ones so that lines that coincide still show:
+/// a small filled circle, a larger hollow square around it, a filled triangle, a hollow diamond.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Marker {
     Circle,
     Square,
     Triangle,
-    Cross,
+    Diamond,
 }
 
 impl Marker {
     /// The `i`-th of the markers, in order.
     pub fn nth(i: usize) -> Marker {
-        [Marker::Circle, Marker::Square, Marker::Triangle, Marker::Cross][i % 4]
+        [Marker::Circle, Marker::Square, Marker::Triangle, Marker::Diamond][i % 4]
     }
 
-    fn element<C: Clone + 'static, DB: DrawingBackend>(self, at: C, colour: RGBColor) -> DynElement<'static, DB, C> {
+    /// The outline in pixels around the point, and whether it is filled.
+    pub fn outline(self) -> (Vec<(i32, i32)>, bool) {
         match self {
-            Marker::Circle => Circle::new(at, 4, colour.filled()).into_dyn(),
-            Marker::Square => (EmptyElement::at(at) + Rectangle::new([(-4, -4), (4, 4)], colour.filled())).into_dyn(),
-            Marker::Triangle => TriangleMarker::new(at, 6, colour.filled()).into_dyn(),
-            Marker::Cross => Cross::new(at, 5, colour.stroke_width(2)).into_dyn(),
+            Marker::Circle => ((0..12).map(|k| std::f64::consts::TAU * k as f64 / 12.0).map(|a| ((4.5 * a.cos()).round() as i32, (4.5 * a.sin()).round() as i32)).collect(), true),
+            Marker::Square => (vec![(-6, -6), (6, -6), (6, 6), (-6, 6)], false),
+            Marker::Triangle => (vec![(0, -6), (6, 5), (-6, 5)], true),
+            Marker::Diamond => (vec![(0, -8), (8, 0), (0, 8), (-8, 0)], false),
         }
+    }
+
+    /// The marker at `at` (data or pixel coordinates): one element type for every shape.
+    fn element<C, DB: DrawingBackend>(self, at: C, colour: RGBColor) -> ComposedElement<C, DB, Polygon<(i32, i32)>, PathElement<(i32, i32)>> {
+        let (points, filled) = self.outline();
+        let fill = if filled { colour.filled() } else { WHITE.mix(0.0).filled() };
+        let mut closed = points.clone();
+        closed.push(points[0]);
+        EmptyElement::at(at) + Polygon::new(points, fill) + PathElement::new(closed, colour.stroke_width(2))
     }
 }
 
@@ -182,7 +221,8 @@ pub fn fitted_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
         return (0.0, 1.0);
     }
     let scale = lo.abs().max(hi.abs());
-    let pad = ((hi - lo) * 0.08).max(scale * 0.05).max(1e-9);
+    let pad = ((hi - lo) * 0.08).max(scale * 0.05);
+    let pad = if pad > 0.0 { pad } else { 1.0 };
     (lo - pad, hi + pad)
 }
 
@@ -203,41 +243,46 @@ pub fn by_layer(area: &Area<'_>, panel: &Panel, series: &[Series]) -> DrawResult
             })
         }).chain(panel.reference.iter().map(|r| r.0)))
     });
-    let decimals = tick_decimals(lo, hi, Y_TICKS);
-    let mut legend: Vec<String> = series.iter().map(|s| s.name.clone()).collect();
+    let exponent = axis_exponent(lo, hi, Y_TICKS);
+    let unit = 10f64.powi(exponent);
+    let decimals = tick_decimals(lo / unit, hi / unit, Y_TICKS);
+    let y_desc = scaled_desc(&panel.y_desc, exponent);
+    let grey = RGBColor(90, 90, 90);
+    let mut legend: Vec<LegendEntry> = series.iter().map(|s| LegendEntry { name: s.name.clone(), colour: s.colour, marker: Some(s.marker), dashed: s.dashed }).collect();
     if let Some((_, name)) = &panel.reference {
-        legend.push(name.clone());
+        legend.push(LegendEntry { name: name.clone(), colour: grey, marker: None, dashed: true });
     }
-    let font = ("sans-serif", 14);
-    // A legend column of one width (unless a name is long), so that stacked panels line up.
-    let legend_w = legend.iter().map(|l| area.estimate_text_size(l, &font.into_font()).map(|s| s.0).unwrap_or(100) as i32 + 70).max().unwrap_or(0).max(LEGEND_W);
-    let ticks = layer_ticks(max_x.round() as usize, 25);
-    let mut chart = ChartBuilder::on(area)
+    let font = TextStyle::from(("sans-serif", 14).into_font());
+    // The legend has a column of its own right of the chart, of one width (unless a name is long)
+    // so that stacked panels line up.
+    let legend_w = legend.iter().map(|l| area.estimate_text_size(&l.name, &font).map(|s| s.0).unwrap_or(100) as i32 + 72).max().unwrap_or(0).max(LEGEND_W);
+    let (w, _) = area.dim_in_pixel();
+    let (area, legend_area) = area.split_horizontally(w as i32 - legend_w);
+    // plotters steps a numeric axis by 1, 2 or 5 times a power of ten: with at most as many labels
+    // as layers it never takes a step below 1, so every tick is a layer.
+    let x_labels = (max_x.round() as usize + 1).min(25);
+    let mut chart = ChartBuilder::on(&area)
         .caption(&panel.title, ("sans-serif", 18))
         .margin(10)
-        .margin_right(10 + legend_w)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((-0.5..(max_x + 0.5)).with_key_points(ticks), lo..hi)?;
+        .build_cartesian_2d(-0.5..(max_x + 0.5), lo..hi)?;
     let x_desc = if panel.x_desc.is_empty() { LAYER_AXIS } else { panel.x_desc.as_str() };
     chart
         .configure_mesh()
         .x_desc(x_desc)
-        .y_desc(panel.y_desc.as_str())
+        .y_desc(y_desc.as_str())
         .axis_desc_style(("sans-serif", 15))
         .label_style(("sans-serif", 13))
+        .x_labels(x_labels)
         .y_labels(Y_TICKS)
         .x_label_formatter(&|v| layer_label(*v))
-        .y_label_formatter(&|v| tick_label(*v, decimals))
+        .y_label_formatter(&|v| tick_label(*v / unit, decimals))
         .light_line_style(WHITE.mix(0.0))
         .bold_line_style(BLACK.mix(0.12))
         .draw()?;
-    if let Some((y, name)) = &panel.reference {
-        let grey = RGBColor(90, 90, 90);
-        chart
-            .draw_series(DashedLineSeries::new([(-0.5, *y), (max_x + 0.5, *y)], 8, 5, grey.stroke_width(2)))?
-            .label(name.as_str())
-            .legend(move |(x, y)| DashedPathElement::new([(x, y), (x + 24, y)], 5, 3, grey.stroke_width(2)));
+    if let Some((y, _)) = &panel.reference {
+        chart.draw_series(DashedLineSeries::new([(-0.5, *y), (max_x + 0.5, *y)], 8, 5, grey.stroke_width(2)))?;
     }
     for (i, s) in series.iter().enumerate() {
         let c = s.colour;
@@ -250,28 +295,44 @@ pub fn by_layer(area: &Area<'_>, panel: &Panel, series: &[Series]) -> DrawResult
             chart.draw_series(bars.iter().map(|&(x, a, b)| PathElement::new(vec![(x, a), (x, b)], bar)))?;
             chart.draw_series(bars.iter().flat_map(|&(x, a, b)| [(x, a), (x, b)]).map(|p| EmptyElement::at(p) + PathElement::new(vec![(-4, 0), (4, 0)], bar)))?;
         }
-        let anno = if s.dashed {
-            chart.draw_series(DashedLineSeries::new(points.clone(), 7, 4, c.stroke_width(2)))?
+        if s.dashed {
+            chart.draw_series(DashedLineSeries::new(points.clone(), 7, 4, c.stroke_width(2)))?;
         } else {
-            chart.draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
-        };
-        let (marker, dashed) = (s.marker, s.dashed);
-        // A solid line is one dash as long as the legend's sample.
-        let (dash, gap) = if dashed { (5, 3) } else { (24, 1) };
-        anno.label(s.name.as_str())
-            .legend(move |(x, y)| EmptyElement::at((x, y)) + DashedPathElement::new(vec![(0, 0), (24, 0)], dash, gap, c.stroke_width(2)) + marker.element((12, 0), c));
-        chart.draw_series(points.iter().map(|&p| marker.element(p, c)))?;
+            chart.draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?;
+        }
+        chart.draw_series(points.iter().map(|&p| s.marker.element(p, c)))?;
     }
-    if !legend.is_empty() {
-        let (w, _) = chart.plotting_area().dim_in_pixel();
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::Coordinate(w as i32 + 12, 0))
-            .legend_area_size(34)
-            .label_font(font)
-            .background_style(WHITE)
-            .border_style(BLACK.mix(0.4))
-            .draw()?;
+    // The legend's top at the plotting area's top.
+    let top = chart.plotting_area().get_pixel_range().1.start - area.get_base_pixel().1;
+    draw_legend(&legend_area, top, &legend, &font)
+}
+
+/// One line of a legend: its name and a sample of its line (and marker).
+struct LegendEntry {
+    name: String,
+    colour: RGBColor,
+    marker: Option<Marker>,
+    dashed: bool,
+}
+
+/// A framed legend at the top left of `area` (`top` pixels down).
+fn draw_legend(area: &Area<'_>, top: i32, entries: &[LegendEntry], font: &TextStyle<'_>) -> DrawResult {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let (w, _) = area.dim_in_pixel();
+    let row = 22;
+    let (x0, y0) = (8, top);
+    area.draw(&Rectangle::new([(x0, y0), (w as i32 - 6, y0 + row * entries.len() as i32 + 8)], BLACK.mix(0.4).stroke_width(1)))?;
+    for (k, e) in entries.iter().enumerate() {
+        let y = y0 + 4 + row * k as i32 + row / 2;
+        // A solid line is one dash as long as the sample.
+        let (dash, gap) = if e.dashed { (5, 3) } else { (28, 1) };
+        area.draw(&(EmptyElement::at((x0 + 8, y)) + plotters::element::DashedPathElement::new(vec![(0, 0), (28, 0)], dash, gap, e.colour.stroke_width(2))))?;
+        if let Some(m) = e.marker {
+            area.draw(&m.element((x0 + 22, y), e.colour))?;
+        }
+        area.draw_text(&e.name, &font.pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Left, plotters::style::text_anchor::VPos::Center)), (x0 + 44, y))?;
     }
     Ok(())
 }
@@ -347,10 +408,17 @@ pub fn heatmap(path: &Path, title: &str, value_desc: &str, m: ndarray::ArrayView
     };
     png(path, (760, 640), |root| {
         use plotters::coord::ranged1d::{IntoSegmentedCoord, SegmentValue};
-        let (main, bar) = root.split_horizontally(640);
+        let (header, body) = root.split_vertically(52);
+        let centre = plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Top);
+        header.draw_text(title, &TextStyle::from(("sans-serif", 17).into_font()).pos(centre), (380, 8))?;
+        header.draw_text(
+            &format!("values {} to {}; {scale}", tick_label(min as f64, 4), tick_label(max as f64, 4)),
+            &TextStyle::from(("sans-serif", 13).into_font()).color(&BLACK.mix(0.7)).pos(centre),
+            (380, 30),
+        )?;
+        let (main, bar) = body.split_horizontally(640);
         let step = layer_ticks(n - 1, 16).get(1).map(|s| *s as usize).unwrap_or(1);
         let mut chart = ChartBuilder::on(&main)
-            .caption(format!("{title}\n"), ("sans-serif", 16))
             .margin(10)
             .x_label_area_size(45)
             .y_label_area_size(50)
@@ -391,11 +459,6 @@ pub fn heatmap(path: &Path, title: &str, value_desc: &str, m: ndarray::ArrayView
                 Text::new(format!("{v:.decimals$}"), (SegmentValue::CenterOf(j), SegmentValue::CenterOf(i)), style)
             }))?;
         }
-        main.draw_text(
-            &format!("values {} to {}; {scale}", tick_label(min as f64, 4), tick_label(max as f64, 4)),
-            &TextStyle::from(("sans-serif", 13).into_font()).color(&BLACK.mix(0.7)),
-            (60, 30),
-        )?;
         colour_bar(&bar, value_desc, lo, hi)
     })
 }
@@ -404,7 +467,7 @@ pub fn heatmap(path: &Path, title: &str, value_desc: &str, m: ndarray::ArrayView
 fn colour_bar(area: &Area<'_>, desc: &str, lo: f64, hi: f64) -> DrawResult {
     let decimals = tick_decimals(lo, hi, 10);
     let mut bar = ChartBuilder::on(area)
-        .margin_top(50)
+        .margin_top(10)
         .margin_bottom(55)
         .margin_left(5)
         .margin_right(5)
@@ -465,6 +528,23 @@ mod tests {
     }
 
     #[test]
+    fn tiny_and_huge_axes_are_scaled_not_written_in_e_notation() {
+        assert_eq!(axis_exponent(0.0, 1.0, 8), 0);
+        assert_eq!(axis_exponent(-0.0004, 0.0002, 8), 0); // "-0.0004" reads well
+        assert_eq!(axis_exponent(-2.7e-9, 5e-10, 8), -9);
+        assert_eq!(axis_exponent(-1.69e-21, 4e-5, 8), -6);
+        assert_eq!(axis_exponent(0.0, 3e7, 8), 6);
+        let e = axis_exponent(-2.7e-9, 5e-10, 8);
+        let unit = 10f64.powi(e);
+        let d = tick_decimals(-2.7e-9 / unit, 5e-10 / unit, 8);
+        assert_eq!(tick_label(-1.5e-9 / unit, d), "-1.5");
+        assert_eq!(tick_label(-1.69e-21 / unit, d), "0");
+        assert_eq!(scaled_desc("precision (-KL)", -9), "precision (-KL) (× 10⁻⁹)");
+        assert_eq!(scaled_desc("loss", 0), "loss");
+        assert_eq!(scaled_desc("x", 6), "x (× 10⁶)");
+    }
+
+    #[test]
     fn layer_ticks_are_integers() {
         assert_eq!(layer_ticks(3, 25), vec![0.0, 1.0, 2.0, 3.0]);
         assert_eq!(layer_ticks(0, 25), vec![0.0]);
@@ -482,6 +562,10 @@ mod tests {
         let (lo, hi) = fitted_range([0.18, 0.18, 0.18].into_iter());
         assert!(lo < 0.18 && hi > 0.18 && hi - lo > 0.01, "{lo} {hi}");
         assert!(!tick_label(lo, tick_decimals(lo, hi, 8)).contains('e'));
+        // Tiny values keep a band of their own size, not one of a fixed width.
+        let (lo, hi) = fitted_range([-2.5e-9, -1e-10].into_iter());
+        assert!(hi < 3e-10 && lo > -3e-9, "{lo} {hi}");
+        assert_eq!(fitted_range([0.0, 0.0].into_iter()), (-1.0, 1.0));
     }
 
     fn dist(a: RGBColor, b: RGBColor) -> f64 {

@@ -410,8 +410,7 @@ pub fn write_evaluation(dir: &Path, stem: &str, e: &Evaluation) -> Result<()> {
 /// A PNG of test accuracy (on 0..1, with the chance level 1 / classes dashed) and loss against
 /// layer (0-based, `blocks.{layer}.hook_resid_post`), written atomically.
 pub fn plot(path: &Path, metrics: &[LayerMetrics], loss_kind: &str, best: usize) -> Result<()> {
-    use crate::plot::{Panel, Series};
-    use plotters::prelude::*;
+    use crate::plot::{Panel, Series, LINE_COLOURS};
     let acc: Vec<(f64, f64)> = metrics.iter().map(|m| (m.layer as f64, m.accuracy)).collect();
     let loss: Vec<(f64, f64)> = metrics.iter().map(|m| (m.layer as f64, m.loss)).collect();
     let classes = metrics.first().map_or(0, |m| m.classes);
@@ -424,8 +423,8 @@ pub fn plot(path: &Path, metrics: &[LayerMetrics], loss_kind: &str, best: usize)
     let bottom = Panel::new(format!("test loss ({loss_kind}) by layer"), format!("test loss ({loss_kind})"));
     crate::plot::png(path, (900, 560), |root| {
         let (upper, lower) = root.split_vertically(280);
-        crate::plot::by_layer(&upper, &top, &[Series::new("test accuracy", acc, BLUE)])?;
-        crate::plot::by_layer(&lower, &bottom, &[Series::new("test loss", loss, RED).marker(crate::plot::Marker::Square)])
+        crate::plot::by_layer(&upper, &top, &[Series::new("test accuracy", acc, LINE_COLOURS[0])])?;
+        crate::plot::by_layer(&lower, &bottom, &[Series::new("test loss", loss, LINE_COLOURS[1]).marker(crate::plot::Marker::Square)])
     })
 }
 
