@@ -148,7 +148,7 @@ impl Marker {
     }
 
     /// The marker at `at` (data or pixel coordinates): one element type for every shape.
-    fn element<C, DB: DrawingBackend>(self, at: C, colour: RGBColor) -> ComposedElement<C, DB, Polygon<(i32, i32)>, PathElement<(i32, i32)>> {
+    fn element<C, DB: DrawingBackend>(self, at: C, colour: RGBColor) -> MarkerElement<C, DB> {
         let (points, filled) = self.outline();
         let fill = if filled { colour.filled() } else { WHITE.mix(0.0).filled() };
         let mut closed = points.clone();
@@ -156,6 +156,9 @@ impl Marker {
         EmptyElement::at(at) + Polygon::new(points, fill) + PathElement::new(closed, colour.stroke_width(2))
     }
 }
+
+/// A marker drawn at a point: its filled outline and its stroke, in pixels around the point.
+type MarkerElement<C, DB> = ComposedElement<C, DB, Polygon<(i32, i32)>, PathElement<(i32, i32)>>;
 
 /// One line of a [`by_layer`] panel.
 #[derive(Clone, Debug)]
@@ -569,7 +572,7 @@ mod tests {
     }
 
     fn dist(a: RGBColor, b: RGBColor) -> f64 {
-        (((a.0 as f64 - b.0 as f64).powi(2) + (a.1 as f64 - b.1 as f64).powi(2) + (a.2 as f64 - b.2 as f64).powi(2)) as f64).sqrt()
+        ((a.0 as f64 - b.0 as f64).powi(2) + (a.1 as f64 - b.1 as f64).powi(2) + (a.2 as f64 - b.2 as f64).powi(2)).sqrt()
     }
 
     #[test]
