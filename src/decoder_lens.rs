@@ -122,7 +122,7 @@ impl DecoderLensConfig {
 pub struct LensReport {
     /// `[layers, layers]`.
     pub self_similarity: Array2<f32>,
-    /// Mean NDCG per decoder exit layer (1-based order), if judged.
+    /// Mean NDCG per decoder exit layer, `[l]`: exit after `blocks.{l}` (0-based), if judged.
     pub ndcg_by_layer: Option<Vec<f64>>,
     /// Mean NDCG per text-encoder layer, if run and judged.
     pub ndcg_by_text_layer: Option<Vec<f64>>,
@@ -202,16 +202,18 @@ pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &Decoder
                 }
             }
             if what == "layer" {
-                write_npy(&out.join(format!("codes_layer_{k:02}_batch{b:03}.npy")), &g.codes)?;
+                write_npy(&out.join(format!("codes_layer_{:02}_batch{b:03}.npy", k - 1)), &g.codes)?;
             }
             for row in 0..batch.len() {
                 let wave = model.encodec.decode(g.codes.slice(s![row..row + 1, .., ..]))?;
                 let samples: Vec<f32> = wave.slice(s![0, 0, ..]).to_vec();
-                crate::audio::write_wav(&out.join(clip_name(n, first + row, what, k)), &samples, rate)?;
+                // Files and CSVs name layers 0-based: layer_00 exits after blocks.0, text_layer_00
+                // conditions on the first T5 block's output.
+                crate::audio::write_wav(&out.join(clip_name(n, first + row, what, k - 1)), &samples, rate)?;
                 let (Some(j), Some(concept)) = (judge.as_deref_mut(), batch[row].1) else { continue };
                 let probs = j.probabilities(ndarray::ArrayView2::from_shape((1, samples.len()), &samples).expect("one row"), rate)?;
                 let score = ndcg(probs.row(0), j.concept_labels(concept));
-                ndcg_rows.push_str(&format!("{what},{k},{},{concept},{score:.6}\n", first + row));
+                ndcg_rows.push_str(&format!("{what},{},{},{concept},{score:.6}\n", k - 1, first + row));
                 if what == "layer" { ndcg_layer[k - 1].push(score) } else { ndcg_text[k - 1].push(score) }
             }
         }
@@ -239,10 +241,10 @@ pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &Decoder
         let by_text: Vec<f64> = ndcg_text.iter().map(mean).collect();
         let mut csv = String::from("variant,layer,ndcg_mean,clips\n");
         for (k, v) in by_layer.iter().enumerate() {
-            csv.push_str(&format!("layer,{},{v:.6},{}\n", k + 1, ndcg_layer[k].len()));
+            csv.push_str(&format!("layer,{k},{v:.6},{}\n", ndcg_layer[k].len()));
         }
         for (j, v) in by_text.iter().enumerate() {
-            csv.push_str(&format!("text_layer,{},{v:.6},{}\n", j + 1, ndcg_text[j].len()));
+            csv.push_str(&format!("text_layer,{j},{v:.6},{}\n", ndcg_text[j].len()));
         }
         write_atomic(&out.join("ndcg_by_layer.csv"), csv.as_bytes())?;
         plot_ndcg(&out.join("ndcg.png"), &by_layer, &by_text)?;
@@ -269,9 +271,8 @@ pub fn self_similarity(means: &Array3<f32>) -> Array2<f32> {
     sim
 }
 
-/// NDCG against layer, 0-based: `by_layer[k - 1]` exits after k decoder layers (the output of
-/// layer k - 1), `by_text[j - 1]` conditions on text-encoder layer j's hidden state (the output of
-/// layer j - 1); the files keep their 1-based k and j.
+/// NDCG against layer, 0-based as in the files and CSVs: `by_layer[l]` exits after decoder layer
+/// `l`, `by_text[j]` conditions on text-encoder layer `j`'s output.
 pub fn plot_ndcg(path: &Path, by_layer: &[f64], by_text: &[f64]) -> Result<()> {
     use crate::plot::{Marker, Panel, Series, LINE_COLOURS};
     let line = |v: &[f64]| v.iter().enumerate().map(|(i, &x)| (i as f64, x)).collect::<Vec<_>>();
@@ -281,7 +282,7 @@ pub fn plot_ndcg(path: &Path, by_layer: &[f64], by_text: &[f64]) -> Result<()> {
     }
     let mut panel = Panel::new("NDCG of the prompt's concept by layer (DecoderLens)", "mean NDCG");
     panel.y_range = Some((0.0, 1.0));
-    panel.x_desc = "layer (0-based; the files' layer_01 is layer 0)".into();
+    panel.x_desc = "layer (0-based)".into();
     crate::plot::png(path, (900, 420), |root| crate::plot::by_layer(&root, &panel, &series))
 }
 

@@ -1102,12 +1102,12 @@ fn decoder_lens(runtime: &Runtime, verify: Verify, args: DecoderLensArgs) -> Res
     println!("{} clips in {}; self-similarity of {layers} layers in self_similarity.npy/.png", report.clips, config.output.display());
     if let Some(by_layer) = &report.ndcg_by_layer {
         for (k, v) in by_layer.iter().enumerate() {
-            println!("exit after layer {:>3}: NDCG {v:.4}", k + 1);
+            println!("exit after layer {k:>3}: NDCG {v:.4}");
         }
     }
     if let Some(by_text) = &report.ndcg_by_text_layer {
         for (j, v) in by_text.iter().enumerate() {
-            println!("text encoder layer {:>3}: NDCG {v:.4}", j + 1);
+            println!("text encoder layer {j:>3}: NDCG {v:.4}");
         }
     }
     Ok(())

@@ -292,21 +292,22 @@ fn decoder_lens_with_a_config_writes_clips_tables_and_a_self_similarity_numpy_ag
     .map(String::from)
     .collect();
     for p in 0..n {
-        want.extend((1..=layers).map(|l| format!("prompt{p:03}_layer_{l:02}.wav")));
-        want.extend((1..=text_layers).map(|j| format!("prompt{p:03}_text_layer_{j:02}.wav")));
+        // 0-based, as the hook points: layer_00 exits after blocks.0
+        want.extend((0..layers).map(|l| format!("prompt{p:03}_layer_{l:02}.wav")));
+        want.extend((0..text_layers).map(|j| format!("prompt{p:03}_text_layer_{j:02}.wav")));
     }
-    for l in 1..=layers {
+    for l in 0..layers {
         want.extend((0..2).map(|b| format!("codes_layer_{l:02}_batch{b:03}.npy")));
     }
     want.sort();
     assert_eq!(files_under(&out), want);
-    for l in 1..=layers {
+    for l in 0..layers {
         for (b, rows) in [(0, 3), (1, 1)] {
             let codes: ArrayD<i64> = npy(out.join(format!("codes_layer_{l:02}_batch{b:03}.npy")));
             assert_eq!(codes.shape(), &[rows, k, frames], "layer {l} batch {b}");
         }
     }
-    let wav = musicgen_interp::audio::read(&out.join("prompt003_text_layer_01.wav")).unwrap();
+    let wav = musicgen_interp::audio::read(&out.join("prompt003_text_layer_00.wav")).unwrap();
     assert_eq!(wav.frames(), frames * m.manifest().audio.hop_length);
 
     // NDCG: one row per prompt and variant; the by-layer table is their mean, and it is printed.
@@ -314,6 +315,10 @@ fn decoder_lens_with_a_config_writes_clips_tables_and_a_self_similarity_numpy_ag
     assert_eq!(ndcg.lines().count(), 1 + n * (layers + text_layers));
     let by_layer = std::fs::read_to_string(out.join("ndcg_by_layer.csv")).unwrap();
     assert_eq!(by_layer.lines().count(), 1 + layers + text_layers);
+    let numbers = |variant: &str| -> Vec<usize> {
+        by_layer.lines().skip(1).map(|l| l.split(',').collect::<Vec<_>>()).filter(|f| f[0] == variant).map(|f| f[1].parse().unwrap()).collect()
+    };
+    assert_eq!((numbers("layer"), numbers("text_layer")), ((0..layers).collect(), (0..text_layers).collect()), "0-based layers");
     for line in by_layer.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         let of: Vec<f64> = ndcg.lines().skip(1).map(|l| l.split(',').collect::<Vec<_>>()).filter(|r| r[0] == f[0] && r[1] == f[1]).map(|r| r[4].parse().unwrap()).collect();

@@ -101,10 +101,12 @@ fn decoder_lens_command_writes_clips_self_similarity_and_ndcg() {
     let m = load("tiny2");
     let layers = m.decoder.num_layers();
     let text_layers = m.manifest().text_encoder.num_layers;
-    for k in 1..=layers {
-        assert!(out.join(format!("layer_{k:02}.wav")).is_file(), "layer {k}");
+    // 0-based, as the hook points: layer_{l} exits after blocks.{l}.
+    for l in 0..layers {
+        assert!(out.join(format!("layer_{l:02}.wav")).is_file(), "layer {l}");
     }
-    for j in 1..=text_layers {
+    assert!(!out.join(format!("layer_{layers:02}.wav")).exists());
+    for j in 0..text_layers {
         assert!(out.join(format!("text_layer_{j:02}.wav")).is_file(), "text layer {j}");
     }
     // The deepest exit is the full model: the same codes and residuals as `generate` with the same seed.
@@ -116,7 +118,7 @@ fn decoder_lens_command_writes_clips_self_similarity_and_ndcg() {
         "--output", tmp.path().join("full.wav").to_str().unwrap(), "--save-codes", codes.to_str().unwrap(),
         "--save-residuals", residuals.to_str().unwrap(), "--residual-reduction", "mean",
     ]);
-    assert_eq!(npy::<i64>(out.join(format!("codes_layer_{layers:02}_batch000.npy"))), npy::<i64>(&codes));
+    assert_eq!(npy::<i64>(out.join(format!("codes_layer_{:02}_batch000.npy", layers - 1))), npy::<i64>(&codes));
     // Self-similarity: cosine between the time-averaged outputs of each layer (from generate's own capture).
     let cond = npy::<f32>(residuals.join("residuals_cond.npy")).into_dimensionality::<Ix3>().unwrap(); // [points, batch, d]
     let sim = npy::<f32>(out.join("self_similarity.npy")).into_dimensionality::<ndarray::Ix2>().unwrap();
