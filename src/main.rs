@@ -987,7 +987,7 @@ fn run_config_file(runtime: &Runtime, verify: Verify, config: RunConfig) -> Resu
         let mut resolved = config.clone();
         let g = &mut resolved.generation;
         (g.steps, g.top_k, g.temperature, g.guidance_scale) = (Some(steps), Some(sampling.top_k), Some(sampling.temperature), Some(sampling.guidance_scale));
-        std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.clone(), source: e })?;
+        // The write makes the run's folder (store::Staged creates missing folders).
         musicgen_interp::store::write_atomic(&out.join("config.resolved.yaml"), resolved.to_yaml().as_bytes())
     };
     generate(runtime, verify, args, plugins, &ready)

@@ -94,10 +94,7 @@ impl Kv {
             new.slice_mut(s![.., .., ..past, ..]).assign(&a.slice(s![.., .., ..past, ..]));
             new
         }
-        match self {
-            Kv::F32(a) => *a = grown(a, capacity, past),
-            Kv::F16(a) => *a = grown(a, capacity, past),
-        }
+        each_kv!(self, a => *a = grown(a, capacity, past))
     }
 
     /// Rows `rows` as a graph input.
