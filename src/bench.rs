@@ -226,10 +226,12 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
     // A 4-step warm-up, as the PyTorch side has: the first pass touches every weight page (the CPU
     // graph copies read their weights from the mapped file).
     generate(model, &request(4), &mut NoHooks, |_, _| {})?;
+    let mut step_traffic = None;
     for (i, &secs) in options.durations.iter().enumerate() {
         let steps = steps_for(secs);
         let request = request(steps);
         let out = generate(model, &request, &mut NoHooks, |_, _| {})?;
+        step_traffic = step_traffic.or(Some((out.setup_traffic, out.traffic.get(1).copied(), out.traffic.last().copied())));
         let rust = steps as f64 / out.decode_time.as_secs_f64();
         let torch_rate = torch.as_ref().and_then(|t| t["generate"][i]["steps_per_s"].as_f64());
         say(format!(
@@ -243,6 +245,12 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         peaks.push((format!("the {secs} s clip"), peak.now()));
     }
 
+    if let Some((setup, Some(first), Some(last))) = step_traffic {
+        say(format!(
+            "host <-> decoder memory without hooks ({}): set-up {setup}; first step {first}; last step {last}",
+            if model.decoder.state_on_host() { "host memory: the transfers a device would make" } else { "device memory" }
+        ));
+    }
     if let Some(&secs) = options.durations.first() {
         let (plain, hooked, layers) = hook_overhead(model, steps_for(secs))?;
         say(format!(

@@ -52,6 +52,10 @@ pub enum Error {
 
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+
+    /// A broken invariant of the toolkit itself, not of the user's input: a bug to report.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
 }
 
 impl Error {

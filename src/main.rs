@@ -398,6 +398,10 @@ struct GenerateArgs {
     /// Write the generated codes [batch, codebooks, frames] as int64 .npy.
     #[arg(long)]
     save_codes: Option<PathBuf>,
+    /// Print the bytes each decoder forward moved between the host and the decoder's memory (the
+    /// GPU's under CUDA): the set-up, the prefill, then every step.
+    #[arg(long)]
+    verbose: bool,
     /// Write every layer's residual stream (conditional and unconditional rows apart) into this folder.
     #[arg(long)]
     save_residuals: Option<PathBuf>,
@@ -912,6 +916,12 @@ fn generate(
         (secs + codec_s) / (generated_s * b as f64),
         runtime.provider()
     );
+    if args.verbose {
+        println!("host <-> decoder memory: set-up {}", out.setup_traffic);
+        for (i, t) in out.traffic.iter().enumerate() {
+            println!("  {} {t}", if i == 0 { "prefill:".to_string() } else { format!("step {i}:") });
+        }
+    }
     Ok(())
 }
 
@@ -973,6 +983,7 @@ fn run_config_file(runtime: &Runtime, verify: Verify, config: RunConfig) -> Resu
         output: out.join("clip.wav"),
         wav_format: config.wav_format,
         save_codes: config.save_codes.then(|| out.join("codes.npy")),
+        verbose: false,
         save_residuals: None,
         residual_reduction: Reduction::Last,
         steering_weights: None,

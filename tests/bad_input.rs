@@ -148,3 +148,24 @@ fn cli_info_reports_sizes_and_provider() {
     assert!(stdout.contains(&format!("decoder      {layers} layers")), "{stdout}");
     assert!(stdout.contains("provider     CPUExecutionProvider"), "{stdout}");
 }
+
+/// On a host without CUDA, `--device cuda` is refused in one line naming the fix, and `auto` falls
+/// back to the CPU and says why. (Skipped where the tests run on a GPU.)
+#[test]
+fn cuda_without_cuda_is_one_clear_line_and_auto_says_why_it_fell_back() {
+    if std::env::var("MUSICGEN_INTERP_TEST_DEVICE").is_ok_and(|d| d == "cuda") {
+        eprintln!("skipped: the tests run on CUDA here");
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_musicgen-interp");
+    let tiny = fixture("tiny");
+    let out = Command::new(bin).args(["info", "--model", tiny.to_str().unwrap(), "--device", "cuda"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("CUDA execution provider could not be used") && err.contains("--device cpu") && err.contains("setup.sh --gpu"), "{err}");
+    let out = Command::new(bin).args(["info", "--model", tiny.to_str().unwrap(), "--device", "auto"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("CPUExecutionProvider (CUDA not used: "), "{text}");
+}

@@ -14,6 +14,7 @@ pub use sampling::{Sampler, SamplingConfig};
 
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
+use crate::model::device::Traffic;
 use crate::model::MusicGen;
 
 /// What to generate.
@@ -47,6 +48,11 @@ pub struct Generation {
     /// Decoder forwards run.
     pub steps: usize,
     pub decode_time: Duration,
+    /// Bytes each forward moved between the host and the decoder's memory (the GPU's, under CUDA),
+    /// the prefill first; the decoder's set-up (cross-attention keys and values, encoder mask, zero
+    /// edits) is in `setup_traffic`.
+    pub traffic: Vec<Traffic>,
+    pub setup_traffic: Traffic,
 }
 
 /// Runs a generation with `hooks` on every forward; `progress(step, total)` after each step. A hook
@@ -131,7 +137,9 @@ pub fn generate_early_exit(
     } else {
         model.decoder.start(states, text.attention_mask.view(), 0..b)?
     };
-    model.decoder.reserve(&mut state, max_length);
+    model.decoder.reserve(&mut state, max_length)?;
+    let setup_traffic = state.traffic();
+    let mut traffic = Vec::new();
     let copies = state.rows() / b;
 
     let mut seq = Array3::<i64>::from_elem((b, k, max_length), cfg.pad_token_id);
@@ -146,6 +154,7 @@ pub fn generate_early_exit(
         let input = seq.slice(s![.., .., from..pos]);
         let rows = if copies == 1 { input.to_owned() } else { concatenate(Axis(0), &vec![input; copies]).expect("rows") };
         let out = model.decoder.forward_to(&mut state, rows.view(), hooks, layers)?;
+        traffic.push(out.traffic);
         let last = out.logits.index_axis(Axis(2), out.logits.shape()[2] - 1);
         let logits = if sampling.guided() { sampling::guide(last, sampling.guidance_scale) } else { last.to_owned() };
         let next = sampler.sample(logits.view());
@@ -157,5 +166,5 @@ pub fn generate_early_exit(
         progress(steps, total);
     }
     let codes = pattern.revert(&seq)?;
-    Ok(Generation { codes, sequence: seq, steps, decode_time: started.elapsed() })
+    Ok(Generation { codes, sequence: seq, steps, decode_time: started.elapsed(), traffic, setup_traffic })
 }

@@ -95,6 +95,9 @@ impl Hooks for ResidualCapture {
     fn wants(&self, _point: &HookPoint) -> bool {
         false
     }
+    fn wants_residual(&self, point: &HookPoint) -> bool {
+        self.points.contains(point)
+    }
 
     fn on_residual(&mut self, _ctx: &ForwardContext, point: HookPoint, h: ArrayViewMut3<'_, f32>) -> Result<()> {
         let Some(i) = self.points.iter().position(|p| *p == point) else { return Ok(()) };

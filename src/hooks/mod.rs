@@ -237,6 +237,13 @@ pub trait Hooks {
         true
     }
 
+    /// Whether this hook reads or edits the residual-stream point `point` ([`Hooks::on_residual`]).
+    /// A point no hook wants stays where the graphs run (on a GPU, in device memory): no copy to the
+    /// host and back. The default, `true`, suits a hook that may act anywhere.
+    fn wants_residual(&self, _point: &HookPoint) -> bool {
+        true
+    }
+
     /// Called before layer `layer` runs in this forward.
     fn edit_components(&mut self, _ctx: &ForwardContext, _layer: usize, _edits: &mut LayerEdits) -> Result<()> {
         Ok(())
@@ -276,6 +283,9 @@ impl Hooks for NoHooks {
     fn wants(&self, _point: &HookPoint) -> bool {
         false
     }
+    fn wants_residual(&self, _point: &HookPoint) -> bool {
+        false
+    }
 }
 
 /// Several hooks run in order (each sees the previous one's changes to the residual stream).
@@ -283,11 +293,14 @@ impl<H: Hooks> Hooks for Vec<H> {
     fn wants(&self, point: &HookPoint) -> bool {
         self.iter().any(|h| h.wants(point))
     }
+    fn wants_residual(&self, point: &HookPoint) -> bool {
+        self.iter().any(|h| h.wants_residual(point))
+    }
     fn edit_components(&mut self, ctx: &ForwardContext, layer: usize, edits: &mut LayerEdits) -> Result<()> {
         self.iter_mut().try_for_each(|h| h.edit_components(ctx, layer, edits))
     }
     fn on_residual(&mut self, ctx: &ForwardContext, point: HookPoint, mut h: ArrayViewMut3<'_, f32>) -> Result<()> {
-        self.iter_mut().try_for_each(|hook| hook.on_residual(ctx, point, h.view_mut()))
+        self.iter_mut().filter(|hook| hook.wants_residual(&point)).try_for_each(|hook| hook.on_residual(ctx, point, h.view_mut()))
     }
     fn on_component(&mut self, ctx: &ForwardContext, point: HookPoint, out: ArrayView3<'_, f32>) -> Result<()> {
         self.iter_mut().filter(|h| h.wants(&point)).try_for_each(|h| h.on_component(ctx, point, out))
@@ -308,6 +321,9 @@ macro_rules! forward_hooks {
         impl<H: Hooks + ?Sized> Hooks for $t {
             fn wants(&self, point: &HookPoint) -> bool {
                 (**self).wants(point)
+            }
+            fn wants_residual(&self, point: &HookPoint) -> bool {
+                (**self).wants_residual(point)
             }
             fn edit_components(&mut self, ctx: &ForwardContext, layer: usize, edits: &mut LayerEdits) -> Result<()> {
                 (**self).edit_components(ctx, layer, edits)
@@ -367,6 +383,9 @@ impl Recorder {
 impl Hooks for Recorder {
     fn wants(&self, point: &HookPoint) -> bool {
         self.points.as_ref().is_none_or(|p| p.contains(point))
+    }
+    fn wants_residual(&self, point: &HookPoint) -> bool {
+        self.wants(point)
     }
     fn check_points(&self, layers: usize) -> Result<()> {
         check_points("the recorder", self.points.as_deref().unwrap_or(&[]), layers)

@@ -2,6 +2,7 @@
 
 pub mod bundle;
 pub mod decoder;
+pub mod device;
 pub mod encodec;
 pub mod graph;
 pub mod hub;
@@ -57,14 +58,14 @@ impl MusicGen {
         let (layer_files, head_file) = cpu_copies.unwrap_or((&m.graphs.decoder_layers, &m.graphs.decoder_head));
         let load_decoder = |file: &str| Graph::load(runtime, &dir, file, kernels);
         let layers = layer_files.iter().map(|f| load_decoder(f)).collect::<Result<Vec<_>>>()?;
-        let decoder = Decoder::new(
-            m.decoder.clone(),
-            m.dtype,
-            load(&m.graphs.cross_kv)?,
-            load(&m.graphs.decoder_embed)?,
-            layers,
-            load_decoder(head_file)?,
-        )?;
+        // The decoder's state lives where its graphs run: host memory for the CPU copies, else the
+        // provider's device.
+        let placement = match layers.first() {
+            Some(first) if !kernels => device::Placement::for_provider(runtime.provider(), &first.session)?,
+            _ => device::Placement::host(),
+        };
+        let graphs = (load(&m.graphs.cross_kv)?, load(&m.graphs.decoder_embed)?, layers, load_decoder(head_file)?);
+        let decoder = Decoder::new(m.decoder.clone(), m.dtype, graphs, placement)?;
         let encodec = Encodec::new(
             m.audio.clone(),
             load(&m.graphs.encodec_encode)?,

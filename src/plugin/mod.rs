@@ -361,6 +361,9 @@ impl Hooks for MethodPlugin {
     fn wants(&self, point: &HookPoint) -> bool {
         self.points.contains(point)
     }
+    fn wants_residual(&self, point: &HookPoint) -> bool {
+        self.points.contains(point)
+    }
 
     fn check_points(&self, layers: usize) -> Result<()> {
         crate::hooks::check_points(&format!("plugin {}", self.name()), &self.points, layers)

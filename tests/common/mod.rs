@@ -37,10 +37,16 @@ pub fn copy_fixture(preset: &str) -> tempfile::TempDir {
     dir
 }
 
+/// The runtime options the tests run with: the device `MUSICGEN_INTERP_TEST_DEVICE` (cpu by default;
+/// cuda on a GPU host), two threads.
+pub fn runtime_options() -> RuntimeOptions {
+    let device: Device = std::env::var("MUSICGEN_INTERP_TEST_DEVICE").unwrap_or_else(|_| "cpu".into()).parse().unwrap();
+    RuntimeOptions { device, threads: 2, ..Default::default() }
+}
+
 /// The device the tests run on: `MUSICGEN_INTERP_TEST_DEVICE` (cpu by default; cuda on a GPU host).
 pub fn runtime() -> Runtime {
-    let device: Device = std::env::var("MUSICGEN_INTERP_TEST_DEVICE").unwrap_or_else(|_| "cpu".into()).parse().unwrap();
-    let rt = Runtime::init(&RuntimeOptions { device, threads: 2, ..Default::default() }).expect("onnxruntime");
+    let rt = Runtime::init(&runtime_options()).expect("onnxruntime");
     eprintln!("provider: {}", rt.describe());
     rt
 }
