@@ -202,6 +202,8 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         let out = Command::new(python)
             .arg(script)
             .args(["--bundle", &bundle.display().to_string(), "--steps", &steps.join(","), "--threads", &options.threads.to_string()])
+            // The same device and precision as the graphs: on a GPU, transformers in the bundle's dtype.
+            .args(if model.decoder.state_on_host() { vec![] } else { vec!["--device".to_string(), "cuda".to_string(), "--dtype".to_string(), man.dtype.to_string()] })
             .output()
             .map_err(|e| Error::Input(format!("running the PyTorch benchmark: {e}")))?;
         if !out.status.success() {
@@ -456,7 +458,8 @@ pub fn hook_overhead(model: &mut MusicGen, steps: usize) -> Result<(f64, f64, us
     let w = ndarray::Array3::from_shape_fn((d.num_layers, 4, d.d_model), |(l, c, i)| (((l * 7 + c * 3 + i) % 13) as f32 - 6.0) / 6.0);
     crate::store::write_npy(&weights, &w)?;
     let layers: Vec<usize> = (0..d.num_layers).rev().take(3).collect();
-    let settings = serde_json::json!({"weights": weights, "target_class": 1, "layers": layers, "strengths": [0.5, 0.3, 0.2], "period": 1});
+    let strengths = &[0.5, 0.3, 0.2][..layers.len()];
+    let settings = serde_json::json!({"weights": weights, "target_class": 1, "layers": layers, "strengths": strengths, "period": 1});
     let mut plugin = crate::plugin::MethodPlugin::load("steering", &settings.to_string())?;
     let request = GenerationRequest {
         prompts: vec![PROMPT.into()],

@@ -20,6 +20,17 @@ use musicgen_interp::{Component, ForwardContext, HookPoint, Hooks, LayerEdits, M
 
 const STEPS: usize = 12;
 
+/// The bundles: both float32 presets and their half-precision profiles on the CPU; on a CUDA host
+/// (`MUSICGEN_INTERP_TEST_DEVICE=cuda`) only the half-precision ones, the only ones CUDA runs.
+fn presets() -> Vec<&'static str> {
+    let cuda = std::env::var("MUSICGEN_INTERP_TEST_DEVICE").is_ok_and(|d| d == "cuda");
+    let mut p = vec!["tiny-fp16", "tiny2-fp16"];
+    if !cuda {
+        p.extend(common::PRESETS);
+    }
+    p
+}
+
 fn request(prompts: usize) -> GenerationRequest {
     GenerationRequest {
         prompts: (0..prompts).map(|i| format!("prompt number {i}")).collect(),
@@ -61,7 +72,7 @@ fn assert_steps(what: &str, g: &Generation, want: Traffic) {
 
 #[test]
 fn without_hooks_a_step_moves_its_ids_in_and_its_logits_out() {
-    for preset in common::PRESETS {
+    for preset in presets() {
         for (form, mut m) in models(preset) {
             for prompts in [1, 3] {
                 let g = generate(&mut m, &request(prompts), &mut NoHooks, |_, _| {}).unwrap();
@@ -80,8 +91,9 @@ fn without_hooks_a_step_moves_its_ids_in_and_its_logits_out() {
 
 #[test]
 fn a_steering_plugin_adds_two_residual_copies_per_steered_layer() {
-    for preset in common::PRESETS {
-        let r = fixture(preset).join("reference/steering");
+    for preset in presets() {
+        // The float32 preset's probe directions (same width).
+        let r = fixture(preset.trim_end_matches("-fp16")).join("reference/steering");
         for (form, mut m) in models(preset) {
             let c = m.decoder.config.clone();
             let plain = generate(&mut m, &request(1), &mut NoHooks, |_, _| {}).unwrap();
@@ -105,7 +117,7 @@ fn a_steering_plugin_adds_two_residual_copies_per_steered_layer() {
 
 #[test]
 fn a_recorder_adds_one_copy_out_and_changes_nothing() {
-    for preset in common::PRESETS {
+    for preset in presets() {
         for (form, mut m) in models(preset) {
             let c = m.decoder.config.clone();
             let plain = generate(&mut m, &request(1), &mut NoHooks, |_, _| {}).unwrap();
@@ -148,7 +160,7 @@ impl Hooks for AddAtLayer {
 
 #[test]
 fn a_component_edit_sends_its_tensor_for_the_edited_layer_only() {
-    for preset in common::PRESETS {
+    for preset in presets() {
         for (form, mut m) in models(preset) {
             let c = m.decoder.config.clone();
             let plain = generate(&mut m, &request(1), &mut NoHooks, |_, _| {}).unwrap();
@@ -165,7 +177,7 @@ fn a_component_edit_sends_its_tensor_for_the_edited_layer_only() {
 /// the codes are the plain forward's, bit for bit.
 #[test]
 fn reading_every_point_leaves_the_residual_stream_bit_identical() {
-    for preset in common::PRESETS {
+    for preset in presets() {
         for (form, mut m) in models(preset) {
             let mut all = Recorder::all();
             let g = generate(&mut m, &request(2), &mut all, |_, _| {}).unwrap();

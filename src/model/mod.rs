@@ -50,6 +50,7 @@ impl MusicGen {
     pub fn load(runtime: &Runtime, dir: impl AsRef<Path>, verify: Verify) -> Result<MusicGen> {
         let bundle = Bundle::open(dir, verify)?;
         let m = &bundle.manifest;
+        check_profile(runtime.provider(), m.dtype, &bundle.dir)?;
         let dir = bundle.dir.clone();
         let load = |file: &str| Graph::load(runtime, &dir, file, false);
         let text = TextEncoder::new(m.text_encoder.clone(), &bundle.path(&m.tokenizer), load(&m.graphs.text_encoder)?)?;
@@ -77,5 +78,36 @@ impl MusicGen {
 
     pub fn manifest(&self) -> &Manifest {
         &self.bundle.manifest
+    }
+}
+
+/// Refuses a bundle whose decoder would not run on `provider`'s device. Under CUDA, onnxruntime's
+/// `GroupQueryAttention` (the plain graphs' self-attention) has float16 and bfloat16 kernels only,
+/// so a float32 decoder's attention would silently fall back to the CPU provider, with the cache
+/// crossing PCIe at every layer of every step.
+pub fn check_profile(provider: &crate::runtime::Provider, dtype: manifest::Dtype, bundle: &Path) -> Result<()> {
+    if matches!(provider, crate::runtime::Provider::Cuda { .. }) && dtype == manifest::Dtype::Float32 {
+        return Err(crate::Error::BundleMismatch {
+            bundle: bundle.to_path_buf(),
+            reason: "its decoder is float32, and onnxruntime's CUDA GroupQueryAttention runs float16 or bfloat16 only, so attention would fall back to the CPU; export the GPU profile (onnx/export.py --precision fp16 --targets gpu) or use --device cpu".into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Provider;
+    use manifest::Dtype;
+
+    #[test]
+    fn a_float32_decoder_is_refused_on_cuda_with_the_profile_to_export() {
+        let dir = Path::new("models/x");
+        let err = check_profile(&Provider::Cuda { device_id: 0 }, Dtype::Float32, dir).unwrap_err().to_string();
+        assert!(err.contains("float32") && err.contains("--precision fp16") && err.contains("--device cpu") && !err.contains('\n'), "{err}");
+        check_profile(&Provider::Cuda { device_id: 0 }, Dtype::Float16, dir).unwrap();
+        check_profile(&Provider::Cpu, Dtype::Float32, dir).unwrap();
+        check_profile(&Provider::Cpu, Dtype::Float16, dir).unwrap();
     }
 }

@@ -15,6 +15,7 @@ use ort::session::Session;
 use crate::error::{Error, Result};
 
 pub mod attention;
+pub mod cuda_libs;
 pub mod matmul;
 pub mod matmul_int8;
 pub mod ops;
@@ -289,16 +290,23 @@ fn init_global(options: &RuntimeOptions) -> Result<Global> {
 
 fn choose_provider(options: &RuntimeOptions) -> Result<(Provider, Option<String>)> {
     let cuda = Provider::Cuda { device_id: options.cuda_device };
-    match options.device {
-        Device::Cpu => Ok((Provider::Cpu, None)),
-        Device::Cuda => match cuda_problem() {
-            None => Ok((cuda, None)),
-            Some(reason) => Err(Error::CudaUnavailable { reason }),
-        },
-        Device::Auto => match cuda_problem() {
-            None => Ok((cuda, None)),
-            Some(reason) => Ok((Provider::Cpu, Some(reason))),
-        },
+    if options.device == Device::Cpu {
+        return Ok((Provider::Cpu, None));
+    }
+    // CUDA and cuDNN from the environment's NVIDIA wheels, before the provider looks for them (only
+    // where the onnxruntime library has the CUDA provider: a CPU build would load them for nothing).
+    let preloaded = match GLOBAL.get() {
+        Some(Ok(global)) if matches!(ep::CUDA::is_available(), Ok(true)) => Some(cuda_libs::preload(&global.library)),
+        _ => None,
+    };
+    let problem = cuda_problem().map(|reason| match preloaded.and_then(|p| p.failed.first()) {
+        Some((path, why)) => format!("{reason} (and {} from the NVIDIA wheels would not load, e.g. {}: {why})", preloaded.map_or(0, |p| p.failed.len()), path.display()),
+        None => reason,
+    });
+    match (options.device, problem) {
+        (_, None) => Ok((cuda, None)),
+        (Device::Auto, Some(reason)) => Ok((Provider::Cpu, Some(reason))),
+        (_, Some(reason)) => Err(Error::CudaUnavailable { reason }),
     }
 }
 
