@@ -8,13 +8,16 @@
 //!   clip (NDCG; `ndcg.csv`, `ndcg_by_layer.csv`, `ndcg.png`);
 //! - optionally the original DecoderLens over the text encoder: the decoder cross-attends to text
 //!   encoder layer j (through its final LayerNorm) instead of the last, one WAV per prompt and j.
+//!
+//! Prompts: your own, or the paper's prompt sets of some concepts (the seed's enumeration by
+//! default, see `data::concepts`), or with neither the seed's DecoderLens prompt, [`SEED_PROMPT`].
 
 use std::path::{Path, PathBuf};
 
 use ndarray::{s, Array2, Array3, Axis};
 use serde::{Deserialize, Serialize};
 
-use crate::data::concepts;
+use crate::data::concepts::{self, PromptSampling};
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerationRequest, SamplingConfig};
 use crate::hooks::{Hooks, Reduction, ResidualCapture};
@@ -22,6 +25,10 @@ use crate::judge::{ndcg, Judge, JudgeConfig};
 use crate::model::MusicGen;
 use crate::plugin::MethodPlugin;
 use crate::store::{write_atomic, write_npy};
+
+/// The prompt of the seed's DecoderLens (`decoderlens_main.py`), run when no prompt and no concept
+/// set is given.
+pub const SEED_PROMPT: &str = "Compose a happy rock piece with a guitar melody. Use a fast tempo.";
 
 fn default_prompts() -> usize {
     concepts::DEFAULT_PROMPTS_PER_CONCEPT
@@ -44,12 +51,17 @@ pub struct DecoderLensConfig {
     pub prompts: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concept: Option<String>,
-    /// ... or the paper's prompt sets of these concepts.
+    /// ... or the paper's prompt sets of these concepts; with neither, the seed's prompt
+    /// ([`SEED_PROMPT`], its concept `concept` if given).
     #[serde(default)]
     pub concepts: Vec<String>,
     /// Prompts per concept (default 100).
     #[serde(default = "default_prompts")]
     pub n_prompts_per_concept: usize,
+    /// `enumerate` (default): the seed's enumeration, the first n of 125; `random`: seeded draws.
+    #[serde(default)]
+    pub prompt_sampling: PromptSampling,
+    /// Seed of the random prompt draws (default 0; `random` only).
     #[serde(default)]
     pub prompt_seed: u64,
     /// Seconds per clip (default 4).
@@ -87,6 +99,10 @@ impl DecoderLensConfig {
 
     /// The prompts and their concepts (checked).
     pub fn prompt_set(&self) -> Result<Vec<(String, Option<&'static str>)>> {
+        if self.prompts.is_empty() && self.concepts.is_empty() {
+            let concept = self.concept.as_deref().map(concepts::concept).transpose()?;
+            return Ok(vec![(SEED_PROMPT.to_string(), concept)]);
+        }
         if !self.prompts.is_empty() {
             if !self.concepts.is_empty() {
                 return Err(Error::Input("give prompts or concepts, not both".into()));
@@ -97,13 +113,14 @@ impl DecoderLensConfig {
             }
             return Ok(self.prompts.iter().map(|p| (p.clone(), concept)).collect());
         }
-        if self.concepts.is_empty() {
-            return Err(Error::Input("decoder-lens needs prompts (--text) or concepts (--concepts)".into()));
+        if self.concept.is_some() {
+            return Err(Error::Input("concept names the concept of your own prompts (or of the seed's prompt); with concepts, each prompt set has its own".into()));
         }
+        concepts::check_prompt_settings(self.n_prompts_per_concept, self.prompt_sampling, self.prompt_seed)?;
         let mut out = Vec::new();
         for c in &self.concepts {
             let c = concepts::concept(c)?;
-            out.extend(concepts::prompts(c, self.n_prompts_per_concept, self.prompt_seed)?.into_iter().map(|p| (p, Some(c))));
+            out.extend(concepts::prompts(c, self.n_prompts_per_concept, self.prompt_sampling, self.prompt_seed)?.into_iter().map(|p| (p, Some(c))));
         }
         Ok(out)
     }

@@ -1,6 +1,10 @@
 //! Interchange interventions (ISMIR 2024, seed B 2), driven by the `interchange` method plugin and
 //! scored by a judge plugin.
 //!
+//! A concept's prompts are the seed's enumeration by default (the first `n_prompts_per_concept` of
+//! 125, `prompt_sampling: enumerate`; `random` draws them, seeded by `prompt_seed`), listed in
+//! `prompts.csv`.
+//!
 //! 1. **Means.** For every concept, generate its prompts (in batches) with the plugin in `means`
 //!    mode: the time-aligned mean output of every site (self-attention, cross-attention, MLP of every
 //!    layer), conditional and unconditional rows apart, `[layers, 3, positions, 2, d_model]`, saved as
@@ -19,8 +23,11 @@
 //!    `{original}__{desired}_all_probs.npy` (`[rows, labels]` f32, the judge's full probability
 //!    vector p1 of every intervened clip) and `{original}__{desired}_kl_divs.npy` (`[rows, labels]`
 //!    f64, the per-label terms p1 (ln p1 - ln p0) of KL(p1 || p0), not summed: precision is minus
-//!    their sum); `summary.csv` (means per pair, mode and site), plots of effectiveness and
-//!    precision by layer and component, and with `save_extremes` the best and worst clip per prompt.
+//!    their sum); the baselines once for all pairs, `results/baselines.csv` (`row,concept,prompt,text`)
+//!    with `results/baseline_probabilities.npy` (`[rows, labels]` f32, p0 of each, row for row: a
+//!    results row's p0 is the baseline row of its original concept and prompt); `summary.csv` (means
+//!    per pair, mode and site), plots of effectiveness and precision by layer and component, and
+//!    with `save_extremes` the best and worst clip per prompt.
 //!
 //! `--shard i/n` deals (pair, prompt) units round-robin, so hosts of a job array share a run in one
 //! output folder; the merge is the same whoever runs it.
@@ -32,7 +39,8 @@ use ndarray::{Array2, ArrayView1, Axis};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::data::{concepts, Shard};
+use crate::data::concepts::{self, PromptSampling};
+use crate::data::Shard;
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerationRequest, SamplingConfig};
 use crate::hooks::Component;
@@ -120,10 +128,13 @@ pub struct InterveneConfig {
     /// Only the pairs whose original concept is this one (default: all ordered pairs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed_concept: Option<String>,
-    /// Prompts per concept (default 100), drawn from the paper's template.
+    /// Prompts per concept (default 100), from the paper's template.
     #[serde(default = "default_prompts")]
     pub n_prompts_per_concept: usize,
-    /// Seed of the prompt draws (default 0).
+    /// `enumerate` (default): the seed's enumeration, the first n of 125; `random`: seeded draws.
+    #[serde(default)]
+    pub prompt_sampling: PromptSampling,
+    /// Seed of the random prompt draws (default 0; `random` only).
     #[serde(default)]
     pub prompt_seed: u64,
     /// Seconds per clip (default 4).
@@ -167,8 +178,10 @@ impl InterveneConfig {
         Ok(config)
     }
 
-    /// The run's concepts, checked (an unknown one is an error naming the ten).
+    /// The run's concepts, checked (an unknown one is an error naming the ten), after the prompt
+    /// settings (a prompt seed without random draws, more prompts than the enumeration has).
     pub fn concepts(&self) -> Result<Vec<&'static str>> {
+        concepts::check_prompt_settings(self.n_prompts_per_concept, self.prompt_sampling, self.prompt_seed)?;
         if self.concepts.is_empty() {
             return Ok(concepts::all());
         }
@@ -277,9 +290,16 @@ pub struct MeansMeta {
     /// Hash of the concept's prompts.
     pub prompts: String,
     pub n_prompts: usize,
+    /// How the prompts were chosen (a cache from before this was recorded used random draws).
+    #[serde(default = "legacy_sampling")]
+    pub prompt_sampling: PromptSampling,
     pub positions: usize,
     pub sampling: SamplingConfig,
     pub layout: String,
+}
+
+fn legacy_sampling() -> PromptSampling {
+    PromptSampling::Random
 }
 
 /// The random stream of prompt `i` of concept `c`: its baseline and all its interventions share it.
@@ -332,6 +352,7 @@ impl<'a> Interchange<'a> {
         if config.n_prompts_per_concept == 0 || config.batch_size == 0 || config.means_batch_size == 0 {
             return Err(Error::Input("n_prompts_per_concept, batch_size and means_batch_size must be positive".into()));
         }
+        concepts::check_prompt_settings(config.n_prompts_per_concept, config.prompt_sampling, config.prompt_seed)?;
         if config.modes.is_empty() {
             return Err(Error::Input("no intervention mode given (adjust, replace)".into()));
         }
@@ -357,7 +378,7 @@ impl<'a> Interchange<'a> {
             return Err(Error::Input(format!("{} s needs {} positions; the model has {}", config.duration, steps + 1, man.decoder.max_position_embeddings)));
         }
         let fingerprint = sha(man.files.iter().map(|(k, v)| format!("{k}:{}", v.sha256)));
-        let prompts = concepts.iter().map(|&c| Ok((c, concepts::prompts(c, config.n_prompts_per_concept, config.prompt_seed)?))).collect::<Result<_>>()?;
+        let prompts = concepts.iter().map(|&c| Ok((c, concepts::prompts(c, config.n_prompts_per_concept, config.prompt_sampling, config.prompt_seed)?))).collect::<Result<_>>()?;
         let sampling = config.sampling(model);
         sampling.check()?;
         let means_dir = config.pre_computed_means.clone().unwrap_or_else(|| config.output.join("means"));
@@ -456,6 +477,7 @@ impl<'a> Interchange<'a> {
             model: self.fingerprint.clone(),
             prompts: sha(self.prompts[concept].iter().cloned()),
             n_prompts: self.config.n_prompts_per_concept,
+            prompt_sampling: self.config.prompt_sampling,
             positions: self.steps,
             sampling: self.sampling.clone(),
             layout: "[layer, component (attn, cross_attn, mlp), position, cond/uncond, d_model]".into(),
@@ -471,7 +493,7 @@ impl<'a> Interchange<'a> {
             let have: MeansMeta = serde_json::from_str(&text).map_err(|e| Error::Input(format!("{}: {e}", json.display())))?;
             let differs = [
                 (have.model != want.model, "another model"),
-                (have.prompts != want.prompts || have.n_prompts != want.n_prompts, "another prompt set"),
+                (have.prompts != want.prompts || have.n_prompts != want.n_prompts || have.prompt_sampling != want.prompt_sampling, "another prompt set"),
                 (have.positions != want.positions, "another clip length"),
                 (have.sampling != want.sampling, "other sampling settings"),
             ];
@@ -700,6 +722,7 @@ impl<'a> Interchange<'a> {
             }
             all.extend(scores);
         }
+        self.merge_baselines(&results)?;
         // Summary: mean and standard deviation per pair, mode and site.
         let mut groups: BTreeMap<(String, String, Mode, Site), Vec<&Score>> = BTreeMap::new();
         for s in &all {
@@ -719,6 +742,38 @@ impl<'a> Interchange<'a> {
             }
         }
         Ok(())
+    }
+
+    /// `results/baselines.csv` (`row,concept,prompt,text`: every prompt of every original concept,
+    /// concepts in the run's order, prompts in order) and `results/baseline_probabilities.npy`
+    /// (`[rows, labels]` f32, the judge's probabilities p0 of each unintervened clip, row for row).
+    fn merge_baselines(&self, results: &Path) -> Result<()> {
+        let mut originals: Vec<&'static str> = Vec::new();
+        for &(o, _) in &self.pairs {
+            if !originals.contains(&o) {
+                originals.push(o);
+            }
+        }
+        let n = self.config.n_prompts_per_concept;
+        let labels = self.judge.labels().len();
+        let mut p0 = Array2::<f32>::zeros((originals.len() * n, labels));
+        let mut csv = String::from("row,concept,prompt,text\n");
+        for (k, &c) in originals.iter().enumerate() {
+            for i in 0..n {
+                let row = k * n + i;
+                let probs = self.baseline(c, i)?;
+                if probs.len() != labels {
+                    let path = self.baseline_path(c, i);
+                    return Err(Error::Input(format!("{} holds {} probabilities but the judge has {labels} labels; delete it to judge that baseline again", path.display(), probs.len())));
+                }
+                p0.row_mut(row).assign(&ArrayView1::from(probs.as_slice()));
+                csv.push_str(&format!("{row},{c},{i},\"{}\"\n", self.prompts[c][i]));
+            }
+        }
+        let mut staged = Staged::new();
+        staged.stage(&results.join("baselines.csv"), csv.as_bytes())?;
+        staged.stage_with(&results.join("baseline_probabilities.npy"), npy_writer(&p0))?;
+        staged.commit()
     }
 }
 

@@ -2,6 +2,8 @@
 //! early exit (library call and the `decoder-lens` plugin) equals a truncated transformers decoder at
 //! every layer, and the text-encoder variant equals transformers conditioned on each T5 layer. The
 //! command's measurements (self-similarity, NDCG) are checked against independent recomputation.
+//! With no prompt, the command runs the seed's DecoderLens prompt (its full-depth clip is `generate`'s
+//! clip of that text).
 
 mod common;
 
@@ -150,4 +152,33 @@ fn decoder_lens_command_writes_clips_self_similarity_and_ndcg() {
         let got: f64 = f[4].parse().unwrap();
         assert!((got - want).abs() < 1e-5, "{file}: NDCG {got} but the judge ranks Jazz at {rank} (NDCG {want})");
     }
+}
+
+#[test]
+fn decoder_lens_without_a_prompt_runs_the_seeds_prompt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_musicgen-interp")).args(["--device", "cpu"]).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let model = fixture("tiny2");
+    let out = tmp.path().join("lens");
+    run(&["decoder-lens", "--model", model.to_str().unwrap(), "--duration", "0.3", "--seed", "4", "--output-dir", out.to_str().unwrap()]);
+    // The seed's decoderlens_main.py prompt (SPEC), written out here.
+    let seed_prompt = "Compose a happy rock piece with a guitar melody. Use a fast tempo.";
+    assert_eq!(std::fs::read_to_string(out.join("prompts.csv")).unwrap(), format!("prompt,concept,text\n0,,\"{seed_prompt}\"\n"));
+    // And it is what was generated: the full-depth exit is `generate` of that text with the same seed.
+    let layers = load("tiny2").decoder.num_layers();
+    let codes = tmp.path().join("full.npy");
+    let steps = (0.3f64 * 50.0).round() as usize + 3;
+    run(&[
+        "generate", "--model", model.to_str().unwrap(), "--text", seed_prompt, "--steps", &steps.to_string(), "--seed", "4",
+        "--output", tmp.path().join("full.wav").to_str().unwrap(), "--save-codes", codes.to_str().unwrap(),
+    ]);
+    assert_eq!(npy::<i64>(out.join(format!("codes_layer_{:02}_batch000.npy", layers - 1))), npy::<i64>(&codes));
+    run(&[
+        "generate", "--model", model.to_str().unwrap(), "--text", "lo-fi jazz", "--steps", &steps.to_string(), "--seed", "4",
+        "--output", tmp.path().join("other.wav").to_str().unwrap(), "--save-codes", tmp.path().join("other.npy").to_str().unwrap(),
+    ]);
+    assert_ne!(npy::<i64>(tmp.path().join("other.npy")), npy::<i64>(&codes), "another text gives other codes here, so the check above can fail");
 }
