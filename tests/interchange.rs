@@ -6,7 +6,11 @@
 //! - every row's effectiveness and precision (and the concept probabilities, and the saved per-label
 //!   kl_divs) equal an independent numpy recomputation from the judge's saved probabilities
 //!   (onnx/check_interchange_scores.py), so a swap of p0 and p1 or of the two concepts fails;
-//! - runs resume, shards merge into what one host writes, foreign mean caches are refused;
+//! - the judge's saved probabilities of every clip kept as audio (baselines, extremes) equal the
+//!   classifier run again on it with onnxruntime; every row's kl_divs sum to minus its precision;
+//! - runs resume, shards merge into what one host writes (scores, all_probs, kl_divs, baselines),
+//!   foreign mean caches (other model, prompt set or prompt sampling, sampling) are refused;
+//! - a run's prompts are the seed's enumeration (written out by hand below) unless asked otherwise;
 //! - the ONNX judge matches the classifier's own outputs, and refuses a label map lacking a concept.
 
 mod common;
@@ -17,6 +21,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{s, Array2, Array5, Ix2, Ix3, Ix5};
 
 use common::{assert_close, fixture, load, npy};
+use musicgen_interp::data::concepts::PromptSampling;
 use musicgen_interp::data::Shard;
 use musicgen_interp::generate::{generate, GenerationRequest, SamplingConfig};
 use musicgen_interp::interchange::{read_results, Interchange, InterveneConfig, Mode};
@@ -142,6 +147,7 @@ fn config(out: &Path, batch_size: usize) -> InterveneConfig {
         concepts: vec!["jazz".into(), "rock".into(), "piano".into()],
         fixed_concept: None,
         n_prompts_per_concept: 2,
+        prompt_sampling: PromptSampling::Enumerate,
         prompt_seed: 0,
         duration: 0.3,
         seed: 5,
@@ -181,6 +187,21 @@ fn assert_same_scores(a: &[musicgen_interp::interchange::Score], b: &[musicgen_i
     }
 }
 
+/// The merged arrays beside the scores (every pair's all_probs and kl_divs, the baselines' CSV and
+/// probabilities): byte for byte the same in `a` and `b` (each clip is decoded and judged alone, so
+/// its numbers do not depend on its batch or shard).
+fn assert_same_arrays(a: &Path, b: &Path, what: &str) {
+    let mut files = vec!["results/baselines.csv".to_string(), "results/baseline_probabilities.npy".to_string()];
+    for pair in ["jazz__rock", "jazz__piano", "rock__jazz", "rock__piano", "piano__jazz", "piano__rock"] {
+        files.push(format!("results/{pair}_all_probs.npy"));
+        files.push(format!("results/{pair}_kl_divs.npy"));
+    }
+    for f in files {
+        let (x, y) = (std::fs::read(a.join(&f)).unwrap(), std::fs::read(b.join(&f)).unwrap());
+        assert!(x == y, "{what}: {f} differs");
+    }
+}
+
 #[test]
 fn runs_resume_shard_merge_and_batch_consistently() {
     let tmp = tempfile::tempdir().unwrap();
@@ -198,12 +219,49 @@ fn runs_resume_shard_merge_and_batch_consistently() {
     }
     let extremes = std::fs::read_dir(single.join("extremes/jazz__rock")).unwrap().count();
     assert_eq!(extremes, 2 * 2, "best and worst clip per prompt");
+    // The seed's enumeration (from SPEC's lists by hand): a genre concept over (mood, instrument,
+    // tempo), an instrument concept over (genre, mood, tempo); the baselines row for row with them.
+    let prompts = std::fs::read_to_string(single.join("prompts.csv")).unwrap();
+    let baselines = std::fs::read_to_string(single.join("results/baselines.csv")).unwrap();
+    let mut want_baselines = String::from("row,concept,prompt,text\n");
+    for (row, (c, i, text)) in [
+        ("jazz", 0, "Compose a emotional jazz piece, with a guitar melody. Use a fast tempo."),
+        ("jazz", 1, "Compose a emotional jazz piece, with a guitar melody. Use a medium tempo."),
+        ("rock", 0, "Compose a emotional rock piece, with a guitar melody. Use a fast tempo."),
+        ("rock", 1, "Compose a emotional rock piece, with a guitar melody. Use a medium tempo."),
+        ("piano", 0, "Compose a emotional rock piece, with a piano melody. Use a fast tempo."),
+        ("piano", 1, "Compose a emotional rock piece, with a piano melody. Use a medium tempo."),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert!(prompts.contains(&format!("{c},{i},\"{text}\"\n")), "{c} {i}: {prompts}");
+        want_baselines.push_str(&format!("{row},{c},{i},\"{text}\"\n"));
+    }
+    assert_eq!(baselines, want_baselines);
+    let p0: Array2<f32> = ndarray_npy::read_npy(single.join("results/baseline_probabilities.npy")).unwrap();
+    assert_eq!(p0.dim(), (6, 12));
+    for (row, (c, i)) in [("jazz", 0), ("jazz", 1), ("rock", 0), ("rock", 1), ("piano", 0), ("piano", 1)].into_iter().enumerate() {
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(single.join(format!("baseline/{c}/p{i:04}.json"))).unwrap()).unwrap();
+        let saved: Vec<f32> = serde_json::from_value(json["probabilities"].clone()).unwrap();
+        assert_eq!(p0.row(row).to_vec(), saved, "baseline row {row}");
+    }
 
-    // Resume: a finished batch is not recomputed; a lost one is, and the results do not move.
+    // Resume: a finished batch is not recomputed; a lost one (its scores or its probabilities) is,
+    // and the results do not move.
+    let keep = tempfile::tempdir().unwrap();
+    for f in ["results/baseline_probabilities.npy", "results/jazz__rock_all_probs.npy", "results/jazz__rock_kl_divs.npy"] {
+        std::fs::create_dir_all(keep.path().join("results")).unwrap();
+        std::fs::copy(single.join(f), keep.path().join(f)).unwrap();
+    }
     std::fs::remove_file(single.join("parts/rock__piano/p0001_b000.csv")).unwrap();
+    std::fs::remove_file(single.join("parts/jazz__rock/p0000_b001.probs.npy")).unwrap();
     let again = run(config(&single, 4), Shard::ALL);
-    assert_eq!((again.units_done, again.units_skipped, again.means_computed, again.means_loaded), (1, 23, 0, 2));
+    assert_eq!((again.units_done, again.units_skipped, again.means_computed, again.means_loaded), (2, 22, 0, 3));
     assert_same_scores(&results(&single), &base, "resumed run");
+    for f in ["results/baseline_probabilities.npy", "results/jazz__rock_all_probs.npy", "results/jazz__rock_kl_divs.npy"] {
+        assert!(std::fs::read(single.join(f)).unwrap() == std::fs::read(keep.path().join(f)).unwrap(), "resumed run: {f} moved");
+    }
 
     // One by one (batch 1), reusing the means: the same scores.
     let one = tmp.path().join("one");
@@ -212,6 +270,7 @@ fn runs_resume_shard_merge_and_batch_consistently() {
     let r = run(c, Shard::ALL);
     assert_eq!((r.units_done, r.means_computed, r.means_loaded), (6 * 2 * 6, 0, 3));
     assert_same_scores(&results(&one), &base, "batch 1 vs batch 4");
+    assert_same_arrays(&one, &single, "batch 1 vs batch 4");
 
     // Two shards into one folder: the second to finish merges the same files.
     let sharded = tmp.path().join("sharded");
@@ -220,6 +279,7 @@ fn runs_resume_shard_merge_and_batch_consistently() {
     let b = run(config(&sharded, 4), "1/2".parse().unwrap());
     assert!(b.merged && b.units_done == 12);
     assert_same_scores(&results(&sharded), &base, "sharded run");
+    assert_same_arrays(&sharded, &single, "sharded run");
     assert_eq!(std::fs::read(sharded.join("summary.csv")).unwrap(), std::fs::read(single.join("summary.csv")).unwrap());
 }
 
@@ -232,15 +292,15 @@ fn scores_equal_numpy_from_the_judges_saved_probabilities() {
     let out = tmp.path().join("run");
     let mut c = config(&out, 6);
     c.concepts = vec!["jazz".into(), "rock".into()];
-    c.save_extremes = false;
-    c.judge = JudgeConfig::onnx(model, labels.clone(), 32000);
+    c.judge = JudgeConfig::onnx(model.clone(), labels.clone(), 32000);
     let mut m = load("tiny");
     let rt = common::runtime();
     let mut j = Judge::load(&c.judge, rt.library(), &["jazz", "rock"]).unwrap();
     let r = Interchange::new(&mut m, &mut j, c).unwrap().run(Shard::ALL, |_| {}).unwrap();
     assert!(r.merged);
-    // 2 pairs x 2 prompts x (2 modes x 3 sites), every row checked.
-    assert_eq!(scores::check_interchange_scores(&out, &labels), 2 * 2 * 6);
+    // 2 pairs x 2 prompts x (2 modes x 3 sites), every row checked; the 2 x 2 baselines and the
+    // 2 pairs x 2 prompts x (best, worst) extremes judged again from their WAVs.
+    assert_eq!(scores::check_interchange_scores_and_clips(&out, &labels, Some(&model)), (2 * 2 * 6, 2 * 2, 2 * 2 * 2));
 }
 
 #[test]
@@ -265,9 +325,17 @@ fn foreign_mean_caches_unknown_concepts_and_incomplete_label_maps_are_refused() 
         assert!(err.contains(want) && err.contains("refusing"), "{err}");
     };
     refuse("tiny2", &|c| c.model = fixture("tiny2").display().to_string(), "another model");
-    refuse("tiny", &|c| c.prompt_seed = 9, "another prompt set");
+    refuse("tiny", &|c| c.prompt_sampling = PromptSampling::Random, "another prompt set");
+    refuse("tiny", &|c| (c.prompt_sampling, c.prompt_seed) = (PromptSampling::Random, 9), "another prompt set");
     refuse("tiny", &|c| c.n_prompts_per_concept = 3, "another prompt set");
     refuse("tiny", &|c| c.seed = 6, "other sampling settings");
+
+    // A prompt seed without random draws, refused before anything runs.
+    let mut c2 = c.clone();
+    c2.prompt_seed = 9;
+    let mut j = judge(&["jazz", "rock"]);
+    let err = Interchange::new(&mut m, &mut j, c2).err().unwrap().to_string();
+    assert!(err.contains("prompt_seed 9 only applies to prompt_sampling: random"), "{err}");
 
     // An unknown concept, through the command line.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_musicgen-interp"))

@@ -66,14 +66,41 @@ pub fn sensitive_judge(dir: &Path) -> (PathBuf, PathBuf) {
 /// tolerance; exchanging p0 and p1 in the KL changes it by more than 10x the precision tolerance
 /// on some row.
 pub fn check_interchange_scores(run: &Path, labels: &Path) -> usize {
+    check_interchange_scores_and_clips(run, labels, None).0
+}
+
+/// [`check_interchange_scores`], and with `judge` (the run's judge model) every clip the run kept
+/// as audio (baselines, extremes) judged again by the script with onnxruntime: its saved
+/// probabilities (the baseline's row of `baseline_probabilities.npy`, the extreme's row of
+/// `all_probs`) equal the classifier's softmax within 1e-6 absolute (both sides run the same graph
+/// on the same f32 samples; the host normalises in f64 and rounds to f32, ~6e-8 on a probability
+/// below 1). Returns (rows checked, baseline clips judged, intervened clips judged).
+pub fn check_interchange_scores_and_clips(run: &Path, labels: &Path, judge: Option<&Path>) -> (usize, usize, usize) {
     let tmp = tempfile::tempdir().unwrap();
     let out_csv = tmp.path().join("numpy.csv");
-    let out = std::process::Command::new(python())
-        .arg(root().join("onnx/check_interchange_scores.py"))
-        .args(["--run".as_ref(), run.as_os_str(), "--labels".as_ref(), labels.as_os_str(), "--out".as_ref(), out_csv.as_os_str()])
-        .output()
-        .unwrap();
+    let clips_csv = tmp.path().join("clips.csv");
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg(root().join("onnx/check_interchange_scores.py"))
+        .args(["--run".as_ref(), run.as_os_str(), "--labels".as_ref(), labels.as_os_str(), "--out".as_ref(), out_csv.as_os_str()]);
+    if let Some(j) = judge {
+        cmd.args(["--judge-model".as_ref(), j.as_os_str(), "--clips-out".as_ref(), clips_csv.as_os_str()]);
+    }
+    let out = cmd.output().unwrap();
     assert!(out.status.success(), "check_interchange_scores.py: {}", String::from_utf8_lossy(&out.stderr));
+    let (mut baselines, mut intervened) = (0, 0);
+    if judge.is_some() {
+        let text = std::fs::read_to_string(&clips_csv).unwrap();
+        let (mut worst, mut spread) = (0.0f64, (f64::INFINITY, 0.0f64));
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            let (diff, top): (f64, f64) = (f[2].parse().unwrap(), f[3].parse().unwrap());
+            assert!(diff <= 1e-6 && top > 0.0, "{}: saved probabilities vs the judge run again: max diff {diff:e}", f[1]);
+            if f[0] == "baseline" { baselines += 1 } else { intervened += 1 }
+            worst = worst.max(diff);
+            spread = (spread.0.min(top), spread.1.max(top));
+        }
+        eprintln!("{} clips judged again: max |saved - judge| {worst:.3e}; top probability {:.4}..{:.4}", baselines + intervened, spread.0, spread.1);
+    }
     let text = std::fs::read_to_string(&out_csv).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
@@ -88,7 +115,7 @@ pub fn check_interchange_scores(run: &Path, labels: &Path) -> usize {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .filter(|p| p.extension().is_some_and(|x| x == "csv") && p.file_stem().is_some_and(|s| s.to_string_lossy().contains("__")))
         .collect();
     pairs.sort();
     let mut got = Vec::new();
@@ -127,6 +154,11 @@ pub fn check_interchange_scores(run: &Path, labels: &Path) -> usize {
     let precision = run_col(|s| s.precision);
     assert_close("precision: run vs numpy -KL(p1 || p0)", &f32s(&precision), &f32s(&col("precision")), precision_tol);
     assert_close("precision: run vs minus the sum of the saved kl_divs", &f32s(&precision), &f32s(&col("saved_kl_sum").mapv(|x| -x)), Tol::new(1e-12, 1e-6));
+    // Row by row too: each row's kl terms sum to minus its own precision within 1e-6 relative (the
+    // CSV's 9 significant digits are the limit, 5e-9).
+    for ((stem, s), sum) in got.iter().zip(col("saved_kl_sum").iter()) {
+        assert!((s.precision + sum).abs() <= 1e-6 * s.precision.abs() + 1e-15, "{stem} prompt {} {} {}: precision {:e}, kl terms sum {sum:e}", s.prompt, s.mode.name(), s.site, s.precision);
+    }
     let terms = col("kl_terms_max_abs_diff");
     let terms_scale = col("kl_terms_max_abs").fold(0.0f64, |a, &b| a.max(b));
     let worst = terms.fold(0.0f64, |a, &b| if b.is_nan() { f64::INFINITY } else { a.max(b) });
@@ -139,5 +171,5 @@ pub fn check_interchange_scores(run: &Path, labels: &Path) -> usize {
     let gap = (&col("precision_swapped") - &col("precision")).fold(0.0f64, |a, &b| a.max(b.abs()));
     eprintln!("largest |KL(p0||p1) - KL(p1||p0)| over the rows: {gap:.3e}; max |effectiveness| {eff_max:.3e}");
     assert!(gap > 10.0 * 2e-6, "KL(p0||p1) and KL(p1||p0) differ by at most {gap:e} here: a swap of p0 and p1 could pass");
-    got.len()
+    (got.len(), baselines, intervened)
 }
