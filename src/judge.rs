@@ -18,22 +18,97 @@ pub const EPS: f64 = 1e-12;
 
 /// The classifier's label names for each of the paper's concepts (AudioSet's names, which PaSST and
 /// other AudioSet classifiers use).
-pub fn default_concept_labels() -> BTreeMap<String, Vec<String>> {
-    [
-        ("guitar", "Guitar"),
-        ("piano", "Piano"),
-        ("trumpet", "Trumpet"),
-        ("violin", "Violin, fiddle"),
-        ("classical", "Classical music"),
-        ("pop", "Pop music"),
-        ("jazz", "Jazz"),
-        ("rock", "Rock music"),
-        ("electronic", "Electronic music"),
-        ("hip-hop", "Hip hop music"),
-    ]
-    .into_iter()
-    .map(|(c, l)| (c.to_string(), vec![l.to_string()]))
-    .collect()
+pub fn default_concept_labels() -> BTreeMap<String, Vec<ClassRef>> {
+    AUDIOSET.iter().map(|&(c, l, _)| (c.to_string(), vec![ClassRef::Name(l.to_string())])).collect()
+}
+
+/// The paper's ten concepts: (concept, AudioSet label name, AudioSet class index as the seed's PaSST
+/// numbers its 527 outputs).
+pub const AUDIOSET: [(&str, &str, usize); 10] = [
+    ("guitar", "Guitar", 140),
+    ("piano", "Piano", 153),
+    ("trumpet", "Trumpet", 187),
+    ("violin", "Violin, fiddle", 191),
+    ("classical", "Classical music", 237),
+    ("pop", "Pop music", 216),
+    ("jazz", "Jazz", 235),
+    ("rock", "Rock music", 219),
+    ("electronic", "Electronic music", 245),
+    ("hip-hop", "Hip hop music", 217),
+];
+
+/// AudioSet's class count (PaSST's outputs).
+pub const AUDIOSET_CLASSES: usize = 527;
+
+/// One classifier output a concept stands for: by index (a YAML integer) or by label name (a string).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, expecting = "a class index (integer) or a label name (string)")]
+pub enum ClassRef {
+    Index(usize),
+    Name(String),
+}
+
+impl std::fmt::Display for ClassRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClassRef::Index(i) => write!(f, "class index {i}"),
+            ClassRef::Name(n) => write!(f, "the label {n:?}"),
+        }
+    }
+}
+
+/// Resolves each concept in `needed` to label indices of a classifier whose label map is `labels`
+/// (in output order). An index must be below the class count; a name must be in the label map
+/// (case-insensitive). A label map without names (each class named by its index, as an index-only
+/// map or no map gives them) on a 527-class classifier is AudioSet's order: the ten concepts'
+/// AudioSet names then resolve to the seed's PaSST class ids ([`AUDIOSET`]), so the default mapping
+/// reproduces the paper without a label file. Keys of `map` are concept names (`hiphop` as well as
+/// `hip-hop`); an unknown one is refused.
+pub fn resolve_concepts(map: &BTreeMap<String, Vec<ClassRef>>, labels: &[String], needed: &[&str]) -> Result<BTreeMap<String, Vec<usize>>> {
+    let mut canonical: BTreeMap<&str, &Vec<ClassRef>> = BTreeMap::new();
+    for (key, refs) in map {
+        let c = concepts::concept(key).map_err(|e| Error::Input(format!("judge concepts: {e}")))?;
+        if canonical.insert(c, refs).is_some() {
+            return Err(Error::Input(format!("judge concepts: {c} is mapped twice (hip-hop and hiphop are one concept)")));
+        }
+    }
+    let unnamed = labels.iter().enumerate().all(|(i, l)| *l == i.to_string());
+    let audioset_ids = unnamed && labels.len() == AUDIOSET_CLASSES;
+    let mut resolved = BTreeMap::new();
+    for &c in needed {
+        let c = concepts::concept(c)?;
+        let refs = canonical.get(c).ok_or_else(|| {
+            Error::Input(format!("judge: no classifier labels for concept {c}; add `concepts: {{{c}: [LABEL or INDEX, ...]}}` to the judge settings"))
+        })?;
+        let mut idx = Vec::new();
+        for r in refs.iter() {
+            let i = match r {
+                ClassRef::Index(i) if *i < labels.len() => *i,
+                ClassRef::Index(i) => {
+                    return Err(Error::Input(format!("judge: concept {c} maps to class index {i}, but the classifier has {} classes (0..{})", labels.len(), labels.len())))
+                }
+                ClassRef::Name(name) => match labels.iter().position(|l| l.eq_ignore_ascii_case(name)) {
+                    Some(i) => i,
+                    None => match AUDIOSET.iter().find(|a| audioset_ids && a.1.eq_ignore_ascii_case(name)) {
+                        Some(a) => a.2,
+                        None => {
+                            let hint = if unnamed { "; its classes have no names: map the concept by class index" } else { "" };
+                            return Err(Error::Input(format!(
+                                "judge: concept {c} maps to the label {name:?}, which the classifier's label map ({} labels) does not name{hint}",
+                                labels.len()
+                            )));
+                        }
+                    },
+                },
+            };
+            idx.push(i);
+        }
+        if idx.is_empty() {
+            return Err(Error::Input(format!("judge: concept {c} maps to no label")));
+        }
+        resolved.insert(c.to_string(), idx);
+    }
+    Ok(resolved)
 }
 
 fn default_plugin() -> String {
@@ -47,16 +122,19 @@ pub struct JudgeConfig {
     /// Judge plugin: built-in name or path (default `onnx-judge`).
     #[serde(default = "default_plugin")]
     pub plugin: String,
-    /// The plugin's own settings; for `onnx-judge`: `model` (.onnx), `labels` (CSV with a `name` or
-    /// `display_name` column), `sample_rate`, optional `input`, `output`, `activation`
-    /// (softmax | sigmoid | none).
+    /// The plugin's own settings; for `onnx-judge`: `model` (.onnx, or a judge folder whose
+    /// `classifier.json` gives the defaults, as `onnx/export_passt.py` writes), `labels` (CSV with a
+    /// `name` or `display_name` column, or only `index`), `sample_rate`, optional `input`, `output`,
+    /// `activation` (softmax | sigmoid | none).
     pub settings: serde_json::Value,
     /// Where the settings were written, so the plugin's complaint names the file's line and column.
     #[serde(skip)]
     pub origin: Option<crate::config::Origin>,
-    /// Classifier labels per concept (default: the AudioSet names of the ten concepts).
+    /// Classifier outputs per concept, each a label name or a class index (default: the AudioSet
+    /// names of the ten concepts, which on a 527-class judge without label names are the seed's
+    /// PaSST class ids).
     #[serde(default = "default_concept_labels")]
-    pub concepts: BTreeMap<String, Vec<String>>,
+    pub concepts: BTreeMap<String, Vec<ClassRef>>,
 }
 
 impl JudgeConfig {
@@ -94,27 +172,7 @@ impl Judge {
         }
         let json = crate::config::SettingsJson::new(&settings);
         let plugin = JudgePlugin::load(&config.plugin, &json.text).map_err(|e| json.explain(e, config.origin.as_ref()))?;
-        let mut resolved = BTreeMap::new();
-        for &c in needed {
-            let c = concepts::concept(c)?;
-            let names = config.concepts.get(c).ok_or_else(|| {
-                Error::Input(format!("judge: no classifier labels for concept {c}; add `concepts: {{{c}: [LABEL, ...]}}` to the judge settings"))
-            })?;
-            let mut idx = Vec::new();
-            for name in names {
-                let i = plugin.labels().iter().position(|l| l.eq_ignore_ascii_case(name)).ok_or_else(|| {
-                    Error::Input(format!(
-                        "judge: concept {c} maps to the label {name:?}, which the classifier's label map ({} labels) does not name",
-                        plugin.labels().len()
-                    ))
-                })?;
-                idx.push(i);
-            }
-            if idx.is_empty() {
-                return Err(Error::Input(format!("judge: concept {c} maps to no label")));
-            }
-            resolved.insert(c.to_string(), idx);
-        }
+        let resolved = resolve_concepts(&config.concepts, plugin.labels(), needed)?;
         Ok(Judge { plugin, concepts: resolved })
     }
 
@@ -197,5 +255,53 @@ mod tests {
         assert!((ndcg(p.view(), &[0]) - 1.0).abs() < 1e-12);
         assert!((ndcg(p.view(), &[2]) - 0.5).abs() < 1e-12);
         assert!((ndcg(p.view(), &[1, 0]) - 1.0).abs() < 1e-12);
+    }
+
+    fn names(labels: &[&str]) -> Vec<String> {
+        labels.iter().map(|l| l.to_string()).collect()
+    }
+
+    #[test]
+    fn concepts_map_to_labels_by_name_or_index() {
+        let unnamed: Vec<String> = (0..AUDIOSET_CLASSES).map(|i| i.to_string()).collect();
+        let all: Vec<&str> = AUDIOSET.iter().map(|a| a.0).collect();
+        // The default on a 527-class judge without names: the seed's PaSST ids, hip-hop as hiphop too.
+        let r = resolve_concepts(&default_concept_labels(), &unnamed, &all).unwrap();
+        let want = [("guitar", 140), ("piano", 153), ("trumpet", 187), ("violin", 191), ("classical", 237), ("pop", 216), ("jazz", 235), ("rock", 219), ("electronic", 245), ("hip-hop", 217)];
+        for (c, i) in want {
+            assert_eq!(r[c], [i], "{c}");
+        }
+        assert_eq!(resolve_concepts(&default_concept_labels(), &unnamed, &["hiphop"]).unwrap()["hip-hop"], [217]);
+        // A 527-class judge with AudioSet's names: by name, wherever the names are.
+        let mut named = unnamed.clone();
+        named[3] = "Guitar".into();
+        named[140] = "Acoustic guitar".into();
+        assert_eq!(resolve_concepts(&default_concept_labels(), &named, &["guitar"]).unwrap()["guitar"], [3]);
+        // ... and a named map without the label is refused, not silently mapped by id.
+        let err = resolve_concepts(&default_concept_labels(), &named, &["piano"]).unwrap_err().to_string();
+        assert!(err.contains("concept piano") && err.contains("\"Piano\""), "{err}");
+        // Another class count without names: the names mean nothing, indices do.
+        let twelve: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+        let err = resolve_concepts(&default_concept_labels(), &twelve, &["jazz"]).unwrap_err().to_string();
+        assert!(err.contains("map the concept by class index"), "{err}");
+        // Indices and names from a config, keys as users write them.
+        let map: BTreeMap<String, Vec<ClassRef>> =
+            serde_yaml::from_str("jazz: [6, Speech]\nhiphop: [9]\nrock: [\"Rock music\"]\n").unwrap();
+        let labels = names(&["Guitar", "Piano", "Trumpet", "Violin, fiddle", "Classical music", "Pop music", "Jazz", "Rock music", "Electronic music", "Hip hop music", "Speech", "Drum"]);
+        let r = resolve_concepts(&map, &labels, &["jazz", "hip-hop", "rock"]).unwrap();
+        assert_eq!((r["jazz"].clone(), r["hip-hop"].clone(), r["rock"].clone()), (vec![6, 10], vec![9], vec![7]));
+        assert_eq!(serde_yaml::to_string(&map["jazz"]).unwrap(), "- 6\n- Speech\n", "the resolved config writes them back as given");
+        // Refusals: an index past the classes, an unknown concept key, one concept twice, an unmapped concept.
+        let map: BTreeMap<String, Vec<ClassRef>> = serde_yaml::from_str("jazz: [12]").unwrap();
+        let err = resolve_concepts(&map, &labels, &["jazz"]).unwrap_err().to_string();
+        assert!(err.contains("class index 12, but the classifier has 12 classes"), "{err}");
+        let map: BTreeMap<String, Vec<ClassRef>> = serde_yaml::from_str("polka: [1]").unwrap();
+        assert!(resolve_concepts(&map, &labels, &[]).unwrap_err().to_string().contains("unknown concept \"polka\""));
+        let map: BTreeMap<String, Vec<ClassRef>> = serde_yaml::from_str("hiphop: [1]\nhip-hop: [2]").unwrap();
+        assert!(resolve_concepts(&map, &labels, &[]).unwrap_err().to_string().contains("mapped twice"));
+        let map: BTreeMap<String, Vec<ClassRef>> = serde_yaml::from_str("jazz: [1]").unwrap();
+        assert!(resolve_concepts(&map, &labels, &["rock"]).unwrap_err().to_string().contains("no classifier labels for concept rock"));
+        let err = serde_yaml::from_str::<BTreeMap<String, Vec<ClassRef>>>("jazz: [[1]]").unwrap_err().to_string();
+        assert!(err.contains("a class index (integer) or a label name (string)"), "{err}");
     }
 }
