@@ -5,7 +5,7 @@ the target decoder layers that change the layer's output on the conditional rows
 h' = (h + s |h| v) / (1 + s), v = W[L][C] / |W[L][C]|, on forward calls offset, offset + period, ...
 (call 0 is the prefill). Writes DIR/reference/steering/{weights.npy, cases.json, CASE/codes.npy}.
 
-Usage: python onnx/reference_steering.py --bundle DIR [--steps 30]
+Usage: python onnx/reference_steering.py --bundle DIR [--steps 30] [--dtype float16|float32]
 """
 
 import argparse
@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mg_generate  # noqa: E402
+from mg_dtype import DTYPES, bundle_dtype  # noqa: E402
 
 PROMPTS = ["80s pop track with bassy drums and synth", "90s rock song with loud guitars and heavy drums"]
 
@@ -45,10 +46,11 @@ def generate_codes(model, tokenizer, steps, case, weights):
             if call < case["offset"] or (call - case["offset"]) % case["period"] != 0:
                 return output
             h = output[0] if isinstance(output, tuple) else output
+            v_ = v.to(h.dtype)
             c = h[:cond_rows]
             norm = c.norm(dim=-1, keepdim=True)
             h = h.clone()
-            h[:cond_rows] = (c + strength * norm * v) / (1 + strength)
+            h[:cond_rows] = (c + strength * norm * v_) / (1 + strength)
             return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
 
         return hook
@@ -69,8 +71,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--dtype", choices=DTYPES, help="compute type (default: the bundle manifest's dtype; on an fp16 "
+                    "bundle transformers computes in float16 on the graphs' own rounded weights)")
     args = ap.parse_args()
-    model, tokenizer = mg_generate.load(args.bundle)
+    dtype = args.dtype or bundle_dtype(args.bundle)
+    model, tokenizer = mg_generate.load(args.bundle, None if dtype == "float32" and bundle_dtype(args.bundle) == "float32" else dtype)
     n_layers = model.decoder.config.num_hidden_layers
     d = model.decoder.config.hidden_size
     rng = np.random.default_rng(11)

@@ -27,8 +27,12 @@ if [ "$(cat tests/data/.stamp 2>/dev/null)" != "$stamp" ]; then
     .venv/bin/python onnx/reference.py --bundle "tests/data/$preset-fp16"
     .venv/bin/python onnx/reference.py --bundle "tests/data/$preset-fp16" --dtype float32 --out "tests/data/$preset-fp16/reference-fp32"
     .venv/bin/python onnx/reference_generate.py --bundle "tests/data/$preset-fp16"
+    .venv/bin/python onnx/reference_steering.py --bundle "tests/data/$preset-fp16"
+    .venv/bin/python onnx/reference_decoder_lens.py --bundle "tests/data/$preset-fp16"
   done
   .venv/bin/python onnx/make_classifier.py --out tests/data/classifier
+  # the seed's judge, PaSST, untrained (tests/passt.rs)
+  .venv/bin/python onnx/export_passt.py --random-weights --seed 0 --out tests/data/passt
   .venv/bin/python onnx/quantize.py --bundle tests/data/tiny --out tests/data/tiny-int8 --bits 8 --reference-checkpoint
   .venv/bin/python onnx/reference.py --bundle tests/data/tiny-int8
   .venv/bin/python onnx/reference_sampling.py --out tests/data/sampling
