@@ -82,7 +82,8 @@ fn passt_judge_equals_pytorch_and_maps_the_seeds_class_ids() {
     let err = Judge::load(&config(serde_json::json!({"activation": "sigmoid"})), rt.library(), &["jazz"]).err().unwrap().to_string();
     assert!(err.contains("activation is Sigmoid in the settings but Softmax"), "{err}");
     let twelve = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/classifier/labels.csv");
-    let err = Judge::load(&config(serde_json::json!({"labels": twelve})), rt.library(), &["jazz"]).err().unwrap().to_string();
+    let mut twelve = Judge::load(&config(serde_json::json!({"labels": twelve})), rt.library(), &["jazz"]).unwrap();
+    let err = twelve.probabilities(x.view(), 32000).unwrap_err().to_string();
     assert!(err.contains("gives 527 classes but the label map names 12"), "{err}");
     // Explicit indices in a concept map.
     let mut c = config(serde_json::json!({}));

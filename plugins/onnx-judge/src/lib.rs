@@ -200,7 +200,7 @@ impl Judge for OnnxJudge {
         };
         let env = environment(&s.ort_library)?;
         let session = Session::builder(&env)
-            .and_then(|mut b| b.commit_from_file(&model).map_err(ort::Error::from))
+            .and_then(|mut b| b.commit_from_file(&model))
             .map_err(|e| format!("onnx-judge: loading classifier {}: {e}", model.display()))?;
         let input = s.input.or(meta.input).or_else(|| session.inputs().first().map(|i| i.name().to_string())).ok_or("onnx-judge: the classifier has no input")?;
         let output = s.output.or(meta.output).or_else(|| session.outputs().first().map(|o| o.name().to_string())).ok_or("onnx-judge: the classifier has no output")?;
@@ -213,10 +213,9 @@ impl Judge for OnnxJudge {
             ValueType::Tensor { shape, .. } if shape.len() == 2 && shape[1] > 0 => Some(shape[1] as usize),
             _ => None,
         };
+        // (A label map of another length than the declared classes is refused when a clip is judged,
+        // as for a graph that declares none.)
         let labels = match (labels, classes) {
-            (Some(l), Some(c)) if l.len() != c => {
-                return Err(format!("onnx-judge: the classifier gives {c} classes but the label map names {}", l.len()));
-            }
             (Some(l), _) => l,
             (None, Some(c)) => (0..c).map(|i| i.to_string()).collect(),
             (None, None) => return Err("onnx-judge: no label map, and the classifier's output does not declare its class count: give `labels`".into()),
@@ -272,7 +271,7 @@ impl Judge for OnnxJudge {
                 Activation::None => {}
             }
             let total: f64 = row.sum();
-            if !(total > 0.0) || !total.is_finite() {
+            if total.is_nan() || total <= 0.0 || total.is_infinite() {
                 return Err("onnx-judge: the classifier's scores do not form a distribution (sum not positive)".into());
             }
             row.mapv_inplace(|x| x / total);
