@@ -57,6 +57,11 @@ enum Command {
         /// Bundle folder, transformers checkpoint folder, or hub id (exported once into ./models).
         #[arg(long)]
         model: PathBuf,
+        /// Also run a short generation with onnxruntime's profiler on and print, per decoder graph,
+        /// which execution provider ran its nodes (on CUDA, a node on the CPU provider is a fallback:
+        /// the command then fails).
+        #[arg(long)]
+        placement: bool,
     },
     /// Generate music from text (and optionally an audio prompt to continue), seeded.
     Generate(GenerateArgs),
@@ -591,11 +596,12 @@ fn run(cli: Cli) -> Result<()> {
         cuda_device: 0,
         spin: !cli.runtime.no_spin,
         cpu_kernels: !cli.runtime.plain_graphs,
+        profile: None,
     };
     let runtime = Runtime::init(&options)?;
     let verify = if cli.runtime.verify_all { Verify::Full } else { Verify::Cached };
     match cli.command {
-        Command::Info { model } => info(&runtime, model, verify),
+        Command::Info { model, placement } => info(&runtime, model, verify, placement.then_some(&options)),
         Command::Inspect { model, text, save } => inspect(&runtime, model, verify, &text, save),
         Command::Generate(args) => generate(&runtime, verify, args, Vec::new(), &|_, _| Ok(())),
         Command::Extract(args) => extract(&runtime, verify, args),
@@ -726,7 +732,7 @@ fn load(runtime: &Runtime, model: PathBuf, verify: Verify) -> Result<MusicGen> {
     Ok(m)
 }
 
-fn info(runtime: &Runtime, model: PathBuf, verify: Verify) -> Result<()> {
+fn info(runtime: &Runtime, model: PathBuf, verify: Verify, placement: Option<&RuntimeOptions>) -> Result<()> {
     let m = load(runtime, model, verify)?;
     let man = m.manifest();
     let d = &man.decoder;
@@ -760,6 +766,35 @@ fn info(runtime: &Runtime, model: PathBuf, verify: Verify) -> Result<()> {
     );
     println!("provider     {}", runtime.describe());
     println!("runtime      {}", runtime.library().display());
+    if let Some(options) = placement {
+        let dir = m.bundle.dir.clone();
+        drop(m);
+        print_placement(options, &dir)?;
+    }
+    Ok(())
+}
+
+/// `info --placement`: each decoder graph's nodes by provider; on CUDA, a node left on the CPU
+/// provider (host<->device copies aside) fails the command.
+fn print_placement(options: &RuntimeOptions, bundle: &std::path::Path) -> Result<()> {
+    let (runtime, graphs) = musicgen_interp::model::placement::report(options, bundle)?;
+    println!("placement    the decoder's graphs after a short generation on {}:", runtime.provider());
+    let mut fallbacks = Vec::new();
+    for g in &graphs {
+        let by: Vec<String> = g.providers.iter().map(|(p, ops)| format!("{} on {p}", ops.values().sum::<usize>())).collect();
+        println!("             {:<28} {} nodes: {}{}", g.graph, g.nodes(), by.join(", "), if g.copies > 0 { format!(", {} host<->device copies", g.copies) } else { String::new() });
+        let on_device = !matches!(runtime.provider(), musicgen_interp::runtime::Provider::Cpu);
+        if on_device && g.on_cpu() > 0 {
+            let ops: Vec<String> = g.providers["CPUExecutionProvider"].iter().map(|(op, n)| format!("{op} x{n}")).collect();
+            fallbacks.push(format!("{} ({})", g.graph, ops.join(", ")));
+        }
+    }
+    if !fallbacks.is_empty() {
+        return Err(musicgen_interp::Error::BundleMismatch {
+            bundle: bundle.to_path_buf(),
+            reason: format!("nodes fall back to the CPU provider in {}; export the GPU profile (onnx/export.py --precision fp16 --targets gpu)", fallbacks.join("; ")),
+        });
+    }
     Ok(())
 }
 

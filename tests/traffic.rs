@@ -186,3 +186,22 @@ fn reading_every_point_leaves_the_residual_stream_bit_identical() {
         }
     }
 }
+
+/// `info --placement` reads onnxruntime's own per-node profile after a short generation: every
+/// decoder graph is listed with its nodes by provider (all on the CPU here; on a GPU host the same
+/// report fails the command for any node left on the CPU provider).
+#[test]
+fn info_placement_lists_every_decoder_graph_by_provider() {
+    let bin = env!("CARGO_BIN_EXE_musicgen-interp");
+    let tiny = fixture("tiny");
+    for (flags, layer_file) in [(vec![], "decoder_layer_0.cpu.onnx"), (vec!["--plain-graphs"], "decoder_layer_0.onnx")] {
+        let out = std::process::Command::new(bin).args(["info", "--device", "cpu", "--placement", "--model", tiny.to_str().unwrap()]).args(&flags).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        for graph in ["cross_kv.onnx", "decoder_embed.onnx", layer_file] {
+            let line = text.lines().find(|l| l.trim_start().starts_with(graph)).unwrap_or_else(|| panic!("{graph} not listed:\n{text}"));
+            let nodes: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+            assert!(nodes > 0 && line.contains(&format!("{nodes} on CPUExecutionProvider")), "{line}");
+        }
+    }
+}

@@ -168,6 +168,13 @@ impl Decoder {
         self.placement.is_host()
     }
 
+    /// Ends the profiles of the decoder's sessions (cross K/V, embedding, layers, head), as (graph
+    /// file, profile file), for [`super::placement`].
+    pub fn end_profiling(&mut self) -> Result<Vec<(String, std::path::PathBuf)>> {
+        let graphs = [&mut self.cross_kv, &mut self.embed].into_iter().chain(self.layers.iter_mut()).chain([&mut self.head]);
+        graphs.map(|g| Ok((g.file.clone(), g.end_profiling()?))).collect()
+    }
+
     /// The graph files of the layers, then the head, as loaded (plain or CPU copies).
     pub fn graph_files(&self) -> Vec<&str> {
         self.layers.iter().chain([&self.head]).map(|g| g.file.as_str()).collect()

@@ -61,6 +61,13 @@ impl Graph {
         Ok(())
     }
 
+    /// Ends this session's profile (a runtime with [`crate::runtime::RuntimeOptions::profile`]) and
+    /// returns the file onnxruntime wrote.
+    pub fn end_profiling(&mut self) -> Result<PathBuf> {
+        let file = self.session.end_profiling().map_err(Error::ort(format!("ending the profile of {}", self.file)))?;
+        Ok(PathBuf::from(file))
+    }
+
     /// The declared type of an input or output.
     fn outlet(&self, tensor: &str) -> Result<&ValueType> {
         self.session

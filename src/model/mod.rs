@@ -7,6 +7,7 @@ pub mod encodec;
 pub mod graph;
 pub mod hub;
 pub mod manifest;
+pub mod placement;
 pub mod text;
 
 use std::path::Path;

@@ -109,11 +109,14 @@ pub struct RuntimeOptions {
     /// On the CPU provider, load the decoder's `*.cpu.onnx` graphs (built from the runtime's own
     /// operators, [`ops`]) when the bundle has them; `false` runs the plain graphs.
     pub cpu_kernels: bool,
+    /// Write onnxruntime's per-node profile of every session into this folder (what `info
+    /// --placement` reads: which provider ran each node).
+    pub profile: Option<PathBuf>,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { device: Device::Auto, threads: 0, library: None, cuda_device: 0, spin: true, cpu_kernels: true }
+        RuntimeOptions { device: Device::Auto, threads: 0, library: None, cuda_device: 0, spin: true, cpu_kernels: true, profile: None }
     }
 }
 
@@ -128,6 +131,7 @@ pub struct Runtime {
     library: PathBuf,
     threads: usize,
     cpu_kernels: bool,
+    profile: Option<PathBuf>,
 }
 
 struct Global {
@@ -155,6 +159,7 @@ impl Runtime {
             library: global.library.clone(),
             threads: global.threads,
             cpu_kernels: options.cpu_kernels,
+            profile: options.profile.clone(),
         })
     }
 
@@ -204,6 +209,11 @@ impl Runtime {
             builder = builder.with_execution_providers([cuda_ep(device_id).error_on_failure()]).map_err(|e| {
                 Error::CudaUnavailable { reason: ort::Error::<()>::from(e).to_string() }
             })?;
+        }
+        if let Some(dir) = &self.profile {
+            // onnxruntime appends the date and `.json` to this prefix.
+            let stem = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            builder = builder.with_profiling(dir.join(stem))?;
         }
         if kernels {
             let domain = ops::domain(self.threads).map_err(Error::ort(context.clone()))?;
