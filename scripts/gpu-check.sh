@@ -5,8 +5,8 @@
 #      references) and a random-weight bundle of musicgen-small's sizes in the fp16 GPU profile;
 #   3. the half-precision parity, greedy-generation and host<->device traffic tests on CUDA
 #      (MUSICGEN_INTERP_TEST_DEVICE=cuda; float32 bundles are refused on CUDA, see README "GPU hosts");
-#   4. `info --device cuda` (the provider in use, and the fp16 bundle accepted) and a float32 bundle
-#      refused with the profile to export;
+#   4. `info --device cuda --placement`: the provider of every node of the decoder's graphs (none may
+#      fall back to the CPU), and a float32 bundle refused with the profile to export;
 #   5. `bench --device cuda`: steps/s at batch 1 with guidance against transformers generate() in
 #      float16 on the same GPU and weights in the same run, real-time factor, the bytes crossing
 #      between host and device per step.
@@ -28,8 +28,8 @@ if [ ! -f models/small-fp16/manifest.json ]; then
   .venv/bin/python onnx/export.py --preset small --random-weights --seed 0 --precision fp16 --targets gpu --out models/small-fp16
 fi
 
-echo "== placement"
-$bin info --device cuda --model models/small-fp16
+echo "== placement (every decoder node on the CUDA provider, or the command fails)"
+$bin info --device cuda --placement --model models/small-fp16
 if $bin info --device cuda --model tests/data/tiny > /tmp/gpu-check-refusal.txt 2>&1; then
   echo "FAIL: a float32 bundle was accepted on CUDA"; exit 1
 fi
