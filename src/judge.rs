@@ -153,6 +153,21 @@ impl JudgeConfig {
             concepts: default_concept_labels(),
         }
     }
+
+    /// The built-in ONNX judge over `model` (a graph, or a judge folder such as `export_passt.py`
+    /// writes), with only the settings given: a judge folder's metadata supplies the label map and
+    /// the sample rate it leaves out, and a bare graph without them is refused by the plugin, saying
+    /// which is missing.
+    pub fn onnx_given(model: PathBuf, labels: Option<PathBuf>, sample_rate: Option<u32>) -> JudgeConfig {
+        let mut settings = serde_json::json!({"model": model});
+        if let Some(labels) = labels {
+            settings["labels"] = serde_json::json!(labels);
+        }
+        if let Some(rate) = sample_rate {
+            settings["sample_rate"] = serde_json::json!(rate);
+        }
+        JudgeConfig { settings, ..JudgeConfig::onnx(PathBuf::new(), PathBuf::new(), 0) }
+    }
 }
 
 /// A loaded judge with its concept map resolved to label indices.

@@ -198,26 +198,24 @@ enum Command {
 }
 
 /// The judge flags shared by decoder-lens and intervene.
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct JudgeArgs {
-    /// An audio classifier judging the clips (ONNX; input mono audio [clips, samples]).
+    /// An audio classifier judging the clips: an ONNX graph (input mono audio [clips, samples]) or a
+    /// judge folder with its metadata (e.g. PaSST from onnx/export_passt.py).
     #[arg(long)]
     judge_model: Option<PathBuf>,
-    /// Its label map (CSV with a `name` or `display_name` column, in output order).
-    #[arg(long)]
+    /// Its label map (CSV with a `name` or `display_name` column, in output order); default: the
+    /// judge folder's.
+    #[arg(long, requires = "judge_model")]
     judge_labels: Option<PathBuf>,
-    /// The sample rate the classifier expects.
-    #[arg(long, default_value_t = 16000)]
-    judge_sample_rate: u32,
+    /// The sample rate the classifier expects; default: the judge folder's.
+    #[arg(long, requires = "judge_model")]
+    judge_sample_rate: Option<u32>,
 }
 
 impl JudgeArgs {
     fn config(self) -> Result<Option<musicgen_interp::judge::JudgeConfig>> {
-        match (self.judge_model, self.judge_labels) {
-            (Some(m), Some(l)) => Ok(Some(musicgen_interp::judge::JudgeConfig::onnx(m, l, self.judge_sample_rate))),
-            (None, None) => Ok(None),
-            _ => Err(Error::Input("--judge-model and --judge-labels go together".into())),
-        }
+        Ok(self.judge_model.map(|m| musicgen_interp::judge::JudgeConfig::onnx_given(m, self.judge_labels, self.judge_sample_rate)))
     }
 }
 

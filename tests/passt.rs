@@ -166,3 +166,20 @@ fn intervene_judged_by_passt_completes_and_its_probabilities_are_pytorchs() {
     }
     assert_eq!(checked, 6);
 }
+
+/// On the command line a judge folder stands alone: `--judge-model DIR` without `--judge-labels` or
+/// `--judge-sample-rate` leaves both to the folder's metadata (PaSST: 32 kHz, index-only labels), and
+/// the two flags are refused without a model.
+#[test]
+fn a_judge_folder_needs_no_label_or_rate_flags() {
+    let bin = env!("CARGO_BIN_EXE_musicgen-interp");
+    let tiny = fixture("tiny");
+    let base = ["--dry-run", "intervene", "--model", tiny.to_str().unwrap(), "--concepts", "guitar,piano", "--output-dir", "unused"];
+    let out = std::process::Command::new(bin).args(base).args(["--judge-model", passt().to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\"model\"") && !text.contains("\"labels\"") && !text.contains("\"sample_rate\""), "{text}");
+    let out = std::process::Command::new(bin).args(base).args(["--judge-labels", "labels.csv"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--judge-model"), "{err}");
+}
