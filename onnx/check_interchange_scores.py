@@ -9,7 +9,7 @@ Reads only what the run saved: for every pair, `results/{orig}__{des}.csv` (the 
 `results/{orig}__{des}_kl_divs.npy`; the baseline probabilities p0 of each prompt from
 `results/baseline_probabilities.npy` (its rows named by `results/baselines.csv`), which must equal
 `baseline/{orig}/p{prompt:04}.json` and cover exactly the run's original concepts and prompts (texts
-as in `prompts.csv`); the concept -> label-name map from `intervene.resolved.yaml` (`judge.concepts`)
+as in `prompts.csv`); the concept -> label map from `intervene.resolved.yaml` (`judge.concepts`: label names or class indices)
 and the label names from LABELS.csv (the judge's label map, in output order).
 
 With --judge-model, the saved probabilities are also checked against the judge itself: the ONNX
@@ -75,7 +75,8 @@ def main(argv=None):
     concept_labels = {}
     for concept, labels in resolved["judge"]["concepts"].items():
         try:
-            concept_labels[concept] = [names.index(l.lower()) for l in labels]
+            # a class by index (an integer in the YAML) or by label name, as the judge maps them
+            concept_labels[concept] = [l if isinstance(l, int) else names.index(l.lower()) for l in labels]
         except ValueError:
             continue  # a concept this label map does not name cannot be in the run
 
