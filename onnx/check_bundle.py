@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mg_hooks  # noqa: E402
+
 TOL = 1e-4
 
 
@@ -77,9 +80,9 @@ class Bundle:
             past_len = np.array(start, dtype=np.int64)
             rec = {}
             (h,) = self.embed.run(None, {"input_ids": codes[:, :, start : start + length], "past_len": past_len})
-            rec["embed.hook_out"] = h
+            rec[mg_hooks.EMBED] = h
             for l in range(self.L):
-                rec[f"blocks.{l}.hook_resid_pre"] = h
+                rec[mg_hooks.resid_pre(l)] = h
                 feeds = {
                     "hidden": h,
                     "past_key": keys[l],
@@ -110,10 +113,10 @@ class Bundle:
                 # present = the cache with this call's keys/values written at past_len (the Rust host
                 # binds it to the past buffer so the write happens in place; here it is a new array)
                 resid, attn, cross, mlp, keys[l], values[l] = self.layers[l].run(None, feeds)
-                rec[f"blocks.{l}.attn.hook_out"] = attn
-                rec[f"blocks.{l}.cross_attn.hook_out"] = cross
-                rec[f"blocks.{l}.mlp.hook_out"] = mlp
-                rec[f"blocks.{l}.hook_resid_post"] = resid
+                rec[mg_hooks.component(l, "attn")] = attn
+                rec[mg_hooks.component(l, "cross_attn")] = cross
+                rec[mg_hooks.component(l, "mlp")] = mlp
+                rec[mg_hooks.resid_post(l)] = resid
                 h = resid
                 for iv in interventions:
                     if iv["layer"] == l and iv["component"] == "resid_post":

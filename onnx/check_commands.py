@@ -36,6 +36,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import mg_hooks  # noqa: E402
 
 
 def self_similarity(args):
@@ -137,7 +138,7 @@ def inspect(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for l, h in enumerate(resid):
-        np.save(out / f"blocks.{l}.hook_resid_post.npy", h.numpy())
+        np.save(out / f"{mg_hooks.resid_post(l)}.npy", h.numpy())
     np.save(out / "logits.npy", logits[:, :, 0].numpy())
     summary = {
         "norms": [[float(torch.linalg.norm(h[r, -1])) for r in (0, 1)] for h in resid],

@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from mg_fs import swap_in  # noqa: E402
+import mg_hooks  # noqa: E402
 
 EXPORTER_VERSION = "0.5.0"
 FORMAT = "musicgen-interp-bundle"
@@ -736,16 +737,7 @@ def manifest(model, source, graph_files, tokenizer_file, folder: Path, dtype="fl
     generation = {
         k: (getattr(gen, k, None) if getattr(gen, k, None) is not None else v) for k, v in DEFAULT_GENERATION.items()
     }
-    hooks = ["embed.hook_out"]
-    for l in range(L):
-        hooks += [
-            f"blocks.{l}.hook_resid_pre",
-            f"blocks.{l}.attn.hook_out",
-            f"blocks.{l}.cross_attn.hook_out",
-            f"blocks.{l}.mlp.hook_out",
-            f"blocks.{l}.hook_resid_post",
-        ]
-    hooks.append("ln_final.hook_normalized")
+    hooks = mg_hooks.hook_points(L)
     files = {}
     for name in [f for fs in graph_files.values() for f in fs] + [tokenizer_file]:
         p = folder / name

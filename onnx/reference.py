@@ -26,6 +26,7 @@ sys.path.insert(0, str(HERE))
 
 from mg_dtype import DTYPES, as_reference, bundle_dtype  # noqa: E402
 from mg_fs import swap_in  # noqa: E402
+import mg_hooks  # noqa: E402
 
 PROMPTS = ["80s pop track with bassy drums and synth", "90s rock song with loud guitars and heavy drums"]
 CALLS = [[0, 6], [6, 1], [7, 1], [8, 1]]
@@ -41,17 +42,7 @@ class RefError(Exception):
     pass
 
 
-def hook_names(num_layers):
-    names = ["embed.hook_out"]
-    for l in range(num_layers):
-        names += [
-            f"blocks.{l}.hook_resid_pre",
-            f"blocks.{l}.attn.hook_out",
-            f"blocks.{l}.cross_attn.hook_out",
-            f"blocks.{l}.mlp.hook_out",
-            f"blocks.{l}.hook_resid_post",
-        ]
-    return names + ["ln_final.hook_normalized"]
+hook_names = mg_hooks.hook_points
 
 
 def cases_spec(num_layers):
@@ -208,7 +199,7 @@ def main(argv=None):
         def component_hook(l, comp, take):
             def fn(module, args, output):
                 value = take(output)
-                state["rec"][f"blocks.{l}.{comp}.hook_out"] = value.detach().clone()
+                state["rec"][mg_hooks.component(l, comp)] = value.detach().clone()
                 new = value
                 start = state["start"]
                 for iv in state["ivs"]:
@@ -232,16 +223,16 @@ def main(argv=None):
 
         def layer_pre_hook(l):
             def fn(module, args):
-                state["rec"][f"blocks.{l}.hook_resid_pre"] = args[0].detach().clone()
+                state["rec"][mg_hooks.resid_pre(l)] = args[0].detach().clone()
                 if l == 0:
-                    state["rec"]["embed.hook_out"] = args[0].detach().clone()
+                    state["rec"][mg_hooks.EMBED] = args[0].detach().clone()
 
             return fn
 
         def layer_hook(l):
             def fn(module, args, output):
                 h = output[0] if isinstance(output, tuple) else output
-                state["rec"][f"blocks.{l}.hook_resid_post"] = h.detach().clone()
+                state["rec"][mg_hooks.resid_post(l)] = h.detach().clone()
                 new = h
                 for iv in state["ivs"]:
                     if iv["layer"] != l or iv["component"] != "resid_post":

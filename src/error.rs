@@ -58,6 +58,13 @@ pub enum Error {
     Internal(String),
 }
 
+impl From<musicgen_interp_sdk::NameError> for Error {
+    /// A hook point, site or component name that does not parse: the user's input.
+    fn from(e: musicgen_interp_sdk::NameError) -> Error {
+        Error::Input(e.0)
+    }
+}
+
 impl Error {
     pub(crate) fn ort(context: impl Into<String>) -> impl FnOnce(ort::Error) -> Error {
         let context = context.into();

@@ -79,29 +79,9 @@ impl std::str::FromStr for Mode {
     }
 }
 
-/// A site: one component of one layer, named `blocks.{layer}.{attn|cross_attn|mlp}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Site {
-    pub layer: usize,
-    pub component: Component,
-}
-
-impl std::fmt::Display for Site {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "blocks.{}.{}", self.layer, self.component.name())
-    }
-}
-
-impl std::str::FromStr for Site {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Site> {
-        let bad = || Error::Input(format!("site {s:?}: expected blocks.LAYER.attn, blocks.LAYER.cross_attn or blocks.LAYER.mlp"));
-        let rest = s.trim().strip_prefix("blocks.").ok_or_else(bad)?;
-        let (layer, c) = rest.split_once('.').ok_or_else(bad)?;
-        let component = Component::ALL.into_iter().find(|x| x.name() == c).ok_or_else(bad)?;
-        Ok(Site { layer: layer.parse().map_err(|_| bad())?, component })
-    }
-}
+/// A site: one component of one layer, named `blocks.{layer}.{attn|cross_attn|mlp}` (the SDK's
+/// grammar, shared with every plugin).
+pub use crate::hooks::Site;
 
 fn default_prompts() -> usize {
     concepts::DEFAULT_PROMPTS_PER_CONCEPT
@@ -360,7 +340,7 @@ impl<'a> Interchange<'a> {
         let sites: Vec<Site> = if config.sites.is_empty() {
             (0..layers).flat_map(|layer| Component::ALL.map(|component| Site { layer, component })).collect()
         } else {
-            config.sites.iter().map(|s| s.parse()).collect::<Result<_>>()?
+            config.sites.iter().map(|s| s.parse::<Site>().map_err(Error::from)).collect::<Result<_>>()?
         };
         if let Some(s) = sites.iter().find(|s| s.layer >= layers) {
             return Err(Error::Input(format!("site {s}: the model has layers 0..{layers}")));

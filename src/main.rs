@@ -750,8 +750,9 @@ fn info(runtime: &Runtime, model: PathBuf, verify: Verify, placement: Option<&Ru
     println!("graphs       decoder: {graphs}");
     println!("audio        {} Hz, {} frames/s, {} channel(s)", man.audio.sample_rate, man.audio.frame_rate, man.audio.channels);
     // The points as their grammar: the first layer's names stand for every layer's.
-    let layer0: Vec<&str> = man.hook_points.iter().filter_map(|p| p.strip_prefix("blocks.0.")).collect();
-    let outside: Vec<&str> = man.hook_points.iter().filter(|p| !p.starts_with("blocks.")).map(String::as_str).collect();
+    let points = man.hook_points.iter().map(|p| p.parse::<HookPoint>()).collect::<std::result::Result<Vec<_>, _>>()?;
+    let outside: Vec<String> = points.iter().filter(|p| p.layer().is_none()).map(|p| p.to_string()).collect();
+    let layer0: Vec<String> = points.iter().filter(|p| p.layer() == Some(0)).map(|p| p.to_string().splitn(3, '.').nth(2).unwrap_or_default().to_string()).collect();
     println!("hook points  {} in all: {}", man.hook_points.len(), outside.join(", "));
     println!("             blocks.{{0..{}}}.{{{}}}", d.num_layers - 1, layer0.join(", "));
     let bytes: u64 = man.files.values().map(|f| f.bytes).sum();

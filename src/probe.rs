@@ -268,7 +268,7 @@ pub fn train(data: &Path, out: &Path, o: &TrainOptions, mut progress: impl FnMut
         let acc = |s: &Array2<f32>, y: &[i64]| argmax_rows(s.view()).iter().zip(y).filter(|(a, b)| a == b).count() as f64 / y.len() as f64;
         let m = LayerMetrics { layer: l, accuracy: acc(&ste, &yte), loss: loss(ste.view(), &yte, &o.loss), classes: o.num_classes };
         rows.push(serde_json::json!({
-            "layer": l, "point": format!("blocks.{l}.hook_resid_post"),
+            "layer": l, "point": crate::hooks::HookPoint::ResidPost(l).to_string(),
             "train_accuracy": acc(&str_, &ytr), "train_loss": loss(str_.view(), &ytr, &o.loss),
             "test_accuracy": m.accuracy, "test_loss": m.loss,
         }));
@@ -387,7 +387,7 @@ pub fn evaluate(data: &Path, weights: &Path, split_path: &Path, loss_kind: &str)
 pub fn write_evaluation(dir: &Path, stem: &str, e: &Evaluation) -> Result<()> {
     let mut csv = String::from("layer,point,accuracy,loss\n");
     for m in &e.metrics {
-        csv.push_str(&format!("{},blocks.{}.hook_resid_post,{:.6},{:.6}\n", m.layer, m.layer, m.accuracy, m.loss));
+        csv.push_str(&format!("{},{},{:.6},{:.6}\n", m.layer, crate::hooks::HookPoint::ResidPost(m.layer), m.accuracy, m.loss));
     }
     write_atomic(&dir.join(format!("{stem}_evaluation.csv")), csv.as_bytes())?;
     write_npy(&dir.join(format!("{stem}_confusion.npy")), &e.confusion)?;

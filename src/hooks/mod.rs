@@ -15,100 +15,13 @@
 
 pub mod capture;
 
-use std::fmt;
-use std::str::FromStr;
-
 use ndarray::{Array3, ArrayView3, ArrayViewMut3};
 
 pub use capture::{Reduction, ResidualCapture};
 
 use crate::error::{Error, Result};
 
-/// A component of a decoder layer whose output is added to the residual stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Component {
-    Attn,
-    CrossAttn,
-    Mlp,
-}
-
-impl Component {
-    pub const ALL: [Component; 3] = [Component::Attn, Component::CrossAttn, Component::Mlp];
-
-    /// The name used in hook points and graph inputs (`attn`, `cross_attn`, `mlp`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Component::Attn => "attn",
-            Component::CrossAttn => "cross_attn",
-            Component::Mlp => "mlp",
-        }
-    }
-
-    /// The layer graph's output for this component (`attn_out`, ...).
-    pub fn output_name(self) -> &'static str {
-        match self {
-            Component::Attn => "attn_out",
-            Component::CrossAttn => "cross_attn_out",
-            Component::Mlp => "mlp_out",
-        }
-    }
-
-    /// The layer graph's edit inputs for this component: (`{name}_add`, `{name}_replace`,
-    /// `{name}_mask`).
-    pub fn edit_input_names(self) -> [&'static str; 3] {
-        match self {
-            Component::Attn => ["attn_add", "attn_replace", "attn_mask"],
-            Component::CrossAttn => ["cross_attn_add", "cross_attn_replace", "cross_attn_mask"],
-            Component::Mlp => ["mlp_add", "mlp_replace", "mlp_mask"],
-        }
-    }
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// A named place in the decoder's forward pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum HookPoint {
-    /// `embed.hook_out`: codebook embeddings plus positions.
-    Embed,
-    /// `blocks.{l}.hook_resid_pre`: the residual stream entering layer `l`.
-    ResidPre(usize),
-    /// `blocks.{l}.{attn,cross_attn,mlp}.hook_out`: a component's output before the residual add.
-    Component(usize, Component),
-    /// `blocks.{l}.hook_resid_post`: the residual stream leaving layer `l`.
-    ResidPost(usize),
-    /// `ln_final.hook_normalized`: the final LayerNorm of the last residual.
-    LnFinal,
-}
-
-impl HookPoint {
-    /// Every hook point of a decoder with `layers` layers, in the order a forward visits them.
-    pub fn all(layers: usize) -> Vec<HookPoint> {
-        let mut v = vec![HookPoint::Embed];
-        for l in 0..layers {
-            v.push(HookPoint::ResidPre(l));
-            v.extend(Component::ALL.map(|c| HookPoint::Component(l, c)));
-            v.push(HookPoint::ResidPost(l));
-        }
-        v.push(HookPoint::LnFinal);
-        v
-    }
-
-    /// The layer this point belongs to, if any.
-    pub fn layer(&self) -> Option<usize> {
-        match *self {
-            HookPoint::ResidPre(l) | HookPoint::ResidPost(l) | HookPoint::Component(l, _) => Some(l),
-            HookPoint::Embed | HookPoint::LnFinal => None,
-        }
-    }
-
-    /// Whether [`Hooks::on_residual`] may change it (the residual stream between graphs).
-    pub fn is_residual(&self) -> bool {
-        matches!(self, HookPoint::Embed | HookPoint::ResidPre(_) | HookPoint::ResidPost(_))
-    }
-}
+pub use musicgen_interp_sdk::names::{Component, HookPoint, NameError, Site};
 
 /// Checks the hook points `owner` asked for against a decoder of `layers` layers: a point the model
 /// does not have is an error naming the valid range (a hook on a layer past the last would
@@ -120,47 +33,6 @@ pub fn check_points(owner: &str, points: &[HookPoint], layers: usize) -> Result<
             "{owner} asks for hook point {p}, but the model has {layers} decoder layer(s): layer points are blocks.0 to blocks.{}, plus embed.hook_out and ln_final.hook_normalized",
             layers.saturating_sub(1)
         ))),
-    }
-}
-
-impl fmt::Display for HookPoint {
-    /// The TransformerLens-style name; width and alignment (`{:<28}`) apply.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match self {
-            HookPoint::Embed => "embed.hook_out".to_string(),
-            HookPoint::ResidPre(l) => format!("blocks.{l}.hook_resid_pre"),
-            HookPoint::Component(l, c) => format!("blocks.{l}.{}.hook_out", c.name()),
-            HookPoint::ResidPost(l) => format!("blocks.{l}.hook_resid_post"),
-            HookPoint::LnFinal => "ln_final.hook_normalized".to_string(),
-        };
-        f.pad(&name)
-    }
-}
-
-impl FromStr for HookPoint {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            Error::Input(format!(
-                "unknown hook point {s:?}: expected embed.hook_out, blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.attn.hook_out, blocks.L.cross_attn.hook_out, blocks.L.mlp.hook_out or ln_final.hook_normalized"
-            ))
-        };
-        match s {
-            "embed.hook_out" => return Ok(HookPoint::Embed),
-            "ln_final.hook_normalized" => return Ok(HookPoint::LnFinal),
-            _ => {}
-        }
-        let rest = s.strip_prefix("blocks.").ok_or_else(bad)?;
-        let (layer, tail) = rest.split_once('.').ok_or_else(bad)?;
-        let layer: usize = layer.parse().map_err(|_| bad())?;
-        match tail {
-            "hook_resid_pre" => Ok(HookPoint::ResidPre(layer)),
-            "hook_resid_post" => Ok(HookPoint::ResidPost(layer)),
-            "attn.hook_out" => Ok(HookPoint::Component(layer, Component::Attn)),
-            "cross_attn.hook_out" => Ok(HookPoint::Component(layer, Component::CrossAttn)),
-            "mlp.hook_out" => Ok(HookPoint::Component(layer, Component::Mlp)),
-            _ => Err(bad()),
-        }
     }
 }
 
@@ -431,18 +303,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hook_point_names_round_trip() {
-        for p in HookPoint::all(3) {
-            let name = p.to_string();
-            assert_eq!(name.parse::<HookPoint>().unwrap(), p, "{name}");
-        }
-        assert_eq!(HookPoint::all(3).len(), 2 + 3 * 5);
-        assert!("blocks.x.hook_resid_post".parse::<HookPoint>().is_err());
-        assert!("blocks.1.attn".parse::<HookPoint>().is_err());
-        assert_eq!(format!("[{:<16}]", HookPoint::Embed), "[embed.hook_out  ]");
-    }
-
-    #[test]
     fn points_past_the_last_layer_are_refused_with_the_range() {
         let ok = [HookPoint::Embed, HookPoint::ResidPost(3), HookPoint::LnFinal];
         check_points("p", &ok, 4).unwrap();
@@ -458,10 +318,6 @@ mod tests {
         e.add(Component::Mlp)[[0, 1, 2]] += 2.0;
         assert_eq!(e.take_add(Component::Mlp).unwrap()[[0, 1, 2]], 3.0);
         assert!(e.take_add(Component::Attn).is_none());
-        for c in Component::ALL {
-            assert_eq!(c.edit_input_names(), ["add", "replace", "mask"].map(|k| format!("{}_{k}", c.name())));
-            assert_eq!(c.output_name(), format!("{}_out", c.name()));
-        }
         assert!(e.replace_at(Component::Attn, 1, 2, &[1.0; 3]).is_err());
         e.replace_at(Component::Attn, 1, 2, &[5.0; 4]).unwrap();
         let (v, m) = e.take_replace(Component::Attn).unwrap();

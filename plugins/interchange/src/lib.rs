@@ -20,9 +20,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use musicgen_interp_sdk::ndarray::{s, Array2, Array5, ArrayView3, Axis};
-use musicgen_interp_sdk::{export_method, Component, Edits, HookContext, Method};
-
-const COMPONENTS: [&str; 3] = ["attn", "cross_attn", "mlp"];
+use musicgen_interp_sdk::{export_method, Component, Edits, HookContext, HookPoint, Method};
 
 #[derive(serde::Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
@@ -47,7 +45,7 @@ struct RowIntervention {
 }
 
 fn component_index(name: &str) -> Result<usize, String> {
-    COMPONENTS.iter().position(|c| *c == name).ok_or_else(|| format!("interchange: unknown component {name:?} (attn, cross_attn or mlp)"))
+    name.parse::<Component>().map(Component::index).map_err(|e| format!("interchange: {e}"))
 }
 
 /// Running sums of every site's output per position, conditional and unconditional rows apart.
@@ -163,7 +161,7 @@ impl Intervene {
                 continue;
             }
             let v = &self.vectors[&key];
-            let comp = [Component::Attn, Component::CrossAttn, Component::Mlp][c];
+            let comp = Component::ALL[c];
             for i in 0..ctx.new_len as usize {
                 let p = ctx.past_len as usize + i;
                 if p >= v.nrows() {
@@ -214,17 +212,15 @@ impl Method for Interchange {
                 s
             }
         };
-        sites.into_iter().map(|(l, c)| format!("blocks.{l}.{}.hook_out", COMPONENTS[c])).collect()
+        sites.into_iter().map(|(l, c)| HookPoint::Component(l, Component::ALL[c]).to_string()).collect()
     }
 
     fn on_component(&mut self, ctx: &HookContext, point: &str, out: ArrayView3<'_, f32>) -> Result<(), String> {
         let Interchange::Means(m) = self else { return Ok(()) };
-        let site = point
-            .strip_prefix("blocks.")
-            .and_then(|rest| rest.strip_suffix(".hook_out"))
-            .and_then(|rest| rest.split_once('.'))
-            .and_then(|(l, c)| Some(l.parse::<usize>().ok()? * 3 + component_index(c).ok()?))
-            .ok_or_else(|| format!("interchange: unexpected hook point {point}"))?;
+        let site = match point.parse::<HookPoint>() {
+            Ok(HookPoint::Component(l, c)) => l * 3 + c.index(),
+            _ => return Err(format!("interchange: unexpected hook point {point}")),
+        };
         m.add(ctx, site, out)
     }
 

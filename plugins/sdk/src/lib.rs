@@ -18,7 +18,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use ndarray;
 
+pub mod names;
 pub mod npy;
+pub use names::{Component, HookPoint, NameError, Site};
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3};
 
 /// The plugin ABI version this SDK speaks. A host refuses plugins whose descriptor says otherwise.
@@ -190,33 +192,6 @@ unsafe impl Sync for PluginDescriptor {}
 unsafe impl Send for PluginDescriptor {}
 // The vtables hold only function pointers, which are `Send + Sync` whatever their signatures: they
 // need no `unsafe impl`.
-
-/// Which layer component an edit is for (the `component` number of [`EditsHandle`]'s functions).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Component {
-    Attn = 0,
-    CrossAttn = 1,
-    Mlp = 2,
-}
-
-impl Component {
-    /// Every component, in ABI number order.
-    pub const ALL: [Component; 3] = [Component::Attn, Component::CrossAttn, Component::Mlp];
-}
-
-impl TryFrom<u32> for Component {
-    type Error = String;
-
-    /// The component an ABI number stands for; any other number is an error that names it.
-    fn try_from(n: u32) -> Result<Component, String> {
-        match n {
-            0 => Ok(Component::Attn),
-            1 => Ok(Component::CrossAttn),
-            2 => Ok(Component::Mlp),
-            n => Err(format!("unknown component number {n} (0 self-attention, 1 cross-attention, 2 MLP)")),
-        }
-    }
-}
 
 /// Edits a method plugin makes to one layer's components (see [`EditsHandle`]).
 ///

@@ -10,7 +10,7 @@
 //! for all), `period` (default 1), `offset` (default 0).
 
 use musicgen_interp_sdk::ndarray::{Array1, Array3, ArrayViewMut3, Axis};
-use musicgen_interp_sdk::{export_method, HookContext, Method};
+use musicgen_interp_sdk::{export_method, HookContext, HookPoint, Method};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,7 +89,7 @@ impl Method for Steering {
             if !(norm > 0.0) {
                 return Err(format!("steering: the probe row for layer {layer}, class {} is zero", s.target_class));
             }
-            targets.push((format!("blocks.{layer}.hook_resid_post"), row / norm, strength));
+            targets.push((HookPoint::ResidPost(layer).to_string(), row / norm, strength));
         }
         Ok(Steering { targets, period: s.period, offset: s.offset })
     }
