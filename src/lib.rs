@@ -1,6 +1,7 @@
 //! musicgen-interp: Meta's MusicGen as ONNX graphs on onnxruntime, with every decoder layer's
 //! residual stream and component outputs open to host code (see ARCHITECTURE.md).
 
+pub mod api;
 pub mod audio;
 pub mod bench;
 pub mod config;
