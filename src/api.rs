@@ -157,7 +157,8 @@ pub enum ExtractSource<'a> {
 /// `extract` as the CLI runs it for a folder or prompt set: scan (optionally a label map
 /// `name=id,...` and at most `max_samples` items taken evenly across classes), extract the segments
 /// this shard owns (resuming), and merge when the shard is the only one. Returns the report and
-/// the merged arrays' shapes, if merged.
+/// the merged arrays, if merged.
+#[allow(clippy::too_many_arguments)]
 pub fn extract(
     model: &mut MusicGen,
     source: ExtractSource<'_>,
@@ -184,6 +185,28 @@ pub fn extract(
     let report = crate::extract::extract(model, &scan, out, settings, shard, progress)?;
     let merged = if shard.count == 1 { Some(crate::extract::merge(out)?) } else { None };
     Ok((report, merged))
+}
+
+/// A PNG of values by layer (0-based), one line per named series (up to three colours, then
+/// markers and dashes tell them apart), with the project's plot style; written atomically.
+pub fn plot_by_layer(path: &Path, title: &str, y_desc: &str, series: &[(String, Vec<f64>)]) -> Result<()> {
+    use crate::plot::{Marker, Panel, Series, LINE_COLOURS};
+    if series.is_empty() || series.iter().any(|(_, v)| v.is_empty()) {
+        return Err(Error::Input("nothing to plot: give at least one series with a value per layer".into()));
+    }
+    if let Some((name, _)) = series.iter().find(|(_, v)| v.iter().any(|x| !x.is_finite())) {
+        return Err(Error::Input(format!("series {name:?} holds a value that is not a finite number")));
+    }
+    let lines: Vec<Series> = series
+        .iter()
+        .enumerate()
+        .map(|(i, (name, v))| {
+            let points = v.iter().enumerate().map(|(l, y)| (l as f64, *y)).collect();
+            Series::new(name.clone(), points, LINE_COLOURS[i % LINE_COLOURS.len()]).marker(Marker::nth(i)).dashed(i >= LINE_COLOURS.len())
+        })
+        .collect();
+    let panel = Panel::new(title, y_desc);
+    crate::plot::png(path, (900, 420), |root| crate::plot::by_layer(&root, &panel, &lines))
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ __all__ = [
     "MusicGenError",
     "train_probes",
     "evaluate_probes",
+    "plot_by_layer",
     "find_ort_library",
 ]
 
@@ -68,6 +69,12 @@ PluginSpec = "str | tuple[str, Mapping[str, Any] | str | None]"
 def edit(fn: Callable[[ComponentEdits, HookContext], Any]) -> Edit:
     """Marks ``fn(edits, ctx)`` as a component edit hook (key it by ``blocks.L.COMPONENT.hook_out``)."""
     return Edit(fn)
+
+
+def plot_by_layer(path: str | os.PathLike, series: Mapping[str, Sequence[float]], *, title: str = "", y_label: str = "value") -> Path:
+    """Writes a PNG of values by layer (0-based), one line per ``{name: [value per layer]}``, in the
+    project's plot style."""
+    return Path(_native.plot_by_layer(os.fspath(path), [(k, [float(x) for x in v]) for k, v in series.items()], title=title, y_label=y_label))
 
 
 def find_ort_library() -> str:

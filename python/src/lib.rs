@@ -892,6 +892,14 @@ fn evaluate_probes<'py>(
     Ok(d)
 }
 
+/// A PNG of values by layer: `series` maps a name to one value per layer (0-based).
+#[pyfunction]
+#[pyo3(signature = (path, series, *, title="", y_label="value"))]
+fn plot_by_layer(path: PathBuf, series: Vec<(String, Vec<f64>)>, title: &str, y_label: &str) -> PyResult<PathBuf> {
+    mi::api::plot_by_layer(&path, title, y_label, &series).map_err(py_err)?;
+    Ok(path)
+}
+
 /// The onnxruntime library the runtime would load (environment variables, then the project's
 /// `.venv`), or the error saying where it looked.
 #[pyfunction]
@@ -911,6 +919,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train_probes, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate_probes, m)?)?;
     m.add_function(wrap_pyfunction!(find_ort_library, m)?)?;
+    m.add_function(wrap_pyfunction!(plot_by_layer, m)?)?;
     m.add("MusicGenError", m.py().get_type::<MusicGenError>())?;
     m.add("ABI_VERSION", mi::plugin::ABI_VERSION)?;
     Ok(())
