@@ -32,14 +32,20 @@ pub enum Stream {
 
 impl std::str::FromStr for Stream {
     type Err = Error;
+    /// `cond` / `uncond`, or the seed's `--residual-type` values `conditional` / `unconditional`.
     fn from_str(s: &str) -> Result<Stream> {
         match s {
-            "cond" => Ok(Stream::Cond),
-            "uncond" => Ok(Stream::Uncond),
-            other => Err(Error::Input(format!("unknown stream {other:?}: use cond or uncond"))),
+            "cond" | "conditional" => Ok(Stream::Cond),
+            "uncond" | "unconditional" => Ok(Stream::Uncond),
+            other => Err(Error::Input(format!("unknown stream {other:?}: use cond or uncond (or the seed's conditional / unconditional)"))),
         }
     }
 }
+
+/// Training's split rule: the test fraction and the seed `train-probes` uses unless told otherwise
+/// (and `evaluate` when it has to make the split itself).
+pub const DEFAULT_TEST_FRACTION: f64 = 0.15;
+pub const DEFAULT_SEED: u64 = 42;
 
 /// The saved split.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -63,17 +69,40 @@ pub struct Split {
     pub weights_sha256: Option<String>,
 }
 
-/// The split file that belongs to weights file `weights`: `NAME_split.json` beside `NAME_weights.npy`.
+/// The split file that belongs to weights file `weights`: `NAME_split.json` beside `NAME_weights.npy`
+/// (or beside `NAME_probe.json`, a non-linear probe's states).
 pub fn split_path_for(weights: &Path) -> PathBuf {
-    let name = weights.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let stem = name.strip_suffix("_weights.npy").or_else(|| name.strip_suffix(".npy")).unwrap_or(&name);
-    weights.with_file_name(format!("{stem}_split.json"))
+    weights.with_file_name(format!("{}_split.json", output_stem(weights)))
 }
 
-/// The prefix of an evaluation's output files for weights file `weights` (`mse` for `mse_weights.npy`).
+/// The prefix of an evaluation's output files for weights file `weights` (`mse` for `mse_weights.npy`
+/// or `mse_probe.json`).
 pub fn output_stem(weights: &Path) -> String {
     let name = weights.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    name.strip_suffix("_weights.npy").or_else(|| name.strip_suffix(".npy")).unwrap_or(&name).to_string()
+    ["_weights.npy", "_probe.json", ".npy", ".json"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name).to_string()
+}
+
+/// A probe whose saved state is not a linear weight matrix (say k-nearest neighbours): `train-probes`
+/// keeps each layer's state as its plugin saved it, in `NAME_probe/layer_LLL.state`, and describes
+/// them in `NAME_probe.json`, which `evaluate` takes as its `--weights-file`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeStates {
+    /// The plugin (built-in name or path) and the settings it was created with (JSON).
+    pub probe: String,
+    pub settings: String,
+    pub classes: usize,
+    pub d_model: usize,
+    /// Each layer's state file, relative to this file's folder, and its sha256.
+    pub layers: Vec<String>,
+    pub sha256: Vec<String>,
+}
+
+/// Whether `path` starts as a `.npy` file does.
+fn is_npy(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 6];
+    let mut f = std::fs::File::open(path).map_err(Error::io(path))?;
+    Ok(f.read_exact(&mut magic).is_ok() && &magic == b"\x93NUMPY")
 }
 
 
@@ -236,9 +265,41 @@ pub struct TrainOptions {
     pub probe: String,
 }
 
+/// The settings JSON a probe plugin is created with: `settings` (a JSON object, the plugin's own)
+/// with `loss` and `epochs` added (a value of its own for either must agree with them).
+fn probe_settings(o: &TrainOptions, settings: Option<&str>) -> Result<String> {
+    let mut map = match settings {
+        None => serde_json::Map::new(),
+        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(m)) => m,
+            Ok(_) => return Err(Error::Input(format!("--settings {text}: give a JSON object, e.g. '{{\"model\": \"ridge\", \"alpha\": 1.0}}'"))),
+            Err(e) => return Err(Error::Input(format!("--settings {text}: not JSON ({e})"))),
+        },
+    };
+    for (key, value, flag) in [("loss", serde_json::json!(o.loss), "--loss-type"), ("epochs", serde_json::json!(o.epochs), "--epochs")] {
+        match map.get(key) {
+            Some(v) if *v != value && !(key == "epochs" && o.epochs.is_none()) => {
+                return Err(Error::Input(format!("--settings sets {key} {v}, but {flag} is {value}: give it once")))
+            }
+            Some(_) => {}
+            None => {
+                map.insert(key.into(), value);
+            }
+        }
+    }
+    Ok(serde_json::Value::Object(map).to_string())
+}
+
 /// Trains one probe per layer; writes `{loss}_weights.npy`, `{loss}_split.json` and
 /// `{loss}_metrics.json` into `out`. Returns the test metrics per layer.
-pub fn train(data: &Path, out: &Path, o: &TrainOptions, mut progress: impl FnMut(usize, usize)) -> Result<Vec<LayerMetrics>> {
+pub fn train(data: &Path, out: &Path, o: &TrainOptions, progress: impl FnMut(usize, usize)) -> Result<Vec<LayerMetrics>> {
+    train_with(data, out, o, None, progress)
+}
+
+/// [`train`] with the probe plugin's own settings (a JSON object; `loss` and `epochs` are added from
+/// `o`). A probe that saves linear weights gives `{loss}_weights.npy`; one that saves other state
+/// gives `{loss}_probe.json` and `{loss}_probe/` ([`ProbeStates`]).
+pub fn train_with(data: &Path, out: &Path, o: &TrainOptions, settings: Option<&str>, mut progress: impl FnMut(usize, usize)) -> Result<Vec<LayerMetrics>> {
     let f = Features::load(data, o.stream)?;
     let mut sp = split(&f.labels, o.num_classes, o.test_fraction, o.seed, o.stream)?;
     sp.loss = Some(o.loss.clone());
@@ -247,24 +308,51 @@ pub fn train(data: &Path, out: &Path, o: &TrainOptions, mut progress: impl FnMut
     if o.loss == "mse" && o.epochs.is_some() {
         eprintln!("note: the mse probe is solved in closed form; epochs is ignored");
     }
-    let settings = serde_json::json!({"loss": o.loss, "epochs": o.epochs}).to_string();
+    let settings = probe_settings(o, settings)?;
     let (layers, d) = (f.layers(), f.x.shape()[2]);
     let mut weights = Array3::<f32>::zeros((layers, o.num_classes, d));
     let (ytr, yte) = (labels_at(&f.labels, &sp.train), labels_at(&f.labels, &sp.test));
     let tmp = tempfile_in(out)?;
     let mut metrics = Vec::new();
     let mut rows = Vec::new();
+    // A probe saving `.npy` weights [classes, d_model] is linear (its layers go into one weights
+    // file); any other saved state is kept per layer as the plugin wrote it.
+    let mut states: Option<ProbeStates> = None;
+    let states_dir = out.join(format!("{}_probe", o.loss));
     for l in 0..layers {
         let (xtr, xte) = (f.layer(l, &sp.train), f.layer(l, &sp.test));
         let mut probe = ProbePlugin::load(&o.probe, &settings)?;
         probe.fit(xtr.view(), &ytr, o.num_classes)?;
         probe.save(&tmp)?;
-        let w: Array2<f32> = crate::store::read_npy(&tmp, &format!("the weights probe {} saved [classes, d_model]", probe.name()))?;
-        if w.dim() != (o.num_classes, d) {
-            return Err(Error::Input(format!("probe {} saved weights {:?}, expected [{}, {d}]", probe.name(), w.dim(), o.num_classes)));
+        let linear = is_npy(&tmp)?;
+        if l > 0 && linear == states.is_some() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::Input(format!("probe {} saved linear weights for some layers and other state for others", probe.name())));
         }
-        weights.index_axis_mut(Axis(0), l).assign(&w);
-        let (str_, ste) = (xtr.dot(&w.t()), xte.dot(&w.t()));
+        let (str_, ste) = if linear {
+            let w: Array2<f32> = crate::store::read_npy(&tmp, &format!("the weights probe {} saved [classes, d_model]", probe.name()))?;
+            if w.dim() != (o.num_classes, d) {
+                return Err(Error::Input(format!("probe {} saved weights {:?}, expected [{}, {d}]", probe.name(), w.dim(), o.num_classes)));
+            }
+            weights.index_axis_mut(Axis(0), l).assign(&w);
+            (xtr.dot(&w.t()), xte.dot(&w.t()))
+        } else {
+            let st = states.get_or_insert_with(|| ProbeStates {
+                probe: o.probe.clone(),
+                settings: settings.clone(),
+                classes: o.num_classes,
+                d_model: d,
+                layers: Vec::new(),
+                sha256: Vec::new(),
+            });
+            std::fs::create_dir_all(&states_dir).map_err(Error::io(&states_dir))?;
+            let name = format!("layer_{l:03}.state");
+            let dest = states_dir.join(&name);
+            std::fs::rename(&tmp, &dest).map_err(Error::io(&dest))?;
+            st.layers.push(format!("{}_probe/{name}", o.loss));
+            st.sha256.push(sha256_file(&dest)?);
+            (probe.scores(xtr.view(), o.num_classes)?, probe.scores(xte.view(), o.num_classes)?)
+        };
         let acc = |s: &Array2<f32>, y: &[i64]| argmax_rows(s.view()).iter().zip(y).filter(|(a, b)| a == b).count() as f64 / y.len() as f64;
         let m = LayerMetrics { layer: l, accuracy: acc(&ste, &yte), loss: loss(ste.view(), &yte, &o.loss), classes: o.num_classes };
         rows.push(serde_json::json!({
@@ -276,13 +364,25 @@ pub fn train(data: &Path, out: &Path, o: &TrainOptions, mut progress: impl FnMut
         progress(l + 1, layers);
     }
     let _ = std::fs::remove_file(&tmp);
-    let weights_path = out.join(format!("{}_weights.npy", o.loss));
-    write_npy(&weights_path, &weights)?;
+    let weights_path = match &states {
+        None => {
+            let path = out.join(format!("{}_weights.npy", o.loss));
+            write_npy(&path, &weights)?;
+            path
+        }
+        Some(st) => {
+            let path = out.join(format!("{}_probe.json", o.loss));
+            write_atomic(&path, serde_json::to_string_pretty(st).expect("json").as_bytes())?;
+            path
+        }
+    };
     sp.weights_sha256 = Some(sha256_file(&weights_path)?);
     write_atomic(&split_path_for(&weights_path), serde_json::to_string_pretty(&sp).expect("json").as_bytes())?;
     let best = best_layer(&metrics);
     let summary = serde_json::json!({
-        "loss": o.loss, "probe": o.probe, "stream": o.stream, "num_classes": o.num_classes,
+        "loss": o.loss, "probe": o.probe, "settings": serde_json::from_str::<serde_json::Value>(&settings).unwrap_or_default(),
+        "weights": weights_path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "stream": o.stream, "num_classes": o.num_classes,
         "train_samples": sp.train.len(), "test_samples": sp.test.len(), "per_class": sp.per_class,
         "epochs_ignored": o.loss == "mse" && o.epochs.is_some(),
         "best_layer": best, "layers": rows,
@@ -309,68 +409,138 @@ pub struct Evaluation {
     pub confusion: Array3<i64>,
     pub best: usize,
     pub split: Split,
+    /// The weights came without a split and `evaluate` made this one (to be saved and named).
+    pub made_split: bool,
 }
 
-/// Evaluates `weights` `[layers, classes, d]` on the test split `split_path`, which must be the one
-/// written with them (its recorded weights sha256 and data fingerprint are checked).
-pub fn evaluate(data: &Path, weights: &Path, split_path: &Path, loss_kind: &str) -> Result<Evaluation> {
-    if !split_path.is_file() {
-        return Err(Error::Input(format!(
-            "no split at {}: train-probes writes NAME_split.json beside NAME_weights.npy; pass the split the weights were trained with (--split)",
-            split_path.display()
-        )));
-    }
-    let sp: Split = serde_json::from_slice(&std::fs::read(split_path).map_err(Error::io(split_path))?)
-        .map_err(|e| Error::Input(format!("{}: {e}", split_path.display())))?;
-    let made_for = || {
-        format!(
-            "loss {}, stream {}, seed {}",
-            sp.loss.as_deref().unwrap_or("unrecorded"),
-            format!("{:?}", sp.stream).to_lowercase(),
-            sp.seed
-        )
+/// How `evaluate` makes the split for weights that come without one (trained elsewhere): training's
+/// rule ([`split`]: balanced, stratified, [`DEFAULT_TEST_FRACTION`], [`DEFAULT_SEED`]) on this stream.
+pub struct SplitRule {
+    pub num_classes: usize,
+    pub stream: Stream,
+}
+
+/// Per-layer test scores `[test samples, classes]` of the probes in `weights`: a linear weights
+/// `.npy` `[layers, classes, d]`, or a `NAME_probe.json` of per-layer plugin states.
+fn layer_scores(weights: &Path, f: &Features, test: &[usize], classes_expected: usize) -> Result<(usize, Vec<Array2<f32>>)> {
+    let d = f.x.shape()[2];
+    let misfit = |what: String| {
+        Error::Input(format!("{what} do not fit the features ({} layers, d_model {d}) and split ({classes_expected} classes)", f.layers()))
     };
-    match &sp.weights_sha256 {
-        Some(recorded) if *recorded != sha256_file(weights)? => {
-            return Err(Error::Input(format!(
-                "the split {} was written for other weights ({}), not {}: evaluate with the split trained with them (--split)",
-                split_path.display(),
-                made_for(),
-                weights.display()
-            )))
+    if weights.extension().is_some_and(|e| e == "json") {
+        let st: ProbeStates = serde_json::from_slice(&std::fs::read(weights).map_err(Error::io(weights))?)
+            .map_err(|e| Error::Input(format!("{}: not a probe-state file written by train-probes ({e})", weights.display())))?;
+        if st.layers.len() != f.layers() || st.d_model != d || st.classes != classes_expected || st.sha256.len() != st.layers.len() {
+            return Err(misfit(format!("the probes of {} ({} layers, d_model {}, {} classes)", weights.display(), st.layers.len(), st.d_model, st.classes)));
         }
-        Some(_) => {}
-        None => eprintln!("note: {} records no weights (an older split); it cannot be checked against {}", split_path.display(), weights.display()),
-    }
-    let f = Features::load(data, sp.stream)?;
-    if let Some(recorded) = &sp.data {
-        if *recorded != f.fingerprint() {
-            return Err(Error::Input(format!(
-                "the split {} was made on other data than {} (its labels or shapes differ): another dataset or extraction?",
-                split_path.display(),
-                data.display()
-            )));
+        let base = weights.parent().unwrap_or(Path::new("."));
+        let mut out = Vec::new();
+        for (file, sha) in st.layers.iter().zip(&st.sha256) {
+            let path = base.join(file);
+            if sha256_file(&path)? != *sha {
+                return Err(Error::Input(format!("{} changed since train-probes wrote {}", path.display(), weights.display())));
+            }
+            let mut probe = ProbePlugin::load(&st.probe, &st.settings)?;
+            probe.load_weights(&path)?;
+            out.push(probe.scores(f.layer(out.len(), test).view(), st.classes)?);
         }
+        return Ok((st.classes, out));
     }
     let w: Array3<f32> = crate::store::read_npy(weights, "probe weights [layers, classes, d_model]")?;
-    let (layers, classes, d) = w.dim();
-    if layers != f.layers() || d != f.x.shape()[2] || classes != sp.num_classes {
-        return Err(Error::Input(format!(
-            "weights {:?} do not fit the features ({} layers, d_model {}) and split ({} classes)",
-            w.dim(),
-            f.layers(),
-            f.x.shape()[2],
-            sp.num_classes
-        )));
+    let (layers, classes, wd) = w.dim();
+    if layers != f.layers() || wd != d || classes != classes_expected {
+        return Err(misfit(format!("weights {:?}", w.dim())));
     }
+    Ok((classes, (0..layers).map(|l| f.layer(l, test).dot(&w.index_axis(Axis(0), l).t())).collect()))
+}
+
+/// Evaluates `weights` (`[layers, classes, d]` `.npy`, or a non-linear probe's `NAME_probe.json`) on
+/// the test split `split_path`, which must be the one written with them (its recorded weights sha256
+/// and data fingerprint are checked).
+pub fn evaluate(data: &Path, weights: &Path, split_path: &Path, loss_kind: &str) -> Result<Evaluation> {
+    evaluate_with(data, weights, split_path, loss_kind, None)
+}
+
+/// [`evaluate`]; without a file at `split_path` and with `fallback`, the split is made by training's
+/// rule ([`SplitRule`]), said so on stderr, and returned with `made_split` set (the caller saves it).
+pub fn evaluate_with(data: &Path, weights: &Path, split_path: &Path, loss_kind: &str, fallback: Option<&SplitRule>) -> Result<Evaluation> {
+    let (sp, f, made_split) = if !split_path.is_file() {
+        let Some(rule) = fallback else {
+            return Err(Error::Input(format!(
+                "no split at {}: train-probes writes NAME_split.json beside NAME_weights.npy; pass the split the weights were trained with (--split)",
+                split_path.display()
+            )));
+        };
+        let f = Features::load(data, rule.stream)?;
+        let mut sp = split(&f.labels, rule.num_classes, DEFAULT_TEST_FRACTION, DEFAULT_SEED, rule.stream)?;
+        sp.loss = Some(loss_kind.to_string());
+        sp.data = Some(f.fingerprint());
+        sp.weights_sha256 = Some(sha256_file(weights)?);
+        eprintln!(
+            "no split for {} (no {}): made train-probes' split myself: {} stream, balanced to {} per class, stratified, test fraction {}, seed {} -> {} test samples (held out only if the weights were not trained on them)",
+            weights.display(),
+            split_path.display(),
+            format!("{:?}", sp.stream).to_lowercase(),
+            sp.per_class,
+            sp.test_fraction,
+            sp.seed,
+            sp.test.len()
+        );
+        (sp, f, true)
+    } else {
+        let sp: Split = serde_json::from_slice(&std::fs::read(split_path).map_err(Error::io(split_path))?)
+            .map_err(|e| Error::Input(format!("{}: {e}", split_path.display())))?;
+        let made_for = || {
+            format!(
+                "loss {}, stream {}, seed {}",
+                sp.loss.as_deref().unwrap_or("unrecorded"),
+                format!("{:?}", sp.stream).to_lowercase(),
+                sp.seed
+            )
+        };
+        match &sp.weights_sha256 {
+            Some(recorded) if *recorded != sha256_file(weights)? => {
+                return Err(Error::Input(format!(
+                    "the split {} was written for other weights ({}), not {}: evaluate with the split trained with them (--split)",
+                    split_path.display(),
+                    made_for(),
+                    weights.display()
+                )))
+            }
+            Some(_) => {}
+            None => eprintln!("note: {} records no weights (an older split); it cannot be checked against {}", split_path.display(), weights.display()),
+        }
+        if let Some(rule) = fallback {
+            if rule.stream != sp.stream {
+                return Err(Error::Input(format!(
+                    "--stream {}, but the split {} was made on the {} stream",
+                    format!("{:?}", rule.stream).to_lowercase(),
+                    split_path.display(),
+                    format!("{:?}", sp.stream).to_lowercase()
+                )));
+            }
+        }
+        let f = Features::load(data, sp.stream)?;
+        if let Some(recorded) = &sp.data {
+            if *recorded != f.fingerprint() {
+                return Err(Error::Input(format!(
+                    "the split {} was made on other data than {} (its labels or shapes differ): another dataset or extraction?",
+                    split_path.display(),
+                    data.display()
+                )));
+            }
+        }
+        (sp, f, false)
+    };
     if let Some(&bad) = sp.test.iter().find(|&&i| i >= f.labels.len()) {
         return Err(Error::Input(format!("the split names sample {bad}, but the data has {}: another dataset?", f.labels.len())));
     }
+    let (classes, scores) = layer_scores(weights, &f, &sp.test, sp.num_classes)?;
+    let layers = scores.len();
     let y = labels_at(&f.labels, &sp.test);
     let mut confusion = Array3::<i64>::zeros((layers, classes, classes));
     let mut metrics = Vec::new();
-    for l in 0..layers {
-        let scores = f.layer(l, &sp.test).dot(&w.index_axis(Axis(0), l).t());
+    for (l, scores) in scores.iter().enumerate() {
         let pred = argmax_rows(scores.view());
         for (&t, &p) in y.iter().zip(&pred) {
             confusion[[l, t as usize, p as usize]] += 1;
@@ -379,7 +549,12 @@ pub fn evaluate(data: &Path, weights: &Path, split_path: &Path, loss_kind: &str)
         metrics.push(LayerMetrics { layer: l, accuracy, loss: loss(scores.view(), &y, loss_kind), classes });
     }
     let best = best_layer(&metrics);
-    Ok(Evaluation { metrics, confusion, best, split: sp })
+    Ok(Evaluation { metrics, confusion, best, split: sp, made_split })
+}
+
+/// Saves a split `evaluate` made to `path` (atomically).
+pub fn write_split(path: &Path, sp: &Split) -> Result<()> {
+    write_atomic(path, serde_json::to_string_pretty(sp).expect("json").as_bytes())
 }
 
 /// Writes `{stem}_evaluation.csv`, `{stem}_confusion.npy` and the best layer's
