@@ -417,7 +417,8 @@ pub struct Evaluation {
 /// rule ([`split`]: balanced, stratified, [`DEFAULT_TEST_FRACTION`], [`DEFAULT_SEED`]) on this stream.
 pub struct SplitRule {
     pub num_classes: usize,
-    pub stream: Stream,
+    /// The stream to split (default cond); when given, an existing split must be of it.
+    pub stream: Option<Stream>,
 }
 
 /// Per-layer test scores `[test samples, classes]` of the probes in `weights`: a linear weights
@@ -471,8 +472,9 @@ pub fn evaluate_with(data: &Path, weights: &Path, split_path: &Path, loss_kind: 
                 split_path.display()
             )));
         };
-        let f = Features::load(data, rule.stream)?;
-        let mut sp = split(&f.labels, rule.num_classes, DEFAULT_TEST_FRACTION, DEFAULT_SEED, rule.stream)?;
+        let stream = rule.stream.unwrap_or_default();
+        let f = Features::load(data, stream)?;
+        let mut sp = split(&f.labels, rule.num_classes, DEFAULT_TEST_FRACTION, DEFAULT_SEED, stream)?;
         sp.loss = Some(loss_kind.to_string());
         sp.data = Some(f.fingerprint());
         sp.weights_sha256 = Some(sha256_file(weights)?);
@@ -510,11 +512,11 @@ pub fn evaluate_with(data: &Path, weights: &Path, split_path: &Path, loss_kind: 
             Some(_) => {}
             None => eprintln!("note: {} records no weights (an older split); it cannot be checked against {}", split_path.display(), weights.display()),
         }
-        if let Some(rule) = fallback {
-            if rule.stream != sp.stream {
+        if let Some(stream) = fallback.and_then(|r| r.stream) {
+            if stream != sp.stream {
                 return Err(Error::Input(format!(
                     "--stream {}, but the split {} was made on the {} stream",
-                    format!("{:?}", rule.stream).to_lowercase(),
+                    format!("{stream:?}").to_lowercase(),
                     split_path.display(),
                     format!("{:?}", sp.stream).to_lowercase()
                 )));

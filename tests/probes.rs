@@ -313,8 +313,76 @@ fn evaluate_refuses_a_split_written_for_other_weights() {
         "--output-plot", plot.to_str().unwrap(),
     ]);
     assert!(err.contains("made on other data"), "{err}");
-    // No split at all: the message names --split.
+    // No split at all: training's rule makes one, and evaluate says so.
     std::fs::remove_file(out.join("mse_split.json")).unwrap();
-    let err = cli_err(&["evaluate", "--data-dir", d, "--weights-file", mse.to_str().unwrap(), "--num-classes", "4", "--output-plot", plot.to_str().unwrap()]);
-    assert!(err.contains("--split"), "{err}");
+    let log = cli(&["evaluate", "--data-dir", d, "--weights-file", mse.to_str().unwrap(), "--num-classes", "4", "--output-plot", plot.to_str().unwrap()]);
+    assert!(log.contains("made train-probes' split myself") && log.contains("saved as"), "{log}");
+}
+
+#[test]
+fn evaluate_makes_the_split_for_weights_trained_elsewhere() {
+    // Weights written by numpy (least squares on every sample, so not held out), with no split file:
+    // evaluate makes training's split itself, says so, saves it, and its accuracies are numpy's on it.
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("elsewhere"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    features(&data);
+    let make = r#"
+import sys, numpy as np
+data, out = sys.argv[1], sys.argv[2]
+x = np.load(f"{data}/residuals_uncond.npy")[:, 1:, :].astype(np.float64)
+y = np.load(f"{data}/labels.npy")
+x = x / np.linalg.norm(x, axis=2, keepdims=True)
+w = [np.linalg.lstsq(x[:, l, :], np.eye(4)[y], rcond=None)[0].T for l in range(x.shape[1])]
+np.save(f"{out}/theirs.npy", np.array(w, dtype=np.float32))
+"#;
+    assert!(Command::new(python()).args(["-c", make, data.to_str().unwrap(), out.to_str().unwrap()]).status().unwrap().success());
+    let weights = out.join("theirs.npy");
+    let plot = out.join("eval.png");
+    let log = cli(&[
+        "evaluate", "--data-dir", data.to_str().unwrap(), "--weights-file", weights.to_str().unwrap(), "--num-classes", "4",
+        "--output-plot", plot.to_str().unwrap(), "--residual-type", "unconditional",
+    ]);
+    assert!(log.contains("made train-probes' split myself: uncond stream") && log.contains("seed 42"), "{log}");
+    let saved = out.join("theirs_split.json");
+    assert!(log.contains(&format!("saved as {}", saved.display())), "{log}");
+    let split: serde_json::Value = serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    assert_eq!((split["stream"].as_str(), split["seed"].as_u64(), split["per_class"].as_u64()), (Some("uncond"), Some(42), Some(20)));
+    // Training's rule on the same labels gives the same split.
+    let labels: Vec<i64> = npy::<i64>(data.join("labels.npy")).iter().copied().collect();
+    let rule = musicgen_interp::probe::split(&labels, 4, 0.15, 42, musicgen_interp::probe::Stream::Uncond).unwrap();
+    let test: Vec<usize> = split["test"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    assert_eq!(test, rule.test);
+    // numpy's accuracy per layer on the saved split's test rows.
+    let check = r#"
+import json, sys, numpy as np
+data, out = sys.argv[1], sys.argv[2]
+x = np.load(f"{data}/residuals_uncond.npy")[:, 1:, :].astype(np.float64)
+y = np.load(f"{data}/labels.npy")
+w = np.load(f"{out}/theirs.npy").astype(np.float64)
+te = np.array(json.load(open(f"{out}/theirs_split.json"))["test"])
+f = x[te] / np.linalg.norm(x[te], axis=2, keepdims=True)
+print(json.dumps([float((np.argmax(f[:, l, :] @ w[l].T, axis=1) == y[te]).mean()) for l in range(w.shape[0])]))
+"#;
+    let o = Command::new(python()).args(["-c", check, data.to_str().unwrap(), out.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want: Vec<f64> = serde_json::from_slice(&o.stdout).unwrap();
+    let csv = std::fs::read_to_string(out.join("theirs_evaluation.csv")).unwrap();
+    let got: Vec<f64> = csv.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse().unwrap()).collect();
+    assert_eq!(got.len(), LAYERS);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-6, "evaluate {got:?} vs numpy {want:?}");
+    }
+    // The saved split belongs to the weights now: a second evaluation uses it and makes none.
+    let again = cli(&[
+        "evaluate", "--data-dir", data.to_str().unwrap(), "--weights-file", weights.to_str().unwrap(), "--num-classes", "4", "--output-plot", plot.to_str().unwrap(),
+    ]);
+    assert!(!again.contains("made train-probes' split"), "{again}");
+    // An explicit --split that does not exist is still an error, not a made split.
+    let err = cli_err(&[
+        "evaluate", "--data-dir", data.to_str().unwrap(), "--weights-file", weights.to_str().unwrap(), "--num-classes", "4", "--output-plot", plot.to_str().unwrap(),
+        "--split", out.join("nope.json").to_str().unwrap(),
+    ]);
+    assert!(err.contains("no split at"), "{err}");
 }
