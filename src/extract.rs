@@ -9,8 +9,14 @@
 //! A segment is done when its `.npy` exists: files are written atomically, so a killed job resumes
 //! without redoing or losing finished segments. `merge` joins them into `residuals_cond.npy`,
 //! `residuals_uncond.npy` (`[segments, points, d_model]`), `labels.npy` and `segments.json`.
+//!
+//! For [`status`] (`extract --status`): every run writes `items.json` (the tracks in scan order,
+//! the same for every shard), and each track its record in `tracks/`: `TRACK.json` when all its
+//! segments are done (wall time, shard), `TRACK.failed.json` when it could not be used or its
+//! generation failed (the error; removed when a rerun of its shard finishes it).
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use ndarray::{Array3, ArrayD, Axis};
 use serde::{Deserialize, Serialize};
@@ -78,6 +84,33 @@ fn key_of(item: &Item, segment: usize) -> String {
     format!("{safe}.{:08x}.{segment:03}", fnv(item.id.as_bytes()) as u32)
 }
 
+/// A finished track's record (`tracks/TRACK.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrackTime {
+    pub segments: usize,
+    /// Wall time of the segments extracted by the run that finished it (none when every segment
+    /// was already there).
+    pub seconds: Option<f64>,
+    pub shard: String,
+    pub finished: u64,
+}
+
+/// A track in `items.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PlannedTrack {
+    pub id: String,
+    pub track: String,
+    pub label: String,
+}
+
+fn track_key(item: &Item) -> String {
+    key_of(item, 0).rsplit_once('.').expect("key has a segment").0.to_string()
+}
+
+fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    write_atomic(path, serde_json::to_string_pretty(v).expect("json").as_bytes())
+}
+
 /// Prepares `out` for `settings`: creates it, or checks that an earlier run used the same settings.
 pub fn prepare(out: &Path, settings: &ExtractSettings) -> Result<()> {
     std::fs::create_dir_all(out.join("segments")).map_err(Error::io(out))?;
@@ -107,6 +140,11 @@ pub fn extract(
     mut progress: impl FnMut(&str),
 ) -> Result<ExtractReport> {
     prepare(out, settings)?;
+    let tracks = out.join("tracks");
+    std::fs::create_dir_all(&tracks).map_err(Error::io(&tracks))?;
+    let plan: Vec<PlannedTrack> = scan.items.iter().map(|i| PlannedTrack { id: i.id.clone(), track: track_key(i), label: i.label_name.clone() }).collect();
+    write_json(&out.join("items.json"), &plan)?;
+    let label = format!("{}/{}", shard.index, shard.count);
     let rate = model.manifest().audio.sample_rate;
     let layers = model.decoder.num_layers();
     let segment_len = (settings.segment_seconds * rate as f64).round() as usize;
@@ -117,6 +155,21 @@ pub fn extract(
         if !shard.owns(position) {
             continue;
         }
+        let record = tracks.join(format!("{}.json", track_key(item)));
+        let failed = record.with_extension("failed.json");
+        let fail = |why: &str| write_json(&failed, &crate::interchange::PartFailure { error: why.to_string(), shard: label.clone(), at: crate::interchange::now() });
+        let started = Instant::now();
+        let before = report.extracted;
+        let finish = |segments: usize, extracted: bool| -> Result<()> {
+            if extracted || !record.is_file() {
+                let seconds = extracted.then(|| started.elapsed().as_secs_f64());
+                write_json(&record, &TrackTime { segments, seconds, shard: label.clone(), finished: crate::interchange::now() })?;
+            }
+            if failed.is_file() {
+                std::fs::remove_file(&failed).map_err(Error::io(&failed))?;
+            }
+            Ok(())
+        };
         if let Some(text) = &item.text {
             // A prompt-set entry: one generation from the text alone.
             let key = key_of(item, 0);
@@ -125,14 +178,19 @@ pub fn extract(
                 continue;
             }
             let seed = settings.seed.wrapping_add(fnv(key.as_bytes()));
-            save_segment(model, out, settings, item, 0, text.clone(), None, (0.0, 0.0), seed, layers)?;
+            if let Err(e) = save_segment(model, out, settings, item, 0, text.clone(), None, (0.0, 0.0), seed, layers) {
+                fail(&e.to_string())?;
+                return Err(e);
+            }
             report.extracted += 1;
+            finish(1, true)?;
             progress(&key);
             continue;
         }
         let wave = match loader.load(item, rate) {
             Ok(w) => w,
             Err(e) => {
+                fail(&e.to_string())?;
                 report.failed.push((item.id.clone(), e.to_string()));
                 progress(&format!("skipped {}: {e}", item.id));
                 continue;
@@ -146,9 +204,11 @@ pub fn extract(
                 settings.min_seconds
             );
             progress(&format!("skipped {}: {why}", item.id));
+            fail(&why)?;
             report.failed.push((item.id.clone(), why));
             continue;
         }
+        let segments = bounds.len();
         for (k, (start, end)) in bounds.into_iter().enumerate() {
             let key = key_of(item, k);
             let seed = settings.seed.wrapping_add(fnv(key.as_bytes()));
@@ -159,14 +219,70 @@ pub fn extract(
             }
             let prompt = settings.prompt_template.replace("{genre}", &item.label_name);
             let audio = Array3::from_shape_vec((1, 1, end - start), wave[start..end].to_vec()).expect("shape");
-            let codes = model.encodec.encode(audio.view())?;
             let span = (start as f64 / rate as f64, end as f64 / rate as f64);
-            save_segment(model, out, settings, item, k, prompt, Some(codes), span, seed, layers)?;
+            let done = model.encodec.encode(audio.view()).and_then(|codes| save_segment(model, out, settings, item, k, prompt, Some(codes), span, seed, layers));
+            if let Err(e) = done {
+                fail(&e.to_string())?;
+                return Err(e);
+            }
             report.extracted += 1;
             progress(&key);
         }
+        finish(segments, report.extracted > before)?;
     }
     Ok(report)
+}
+
+/// The progress of an extraction in `out` (from `items.json` and `tracks/`; no model loaded): tracks
+/// done, pending and failed per label, and the time to finish from the tracks' own wall times.
+pub fn status(out: &Path) -> Result<crate::interchange::Status> {
+    let path = out.join("items.json");
+    if !path.is_file() {
+        return Err(Error::Input(format!("{} holds no extraction (no items.json: no shard has started there yet)", out.display())));
+    }
+    let plan: Vec<PlannedTrack> = serde_json::from_slice(&std::fs::read(&path).map_err(Error::io(&path))?).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    let mut st = crate::interchange::Status {
+        dir: out.to_path_buf(),
+        unit: "tracks",
+        group: "label",
+        pairs: Vec::new(),
+        failed: Vec::new(),
+        means_missing: Vec::new(),
+        concepts: 0,
+        times: Vec::new(),
+        active_workers: 0,
+        since_last: None,
+        merged: false,
+    };
+    let mut finishes = Vec::new();
+    for t in &plan {
+        let i = match st.pairs.iter().position(|p| p.0 == t.label) {
+            Some(i) => i,
+            None => {
+                st.pairs.push((t.label.clone(), 0, 0, 0));
+                st.pairs.len() - 1
+            }
+        };
+        let record = out.join("tracks").join(format!("{}.json", t.track));
+        if let Ok(b) = std::fs::read(&record) {
+            st.pairs[i].1 += 1;
+            if let Ok(r) = serde_json::from_slice::<TrackTime>(&b) {
+                if let Some(s) = r.seconds {
+                    st.times.push(s);
+                    finishes.push((r.finished, r.shard));
+                }
+            }
+        } else if let Ok(b) = std::fs::read(record.with_extension("failed.json")) {
+            let why = serde_json::from_slice(&b).unwrap_or(crate::interchange::PartFailure { error: "(unreadable failure record)".into(), shard: "?".into(), at: 0 });
+            st.failed.push((t.id.clone(), why));
+            st.pairs[i].3 += 1;
+        } else {
+            st.pairs[i].2 += 1;
+        }
+    }
+    st.set_workers(&finishes);
+    st.merged = st.pending() == 0 && out.join("segments.json").is_file();
+    Ok(st)
 }
 
 /// Generates one segment (audio prompt `codes`, or text alone) with its residuals captured, and

@@ -31,9 +31,22 @@
 //!
 //! `--shard i/n` deals (pair, prompt) units round-robin, so hosts of a job array share a run in one
 //! output folder; the merge is the same whoever runs it.
+//!
+//! **Sweeps.** The means are a phase of their own on a cluster ([`Interchange::means_only`],
+//! `intervene --means-only`, dealt by concept with `--shard i/n`): a sharded intervention run
+//! ([`MeansPolicy::for_run`]) refuses to start while a concept's means are missing, naming them,
+//! unless asked to compute them itself (`--compute-means`); an unsharded run computes them inline.
+//! Every finished part records its wall time beside it (`parts/PAIR/pNNNN_bNNN.time.json`, committed
+//! with the part); a part that fails records its error (`pNNNN_bNNN.failed.json`) and the shard goes
+//! on with its other parts. Every shard runs its own pending parts (its failed ones included) first,
+//! then retries the failed parts of other shards, each claimed by renaming its `failed.json` so two
+//! shards never take the same one; a part left pending by a killed shard is that shard's to rerun.
+//! [`status`] (`intervene --status DIR`) reads `plan.json` and the parts: done, pending and failed
+//! per pair, and an estimate of the time to finish.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ndarray::{Array2, ArrayView1, Axis};
 use serde::{Deserialize, Serialize};
@@ -188,7 +201,68 @@ pub struct Report {
     pub units_done: usize,
     pub units_skipped: usize,
     pub units_left_to_other_shards: usize,
+    /// Failed parts of other shards this shard ran again (and finished).
+    pub units_retried: usize,
+    /// Parts that failed in this run: (part, error); each also recorded in its `failed.json`.
+    pub units_failed: Vec<(String, String)>,
+    /// `means_only`: concepts dealt to other shards.
+    pub means_left_to_other_shards: usize,
     pub merged: bool,
+}
+
+/// Whether an intervention run may compute missing concept means itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeansPolicy {
+    /// Compute missing means inline (a single host: the run does everything in one go).
+    Compute,
+    /// Refuse to start while a concept's means are missing (a job array: the means phase,
+    /// `--means-only`, makes them once instead of every shard making them again).
+    Require,
+}
+
+impl MeansPolicy {
+    /// The rule: an unsharded run (`0/1`) computes missing means; a sharded one requires them,
+    /// unless `compute` (`--compute-means`) asks for the inline computation.
+    pub fn for_run(shard: Shard, compute: bool) -> MeansPolicy {
+        if shard.count == 1 || compute {
+            MeansPolicy::Compute
+        } else {
+            MeansPolicy::Require
+        }
+    }
+}
+
+/// What `plan.json` holds: the run's parts, for [`status`] (which loads no model).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    pub pairs: Vec<(String, String)>,
+    pub concepts: Vec<String>,
+    pub n_prompts: usize,
+    /// Batches of interventions per (pair, prompt).
+    pub batches: usize,
+    pub means_dir: PathBuf,
+}
+
+/// A part's wall time (`pNNNN_bNNN.time.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PartTime {
+    pub seconds: f64,
+    /// The shard that ran it, `i/n`.
+    pub shard: String,
+    /// Seconds since the Unix epoch when it finished.
+    pub finished: u64,
+}
+
+/// A failed part's error (`pNNNN_bNNN.failed.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PartFailure {
+    pub error: String,
+    pub shard: String,
+    pub at: u64,
+}
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// One scored intervention (a row of the results CSV).
@@ -396,10 +470,25 @@ impl<'a> Interchange<'a> {
         shard.owns(pair * n_prompts + prompt)
     }
 
-    /// Runs this shard's share, then merges if every unit of every shard is done.
-    pub fn run(&mut self, shard: Shard, mut progress: impl FnMut(&str)) -> Result<Report> {
-        let out = self.config.output.clone();
-        io_dir(&out)?;
+    /// The concepts whose means the run needs, in the run's order.
+    fn run_concepts(&self) -> Vec<&'static str> {
+        let mut cs: Vec<&'static str> = Vec::new();
+        for &(o, d) in &self.pairs {
+            for c in [o, d] {
+                if !cs.contains(&c) {
+                    cs.push(c);
+                }
+            }
+        }
+        let order = concepts::all();
+        cs.sort_by_key(|c| order.iter().position(|x| x == c));
+        cs
+    }
+
+    /// `intervene.resolved.yaml`, `prompts.csv` and `plan.json` (what [`status`] reads).
+    fn write_run_files(&self) -> Result<()> {
+        let out = &self.config.output;
+        io_dir(out)?;
         write_atomic(&out.join("intervene.resolved.yaml"), serde_yaml::to_string(&self.config).expect("yaml").as_bytes())?;
         let mut csv = String::from("concept,prompt,text\n");
         for (c, ps) in &self.prompts {
@@ -408,7 +497,46 @@ impl<'a> Interchange<'a> {
             }
         }
         write_atomic(&out.join("prompts.csv"), csv.as_bytes())?;
+        let plan = Plan {
+            pairs: self.pairs.iter().map(|&(o, d)| (o.to_string(), d.to_string())).collect(),
+            concepts: self.run_concepts().iter().map(|c| c.to_string()).collect(),
+            n_prompts: self.config.n_prompts_per_concept,
+            batches: self.interventions.len().div_ceil(self.config.batch_size),
+            means_dir: self.means_dir.clone(),
+        };
+        write_atomic(&out.join("plan.json"), serde_json::to_string_pretty(&plan).expect("json").as_bytes())
+    }
 
+    /// The means phase of a sweep: computes (or checks, if cached) the means of this shard's
+    /// concepts (the run's concepts in the paper's order, dealt round-robin by `--shard i/n`), into
+    /// the means folder (the output's `means/`, or `pre_computed_means`). No baselines, no
+    /// interventions.
+    pub fn means_only(&mut self, shard: Shard, mut progress: impl FnMut(&str)) -> Result<Report> {
+        self.write_run_files()?;
+        let mut report = Report::default();
+        for (k, c) in self.run_concepts().into_iter().enumerate() {
+            if !shard.owns(k) {
+                report.means_left_to_other_shards += 1;
+            } else if self.check_means(c)? {
+                report.means_loaded += 1;
+            } else {
+                self.compute_means(c, &mut progress)?;
+                report.means_computed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs this shard's share, then merges if every unit of every shard is done; missing means
+    /// are computed by an unsharded run and refused by a sharded one ([`MeansPolicy::for_run`]).
+    pub fn run(&mut self, shard: Shard, progress: impl FnMut(&str)) -> Result<Report> {
+        self.run_with(shard, MeansPolicy::for_run(shard, false), progress)
+    }
+
+    /// Runs this shard's pending parts (its failed ones included), then the failed parts of other
+    /// shards (each claimed first), then merges if every part of every shard is done. A part that
+    /// fails is recorded (`failed.json`, and in the report) and the shard goes on.
+    pub fn run_with(&mut self, shard: Shard, means: MeansPolicy, mut progress: impl FnMut(&str)) -> Result<Report> {
         let mut report = Report::default();
         let n = self.config.n_prompts_per_concept;
         let units = self.units();
@@ -416,35 +544,105 @@ impl<'a> Interchange<'a> {
         report.units_left_to_other_shards = units.len() - mine.len();
         let todo: Vec<_> = mine.iter().copied().filter(|&(p, i, c)| !self.part_done(p, i, c)).collect();
         report.units_skipped = mine.len() - todo.len();
+        let foreign: Vec<_> = units
+            .iter()
+            .copied()
+            .filter(|&(p, i, c)| !Self::owns(shard, n, p, i) && !self.part_done(p, i, c) && self.part_failed_path(p, i, c).is_file())
+            .collect();
 
-        // Means of every concept a pending unit needs.
-        let mut needed: Vec<&'static str> = todo.iter().flat_map(|&(p, _, _)| [self.pairs[p].0, self.pairs[p].1]).collect();
+        // Means of every concept a pending unit needs: checked (or refused) before anything runs.
+        let mut needed: Vec<&'static str> = todo.iter().chain(&foreign).flat_map(|&(p, _, _)| [self.pairs[p].0, self.pairs[p].1]).collect();
         needed.sort();
         needed.dedup();
-        for c in needed {
-            if self.ensure_means(c, &mut progress)? {
-                report.means_computed += 1;
-            } else {
+        let mut missing = Vec::new();
+        for &c in &needed {
+            if self.check_means(c)? {
                 report.means_loaded += 1;
+            } else {
+                missing.push(c);
             }
         }
+        if let (Some(c), Some(dir)) = (missing.first(), &self.config.pre_computed_means) {
+            return Err(Error::Input(format!(
+                "--pre-computed-means {}: no means for concept {c} ({} missing); compute them there with `intervene --means-only`",
+                dir.display(),
+                self.means_paths(c).0.display()
+            )));
+        }
+        if means == MeansPolicy::Require && !missing.is_empty() {
+            return Err(Error::Input(format!(
+                "no concept means for {} in {}: a sharded run does not compute them (every shard would); run the means phase first, `intervene --means-only` with this run's settings (shardable by concept with --shard i/n), or pass --compute-means to compute them in this shard",
+                missing.join(", "),
+                self.means_dir.display()
+            )));
+        }
+        self.write_run_files()?;
+        for c in missing {
+            self.compute_means(c, &mut progress)?;
+            report.means_computed += 1;
+        }
         // Baselines of every prompt a pending unit needs.
-        let mut prompts: Vec<(&'static str, usize)> = todo.iter().map(|&(p, i, _)| (self.pairs[p].0, i)).collect();
+        let mut prompts: Vec<(&'static str, usize)> = todo.iter().chain(&foreign).map(|&(p, i, _)| (self.pairs[p].0, i)).collect();
         prompts.sort();
         prompts.dedup();
         self.ensure_baselines(&prompts, &mut progress)?;
 
+        let label = format!("{}/{}", shard.index, shard.count);
         for (k, &(p, i, c)) in todo.iter().enumerate() {
             let (o, d) = self.pairs[p];
             progress(&format!("{o} -> {d}, prompt {i}, batch {c} ({}/{})", k + 1, todo.len()));
-            self.run_unit(p, i, c)?;
-            report.units_done += 1;
+            if self.attempt(p, i, c, &label, &mut report)? {
+                report.units_done += 1;
+            }
+        }
+        for &(p, i, c) in &foreign {
+            // Claimed by renaming its failure record: of several shards, one gets it.
+            let failed = self.part_failed_path(p, i, c);
+            let claim = failed.with_extension("").with_extension("retrying.json");
+            if std::fs::rename(&failed, &claim).is_err() {
+                continue;
+            }
+            let (o, d) = self.pairs[p];
+            progress(&format!("retrying {o} -> {d}, prompt {i}, batch {c} (failed in another shard)"));
+            let ok = self.attempt(p, i, c, &label, &mut report);
+            let _ = std::fs::remove_file(&claim);
+            if ok? {
+                report.units_retried += 1;
+            }
         }
         if units.iter().all(|&(p, i, c)| self.part_done(p, i, c)) {
             self.merge()?;
             report.merged = true;
         }
         Ok(report)
+    }
+
+    /// Runs one part; a failure is recorded in its `failed.json` and the report (false).
+    fn attempt(&mut self, p: usize, i: usize, c: usize, shard: &str, report: &mut Report) -> Result<bool> {
+        let failed = self.part_failed_path(p, i, c);
+        match self.run_unit(p, i, c, shard) {
+            Ok(()) => {
+                if failed.is_file() {
+                    std::fs::remove_file(&failed).map_err(Error::io(&failed))?;
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                let record = PartFailure { error: e.to_string(), shard: shard.to_string(), at: now() };
+                write_atomic(&failed, serde_json::to_string_pretty(&record).expect("json").as_bytes())?;
+                report.units_failed.push((self.part_name(p, i, c), e.to_string()));
+                Ok(false)
+            }
+        }
+    }
+
+    fn part_name(&self, pair: usize, prompt: usize, chunk: usize) -> String {
+        let (o, d) = self.pairs[pair];
+        format!("{} p{prompt:04} b{chunk:03}", pair_name(o, d))
+    }
+
+    fn part_failed_path(&self, pair: usize, prompt: usize, chunk: usize) -> PathBuf {
+        self.part_path(pair, prompt, chunk).with_extension("failed.json")
     }
 
     fn means_paths(&self, concept: &str) -> (PathBuf, PathBuf) {
@@ -464,8 +662,9 @@ impl<'a> Interchange<'a> {
         }
     }
 
-    /// Loads (after checking) or computes a concept's means; true when computed.
-    fn ensure_means(&mut self, concept: &'static str, progress: &mut impl FnMut(&str)) -> Result<bool> {
+    /// True when a concept's means are cached and were made by this model, prompt set, clip
+    /// length and sampling; false when they are missing; an error when they were made otherwise.
+    fn check_means(&self, concept: &'static str) -> Result<bool> {
         let (npy, json) = self.means_paths(concept);
         let want = self.means_meta(concept);
         if json.is_file() && npy.is_file() {
@@ -483,11 +682,16 @@ impl<'a> Interchange<'a> {
                     npy.display()
                 )));
             }
-            return Ok(false);
+            return Ok(true);
         }
-        if self.config.pre_computed_means.is_some() {
-            return Err(Error::Input(format!("--pre-computed-means {}: no means for concept {concept} ({} missing)", self.means_dir.display(), npy.display())));
-        }
+        Ok(false)
+    }
+
+    /// Computes a concept's means into the means folder (a given `pre_computed_means` folder only
+    /// in the means phase: an intervention run refuses one that lacks a concept).
+    fn compute_means(&mut self, concept: &'static str, progress: &mut impl FnMut(&str)) -> Result<()> {
+        let (npy, json) = self.means_paths(concept);
+        let want = self.means_meta(concept);
         io_dir(&self.means_dir)?;
         let settings = serde_json::json!({
             "mode": "means",
@@ -511,8 +715,7 @@ impl<'a> Interchange<'a> {
             generate(self.model, &request, &mut plugin, |_, _| {})?;
         }
         plugin.run_end()?;
-        write_atomic(&json, serde_json::to_string_pretty(&want).expect("json").as_bytes())?;
-        Ok(true)
+        write_atomic(&json, serde_json::to_string_pretty(&want).expect("json").as_bytes())
     }
 
     fn baseline_path(&self, concept: &str, prompt: usize) -> PathBuf {
@@ -566,7 +769,8 @@ impl<'a> Interchange<'a> {
     }
 
     /// One (pair, prompt, batch of interventions): generate, judge, score, write the part.
-    fn run_unit(&mut self, pair: usize, prompt: usize, chunk: usize) -> Result<()> {
+    fn run_unit(&mut self, pair: usize, prompt: usize, chunk: usize, shard: &str) -> Result<()> {
+        let started = Instant::now();
         let (o, d) = self.pairs[pair];
         let batch: Vec<(Mode, Site)> = self.interventions.chunks(self.config.batch_size).nth(chunk).expect("chunk in range").to_vec();
         let rows: Vec<serde_json::Value> = batch
@@ -627,6 +831,8 @@ impl<'a> Interchange<'a> {
         let mut staged = Staged::new();
         staged.stage_with(&self.part_probs_path(pair, prompt, chunk), npy_writer(&p1))?;
         staged.stage(&path, body.as_bytes())?;
+        let time = PartTime { seconds: started.elapsed().as_secs_f64(), shard: shard.to_string(), finished: now() };
+        staged.stage(&path.with_extension("time.json"), serde_json::to_string_pretty(&time).expect("json").as_bytes())?;
         staged.commit()
     }
 
@@ -755,6 +961,170 @@ impl<'a> Interchange<'a> {
         staged.stage_with(&results.join("baseline_probabilities.npy"), npy_writer(&p0))?;
         staged.commit()
     }
+}
+
+/// A sweep's progress as [`status`] reads it from its output folder.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub dir: PathBuf,
+    /// What is counted ("parts"; "tracks" for `extract`) and what groups them ("pair"; "label").
+    pub unit: &'static str,
+    pub group: &'static str,
+    /// Per group (pair `original__desired`): (name, done, pending, failed).
+    pub pairs: Vec<(String, usize, usize, usize)>,
+    /// Failed parts: (part, its record).
+    pub failed: Vec<(String, PartFailure)>,
+    /// Concepts whose means are missing from the means folder.
+    pub means_missing: Vec<String>,
+    pub concepts: usize,
+    /// Wall times of the finished parts that recorded one, seconds.
+    pub times: Vec<f64>,
+    /// Shards that finished a part within [`Status::active_window`] of the newest finish.
+    pub active_workers: usize,
+    /// Seconds since the newest part finished.
+    pub since_last: Option<u64>,
+    pub merged: bool,
+}
+
+impl Status {
+    /// Counts the shards active now from each finish (time, shard).
+    pub fn set_workers(&mut self, finishes: &[(u64, String)]) {
+        let now = now();
+        let window = self.active_window();
+        let mut active: Vec<&String> = finishes.iter().filter(|(t, _)| now.saturating_sub(*t) <= window).map(|(_, s)| s).collect();
+        active.sort();
+        active.dedup();
+        self.active_workers = active.len();
+        self.since_last = finishes.iter().map(|(t, _)| now.saturating_sub(*t)).min();
+    }
+
+    pub fn done(&self) -> usize {
+        self.pairs.iter().map(|p| p.1).sum()
+    }
+    /// Parts not done (the failed ones included).
+    pub fn pending(&self) -> usize {
+        self.pairs.iter().map(|p| p.2 + p.3).sum()
+    }
+    pub fn median_seconds(&self) -> Option<f64> {
+        let mut t = self.times.clone();
+        t.sort_by(f64::total_cmp);
+        (!t.is_empty()).then(|| if t.len() % 2 == 1 { t[t.len() / 2] } else { (t[t.len() / 2 - 1] + t[t.len() / 2]) / 2.0 })
+    }
+    /// A shard counts as active when it finished a part within five median part times (at least a
+    /// minute) of now.
+    pub fn active_window(&self) -> u64 {
+        self.median_seconds().map_or(60, |m| ((5.0 * m).ceil() as u64).max(60))
+    }
+    /// Seconds to finish: pending parts x median part time / active workers (one when none is
+    /// active, as when the next shard starts); none before any part has finished.
+    pub fn eta_seconds(&self) -> Option<f64> {
+        self.median_seconds().map(|m| self.pending() as f64 * m / self.active_workers.max(1) as f64)
+    }
+}
+
+fn hms(s: f64) -> String {
+    let s = s.round() as u64;
+    format!("{}h{:02}m{:02}s", s / 3600, s / 60 % 60, s % 60)
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total = self.done() + self.pending();
+        let unit = self.unit;
+        writeln!(f, "{}: {} of {total} {unit} done, {} pending ({} failed)", self.dir.display(), self.done(), self.pending(), self.failed.len())?;
+        if self.concepts == 0 {
+        } else if self.means_missing.is_empty() {
+            writeln!(f, "concept means: all {} there", self.concepts)?;
+        } else {
+            writeln!(f, "concept means: {} of {} missing ({}): run `intervene --means-only` first", self.means_missing.len(), self.concepts, self.means_missing.join(", "))?;
+        }
+        let w = self.pairs.iter().map(|p| p.0.len()).max().unwrap_or(4).max(4);
+        writeln!(f, "{:<w$}  {:>7}  {:>7}  {:>6}", self.group, "done", "pending", "failed")?;
+        for (name, d, p, x) in &self.pairs {
+            writeln!(f, "{name:<w$}  {d:>7}  {:>7}  {x:>6}", p + x)?;
+        }
+        for (part, why) in &self.failed {
+            writeln!(f, "failed: {part} (shard {}): {}", why.shard, why.error)?;
+        }
+        match (self.median_seconds(), self.eta_seconds()) {
+            (Some(m), Some(eta)) => {
+                let since = self.since_last.map_or(String::new(), |s| format!(", the last {s} s ago"));
+                let one = unit.trim_end_matches('s');
+                writeln!(f, "median {one} time {m:.2} s over {} {unit}{since}; {} shard(s) finished one in the last {} s", self.times.len(), self.active_workers, self.active_window())?;
+                if self.pending() > 0 {
+                    writeln!(f, "estimated time to finish: {} pending x {m:.2} s / {} worker(s) = {}", self.pending(), self.active_workers.max(1), hms(eta))?;
+                }
+            }
+            _ => writeln!(f, "no {} with a recorded time has finished yet: no time estimate", unit.trim_end_matches('s'))?,
+        }
+        if self.merged {
+            writeln!(f, "merged: results/ and summary.csv are up to date")
+        } else if self.failed.is_empty() && self.pending() == 0 {
+            writeln!(f, "every {} is done: merge (intervene: run any shard again; extract: --merge)", unit.trim_end_matches('s'))
+        } else if self.failed.is_empty() {
+            writeln!(f, "not merged yet")
+        } else if unit == "parts" {
+            writeln!(f, "not merged yet; rerun any shard to retry the failed parts")
+        } else {
+            writeln!(f, "not merged yet; rerun a failed track's shard to retry it")
+        }
+    }
+}
+
+/// The progress of an `intervene` run in `dir` (from its `plan.json` and parts; no model loaded).
+pub fn status(dir: &Path) -> Result<Status> {
+    let plan_path = dir.join("plan.json");
+    if !plan_path.is_file() {
+        return Err(Error::Input(format!("{} holds no intervene run (no plan.json: no shard has started there yet)", dir.display())));
+    }
+    let plan: Plan = serde_json::from_slice(&std::fs::read(&plan_path).map_err(Error::io(&plan_path))?).map_err(|e| Error::Input(format!("{}: {e}", plan_path.display())))?;
+    let mut st = Status {
+        dir: dir.to_path_buf(),
+        unit: "parts",
+        group: "pair",
+        pairs: Vec::new(),
+        failed: Vec::new(),
+        means_missing: plan.concepts.iter().filter(|c| !plan.means_dir.join(format!("{c}.json")).is_file()).cloned().collect(),
+        concepts: plan.concepts.len(),
+        times: Vec::new(),
+        active_workers: 0,
+        since_last: None,
+        merged: false,
+    };
+    let mut finishes: Vec<(u64, String)> = Vec::new();
+    let mut newest_part = None;
+    for (o, d) in &plan.pairs {
+        let name = pair_name(o, d);
+        let folder = dir.join("parts").join(&name);
+        let (mut done, mut pending, mut failed) = (0, 0, 0);
+        for i in 0..plan.n_prompts {
+            for c in 0..plan.batches {
+                let csv = folder.join(format!("p{i:04}_b{c:03}.csv"));
+                if csv.is_file() && csv.with_extension("probs.npy").is_file() {
+                    done += 1;
+                    if let Ok(m) = std::fs::metadata(&csv).and_then(|m| m.modified()) {
+                        newest_part = newest_part.max(Some(m));
+                    }
+                    if let Ok(t) = std::fs::read(csv.with_extension("time.json")).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<PartTime>(&b).map_err(|e| e.to_string())) {
+                        st.times.push(t.seconds);
+                        finishes.push((t.finished, t.shard));
+                    }
+                } else if let Ok(b) = std::fs::read(csv.with_extension("failed.json")) {
+                    let why: PartFailure = serde_json::from_slice(&b).unwrap_or(PartFailure { error: "(unreadable failure record)".into(), shard: "?".into(), at: 0 });
+                    st.failed.push((format!("{name} p{i:04} b{c:03}"), why));
+                    failed += 1;
+                } else {
+                    pending += 1;
+                }
+            }
+        }
+        st.pairs.push((name, done, pending, failed));
+    }
+    st.set_workers(&finishes);
+    // Merged when the summary is newer than every part.
+    st.merged = st.pending() == 0
+        && std::fs::metadata(dir.join("summary.csv")).and_then(|m| m.modified()).is_ok_and(|s| newest_part.is_none_or(|p| s >= p));
+    Ok(st)
 }
 
 /// The per-label terms of KL(p1 || p0), `p1 (ln p1 - ln p0)` (the seed's `kl_divs`: torch's

@@ -1,6 +1,7 @@
 //! Residual extraction on a synthetic labelled audio set: segments, labels, a corrupt file and an
 //! unknown label handled; a run killed midway and resumed gives the same arrays as an uninterrupted
-//! run; shards merged give the same arrays as one host.
+//! run; shards merged give the same arrays as one host; `extract --status` counts tracks done,
+//! pending and failed (with the error) per label.
 
 mod common;
 
@@ -122,8 +123,20 @@ fn shards_merge_to_what_one_host_writes() {
     dataset(&data);
     run_ok(extract_cmd(&data, &one, &["--reduction", "mean"]));
     let a = run_ok(extract_cmd(&data, &sharded, &["--reduction", "mean", "--shard", "0/2"]));
+    // Status after one shard: 7 labelled tracks (the corrupt one among them), shard 0's four
+    // finished or failed, shard 1's three pending.
+    let st = musicgen_interp::extract::status(&sharded).unwrap();
+    assert_eq!((st.done() + st.pending(), st.done() + st.failed.len(), st.pending() - st.failed.len()), (7, 4, 3), "{st}");
     let b = run_ok(extract_cmd(&data, &sharded, &["--reduction", "mean", "--shard", "1/2"]));
     assert!(a.contains("shard 0/2 done") && b.contains("shard 1/2 done"));
+    let mut status = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"));
+    status.args(["extract", "--status", "--output-dir"]).arg(&sharded);
+    let shown = run_ok(status);
+    // Every usable track done with its wall time recorded; the corrupt file failed, its error named.
+    let st = musicgen_interp::extract::status(&sharded).unwrap();
+    assert_eq!((st.done(), st.pending(), st.failed.len(), st.times.len()), (6, 1, 1, 6), "{shown}");
+    assert_eq!(st.pairs.iter().find(|p| p.0 == "Jazz").map(|p| (p.1, p.2, p.3)), Some((2, 0, 1)), "{shown}");
+    assert!(shown.contains("6 of 7 tracks done") && shown.contains("failed: Jazz/broken.wav") && shown.contains("estimated time to finish"), "{shown}");
     let mut merge = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"));
     merge.args(["--device", "cpu", "extract", "--merge", "--output-dir"]).arg(&sharded);
     run_ok(merge);

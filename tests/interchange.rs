@@ -8,7 +8,10 @@
 //!   (onnx/check_interchange_scores.py), so a swap of p0 and p1 or of the two concepts fails;
 //! - the judge's saved probabilities of every clip kept as audio (baselines, extremes) equal the
 //!   classifier run again on it with onnxruntime; every row's kl_divs sum to minus its precision;
-//! - runs resume, shards merge into what one host writes (scores, all_probs, kl_divs, baselines),
+//! - runs resume, shards merge into what one host writes (scores, all_probs, kl_divs, baselines);
+//!   a sharded run refuses to start without the means phase (`means_only`, dealt by concept) unless
+//!   asked to compute them; a failed part is recorded, listed by `status` with its error and the
+//!   time estimate (pending x median recorded part time / active shards), and retried by another shard;
 //!   foreign mean caches (other model, prompt set or prompt sampling, sampling) are refused;
 //! - a run's prompts are the seed's enumeration (written out by hand below) unless asked otherwise;
 //! - the ONNX judge matches the classifier's own outputs, and refuses a label map lacking a concept.
@@ -272,15 +275,93 @@ fn runs_resume_shard_merge_and_batch_consistently() {
     assert_same_scores(&results(&one), &base, "batch 1 vs batch 4");
     assert_same_arrays(&one, &single, "batch 1 vs batch 4");
 
-    // Two shards into one folder: the second to finish merges the same files.
+    // Two shards into one folder: a sharded run refuses to start without the means (naming the
+    // missing concepts, writing nothing), the means phase deals the concepts over its shards, and
+    // the second shard to finish merges the same files.
     let sharded = tmp.path().join("sharded");
+    let mut m = load("tiny");
+    let mut j = judge(&["jazz", "rock", "piano"]);
+    let err = Interchange::new(&mut m, &mut j, config(&sharded, 4)).unwrap().run("0/2".parse().unwrap(), |_| {}).unwrap_err().to_string();
+    assert!(err.contains("no concept means for jazz, piano, rock") && err.contains("--means-only") && err.contains("--compute-means"), "{err}");
+    assert!(!sharded.exists(), "nothing written for a refused run");
+    let means = |shard: &str| {
+        let mut m = load("tiny");
+        let mut j = judge(&["jazz", "rock", "piano"]);
+        Interchange::new(&mut m, &mut j, config(&sharded, 4)).unwrap().means_only(shard.parse().unwrap(), |_| {}).unwrap()
+    };
+    // Concepts in the paper's order (instruments, then genres: piano, jazz, rock), dealt round-robin.
+    let m0 = means("0/2");
+    assert_eq!((m0.means_computed, m0.means_loaded, m0.means_left_to_other_shards, m0.units_done), (2, 0, 1, 0));
+    assert!(sharded.join("means/piano.npy").is_file() && sharded.join("means/rock.npy").is_file() && !sharded.join("means/jazz.npy").exists());
+    assert!(!sharded.join("baseline").exists() && !sharded.join("parts").exists(), "the means phase runs no baselines or interventions");
+    let st = musicgen_interp::interchange::status(&sharded).unwrap();
+    assert_eq!((st.done(), st.pending(), st.means_missing.clone()), (0, 24, vec!["jazz".to_string()]));
+    let m1 = means("1/2");
+    assert_eq!((m1.means_computed, m1.means_left_to_other_shards), (1, 2));
+    for c in ["jazz", "rock", "piano"] {
+        assert_eq!(std::fs::read(sharded.join(format!("means/{c}.npy"))).unwrap(), std::fs::read(single.join(format!("means/{c}.npy"))).unwrap(), "{c}'s means");
+    }
+    // A part that fails (its baseline unreadable) is recorded and the shard goes on; `status` names
+    // it with its error; the other shard, rerun, retries it and merges.
     let a = run(config(&sharded, 4), "0/2".parse().unwrap());
-    assert!(!a.merged && a.units_done == 12 && a.units_left_to_other_shards == 12);
+    assert!(!a.merged && a.units_done == 12 && a.units_left_to_other_shards == 12 && a.means_computed == 0);
+    let broken = sharded.join("baseline/rock/p0001.json");
+    std::fs::create_dir_all(broken.parent().unwrap()).unwrap();
+    std::fs::write(&broken, "not json").unwrap();
     let b = run(config(&sharded, 4), "1/2".parse().unwrap());
-    assert!(b.merged && b.units_done == 12);
+    // Shard 1 owns prompt 1 of every pair: rock__jazz and rock__piano's two batches each fail.
+    assert_eq!((b.units_done, b.units_failed.len(), b.merged), (8, 4, false), "{:?}", b.units_failed);
+    assert!(b.units_failed.iter().all(|(part, e)| part.starts_with("rock__") && part.contains("p0001") && e.contains("p0001.json")), "{:?}", b.units_failed);
+    let st = musicgen_interp::interchange::status(&sharded).unwrap();
+    assert_eq!((st.done(), st.pending(), st.failed.len()), (20, 4, 4));
+    assert!(st.pairs.contains(&("rock__jazz".to_string(), 2, 0, 2)) && st.pairs.contains(&("jazz__rock".to_string(), 4, 0, 0)), "{:?}", st.pairs);
+    assert!(st.failed.iter().all(|(_, f)| f.shard == "1/2" && f.error.contains("p0001.json")));
+    // The estimate: pending parts x the median of the parts' own recorded times / shards active.
+    let mut times: Vec<f64> = Vec::new();
+    for e in walk(&sharded.join("parts")) {
+        if e.to_string_lossy().ends_with(".time.json") {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&e).unwrap()).unwrap();
+            times.push(v["seconds"].as_f64().unwrap());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    assert_eq!(times.len(), 20);
+    let median = (times[9] + times[10]) / 2.0;
+    assert_eq!(st.active_workers, 2, "both shards finished parts just now");
+    assert!((st.eta_seconds().unwrap() - 4.0 * median / 2.0).abs() < 1e-12, "{:?} vs {median}", st.eta_seconds());
+    let shown = st.to_string();
+    assert!(shown.contains("20 of 24 parts done, 4 pending (4 failed)") && shown.contains("failed: rock__jazz p0001 b000 (shard 1/2)") && shown.contains("rerun any shard"), "{shown}");
+    std::fs::remove_file(&broken).unwrap();
+    let again = run(config(&sharded, 4), "0/2".parse().unwrap());
+    assert_eq!((again.units_done, again.units_skipped, again.units_retried, again.merged), (0, 12, 4, true));
+    assert!(walk(&sharded.join("parts")).iter().all(|p| !p.to_string_lossy().contains("failed") && !p.to_string_lossy().contains("retrying")));
+    assert!(musicgen_interp::interchange::status(&sharded).unwrap().merged);
     assert_same_scores(&results(&sharded), &base, "sharded run");
     assert_same_arrays(&sharded, &single, "sharded run");
     assert_eq!(std::fs::read(sharded.join("summary.csv")).unwrap(), std::fs::read(single.join("summary.csv")).unwrap());
+
+    // --compute-means: a shard may still compute missing means itself when asked.
+    let asked = tmp.path().join("asked");
+    let mut m = load("tiny");
+    let mut j = judge(&["jazz", "rock", "piano"]);
+    let r = Interchange::new(&mut m, &mut j, config(&asked, 4))
+        .unwrap()
+        .run_with("1/2".parse().unwrap(), musicgen_interp::interchange::MeansPolicy::for_run("1/2".parse().unwrap(), true), |_| {})
+        .unwrap();
+    assert_eq!((r.means_computed, r.units_done), (3, 12));
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[test]
