@@ -147,3 +147,67 @@ fn a_missing_path_or_a_file_is_named_as_such() {
     let (ok, log) = info_local(&tmp.path().join("models"), &tmp.path().join("no/such/dir"));
     assert!(!ok && log.contains("no such bundle or checkpoint folder"), "{log}");
 }
+
+/// `process-lewtun --dataset REPO` with `HF_HOME`, `--genres Jazz`, 4 steps; (success, stdout + stderr).
+fn lewtun(home: &Path, out: &Path, repo: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"));
+    c.args(["--device", "cpu", "process-lewtun", "--dataset", repo, "--model"])
+        .arg(fixture("tiny"))
+        .arg("--save-dir")
+        .arg(out)
+        .args(["--steps", "4", "--genres", "Jazz"])
+        .env("HF_HOME", home)
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_ENDPOINT");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn lewtun_dataset_under_another_repo_id_from_the_cache() {
+    // The stand-in for lewtun/music_genres, cached under the seed's copy's id.
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf");
+    let python = musicgen_interp::runtime::find_venv_python().expect("the project's .venv");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_lewtun_cache.py");
+    assert!(Command::new(python).arg(script).arg(&home).status().unwrap().success());
+    std::fs::rename(home.join("hub/datasets--lewtun--music_genres"), home.join("hub/datasets--roovy54--lewtun_music_genres_modified")).unwrap();
+    // Offline: read from the cache without the hub.
+    let (ok, log) = lewtun(&home, &tmp.path().join("jazz"), "roovy54/lewtun_music_genres_modified", &[("HF_HUB_OFFLINE", "1")]);
+    assert!(ok, "{log}");
+    assert!(log.contains("2 segments extracted") && !log.contains("downloading"), "{log}");
+    let labels = common::npy::<i64>(tmp.path().join("jazz/labels.npy"));
+    assert_eq!(labels.iter().copied().collect::<Vec<_>>(), vec![3, 3], "Jazz=3");
+    // The default id is not that cache's: refused offline, naming it, before the model loads.
+    let (ok, log) = lewtun(&home, &tmp.path().join("default"), "lewtun/music_genres", &[("HF_HUB_OFFLINE", "1")]);
+    assert!(!ok && log.contains("dataset lewtun/music_genres is not in the Hugging Face cache") && log.contains("HF_HUB_OFFLINE"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("loaded ")), "the model must not load: {log}");
+}
+
+#[test]
+fn lewtun_dataset_missing_offline_is_refused_at_once_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Offline by HF_HUB_OFFLINE, and offline because the endpoint refuses connections.
+    for env in [("HF_HUB_OFFLINE", "1"), ("HF_ENDPOINT", "http://127.0.0.1:9")] {
+        let start = std::time::Instant::now();
+        let (ok, log) = lewtun(&tmp.path().join("hf"), &tmp.path().join("out"), "test-org/some-genres", &[env]);
+        assert!(!ok, "{log}");
+        assert!(log.contains("dataset test-org/some-genres is not in the Hugging Face cache") && log.contains("cannot be downloaded now"), "{log}");
+        assert!(!log.contains("downloading") && !log.lines().any(|l| l.starts_with("loaded ")), "{log}");
+        assert!(start.elapsed().as_secs() < 10, "took {:?}", start.elapsed());
+        assert!(!tmp.path().join("out").exists(), "nothing written");
+    }
+    // --dataset without the hub dataset reader is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"))
+        .args(["--device", "cpu", "extract", "--model", "m", "--data-dir", "d", "--output-dir"])
+        .arg(tmp.path().join("o"))
+        .args(["--dataset", "a/b"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("read it with --lewtun"), "{err}");
+}

@@ -1,7 +1,9 @@
 //! The Hugging Face dataset `lewtun/music_genres` (fields `audio` {bytes, path}, `song_id`,
-//! `genre_id`, `genre`), read from the parquet files of its snapshot in the Hugging Face cache
-//! (located with `hf-hub`; nothing is downloaded: fetch it once with the `huggingface-cli` or
-//! `datasets`, or point `HF_HOME` at a cache that has it).
+//! `genre_id`, `genre`), or a copy of it under another id (`--dataset`, say the seed's
+//! `roovy54/lewtun_music_genres_modified`), read from the parquet files of its snapshot in the
+//! Hugging Face cache (`HF_HOME`). A dataset that is not cached is downloaded into the cache with
+//! `hf-hub` when the hub can be reached, and refused at once, naming it, when it cannot
+//! (`HF_HUB_OFFLINE`, or no connection to the endpoint).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,62 @@ use super::{Item, LabelMap, Scan};
 use crate::error::{Error, Result};
 
 pub const REPO: &str = "lewtun/music_genres";
+
+/// The parquet files of dataset `repo`: those of its cached snapshot, else downloaded into the cache
+/// first (every `.parquet` file of the repository at `main`) when the hub can be reached.
+pub fn files(repo: &str) -> Result<Vec<PathBuf>> {
+    if let Ok(files) = cached_files(repo) {
+        return Ok(files);
+    }
+    if let Some(why) = offline_reason() {
+        return Err(Error::Input(format!(
+            "dataset {repo} is not in the Hugging Face cache ({}) and cannot be downloaded now ({why}); download it into the cache on a machine with access (e.g. `huggingface-cli download --repo-type dataset {repo}`) or set HF_HOME",
+            hf_hub::Cache::from_env().path().display()
+        )));
+    }
+    download(repo)
+}
+
+/// Why the hub cannot be reached now, or `None`: HF_HUB_OFFLINE, or no connection to its endpoint
+/// (HF_ENDPOINT, else the hub's default) within 3 s (the rule `--model`'s hub ids follow).
+fn offline_reason() -> Option<String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false")) {
+        return Some("HF_HUB_OFFLINE is set".into());
+    }
+    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("https", endpoint.as_str()));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let target = if authority.contains(':') { authority.to_string() } else { format!("{authority}:{}", if scheme == "http" { 80 } else { 443 }) };
+    let reachable = target
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3)).is_ok());
+    (!reachable).then(|| format!("the hub at {endpoint} cannot be reached"))
+}
+
+/// Downloads every parquet file of dataset `repo` into the Hugging Face cache with `hf-hub`.
+fn download(repo: &str) -> Result<Vec<PathBuf>> {
+    let failed = |e: hf_hub::api::sync::ApiError| {
+        Error::Input(format!(
+            "dataset {repo} is not in the Hugging Face cache ({}) and could not be downloaded: {e}",
+            hf_hub::Cache::from_env().path().display()
+        ))
+    };
+    let api = hf_hub::api::sync::ApiBuilder::from_env().with_retries(0).build().map_err(failed)?;
+    let remote = api.dataset(repo.to_string());
+    let info = remote.info().map_err(failed)?;
+    let parquet: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).filter(|f| f.ends_with(".parquet")).collect();
+    if parquet.is_empty() {
+        return Err(Error::Input(format!("dataset {repo} has no parquet files on the hub: not a dataset this command reads")));
+    }
+    eprintln!("downloading dataset {repo} ({} parquet file(s)) into the Hugging Face cache", parquet.len());
+    for file in parquet {
+        remote.get(file).map_err(failed)?;
+    }
+    cached_files(repo)
+}
 
 fn bad(path: &Path, why: impl std::fmt::Display) -> Error {
     Error::Input(format!("{}: {why}", path.display()))
