@@ -178,14 +178,8 @@ pub struct Judge {
 
 impl Judge {
     /// Loads the plugin and checks that every concept in `needed` maps to labels the classifier has.
-    pub fn load(config: &JudgeConfig, ort_library: &std::path::Path, needed: &[&str]) -> Result<Judge> {
-        let mut settings = config.settings.clone();
-        if config.plugin == "onnx-judge" {
-            if let Some(map) = settings.as_object_mut() {
-                map.entry("ort_library").or_insert_with(|| serde_json::json!(ort_library));
-            }
-        }
-        let json = crate::config::SettingsJson::new(&settings);
+    pub fn load(config: &JudgeConfig, needed: &[&str]) -> Result<Judge> {
+        let json = crate::config::SettingsJson::new(&config.settings);
         let plugin = JudgePlugin::load(&config.plugin, &json.text).map_err(|e| json.explain(e, config.origin.as_ref()))?;
         let resolved = resolve_concepts(&config.concepts, plugin.labels(), needed)?;
         Ok(Judge { plugin, concepts: resolved })

@@ -1132,7 +1132,7 @@ fn decoder_lens(runtime: &Runtime, verify: Verify, args: DecoderLensArgs) -> Res
     config.prompt_set()?; // prompts or concepts, checked before anything loads
     musicgen_interp::store::check_writable(&config.output, true)?;
     let mut judge = match &config.judge {
-        Some(j) => Some(musicgen_interp::judge::Judge::load(j, runtime.library(), &config.judged_concepts()?)?),
+        Some(j) => Some(musicgen_interp::judge::Judge::load(j, &config.judged_concepts()?)?),
         None => None,
     };
     let mut m = load(runtime, PathBuf::from(&config.model), verify)?;
@@ -1164,7 +1164,7 @@ fn intervene(runtime: &Runtime, verify: Verify, args: InterveneArgs) -> Result<(
     let config = args.config()?;
     musicgen_interp::store::check_writable(&config.output, true)?;
     let needed = config.concepts()?;
-    let mut judge = musicgen_interp::judge::Judge::load(&config.judge, runtime.library(), &needed)?;
+    let mut judge = musicgen_interp::judge::Judge::load(&config.judge, &needed)?;
     let mut m = load(runtime, PathBuf::from(&config.model), verify)?;
     let mut run = Interchange::new(&mut m, &mut judge, config)?;
     let pairs = run.pairs().len();

@@ -165,9 +165,9 @@ fn classify(capture: &ResidualCapture, weights: &Array3<f32>, layer: usize, clip
         .collect())
 }
 
-/// Runs every stage; returns the steering effect per steered layer. `ort_library` is handed to a
+/// Runs every stage; returns the steering effect per steered layer. `_ort_library` is unused since plugins get the runtime through the host information (ABI 4); a
 /// judge plugin that runs its own graphs.
-pub fn run(model: &mut MusicGen, config: &PipelineConfig, ort_library: &Path, mut say: impl FnMut(String)) -> Result<Vec<SteeringEffect>> {
+pub fn run(model: &mut MusicGen, config: &PipelineConfig, _ort_library: &Path, mut say: impl FnMut(String)) -> Result<Vec<SteeringEffect>> {
     let out = &config.output;
     let labels = match &config.labels {
         Some(spec) => LabelMap::parse(spec)?,
@@ -184,7 +184,7 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, ort_library: &Path, mu
         Some(j) => {
             let name = target_name.clone().ok_or_else(|| Error::Input(format!("steer.judge: class {} has no name in the label map", s.target_class)))?;
             let concept = crate::data::concepts::concept(&name)?;
-            Some((crate::judge::Judge::load(j, ort_library, &[concept])?, concept))
+            Some((crate::judge::Judge::load(j, &[concept])?, concept))
         }
         None => None,
     };

@@ -137,7 +137,7 @@ fn decoder_lens_command_writes_clips_self_similarity_and_ndcg() {
     // NDCG: the judge's ranking of the clip's labels, recomputed here from the written WAV.
     let rt = common::runtime();
     let config = musicgen_interp::judge::JudgeConfig::onnx(classifier.join("classifier.onnx"), classifier.join("labels.csv"), 16000);
-    let mut judge = musicgen_interp::judge::Judge::load(&config, rt.library(), &["jazz"]).unwrap();
+    let mut judge = musicgen_interp::judge::Judge::load(&config, &["jazz"]).unwrap();
     let jazz = judge.labels().iter().position(|l| l == "Jazz").unwrap();
     let csv = std::fs::read_to_string(out.join("ndcg.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + layers + text_layers);

@@ -55,7 +55,7 @@ fn judge_config(labels: &str) -> JudgeConfig {
 
 fn judge(concepts: &[&str]) -> Judge {
     let rt = common::runtime();
-    Judge::load(&judge_config("labels.csv"), rt.library(), concepts).expect("judge")
+    Judge::load(&judge_config("labels.csv"), concepts).expect("judge")
 }
 
 #[test]
@@ -376,7 +376,7 @@ fn scores_equal_numpy_from_the_judges_saved_probabilities() {
     c.judge = JudgeConfig::onnx(model.clone(), labels.clone(), 32000);
     let mut m = load("tiny");
     let rt = common::runtime();
-    let mut j = Judge::load(&c.judge, rt.library(), &["jazz", "rock"]).unwrap();
+    let mut j = Judge::load(&c.judge, &["jazz", "rock"]).unwrap();
     let r = Interchange::new(&mut m, &mut j, c).unwrap().run(Shard::ALL, |_| {}).unwrap();
     assert!(r.merged);
     // 2 pairs x 2 prompts x (2 modes x 3 sites), every row checked; the 2 x 2 baselines and the
@@ -431,12 +431,12 @@ fn foreign_mean_caches_unknown_concepts_and_incomplete_label_maps_are_refused() 
 
     // A label map without the trumpet concept's label.
     let rt = common::runtime();
-    let err = Judge::load(&judge_config("labels_no_trumpet.csv"), rt.library(), &["jazz", "trumpet"]).err().unwrap().to_string();
+    let err = Judge::load(&judge_config("labels_no_trumpet.csv"), &["jazz", "trumpet"]).err().unwrap().to_string();
     assert!(err.contains("concept trumpet") && err.contains("\"Trumpet\""), "{err}");
     // A concept the mapping does not cover.
     let mut cfg = judge_config("labels.csv");
     cfg.concepts.remove("rock");
-    let err = Judge::load(&cfg, rt.library(), &["rock"]).err().unwrap().to_string();
+    let err = Judge::load(&cfg, &["rock"]).err().unwrap().to_string();
     assert!(err.contains("no classifier labels for concept rock"), "{err}");
 }
 

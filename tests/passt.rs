@@ -49,7 +49,7 @@ fn passt_judge_equals_pytorch_and_maps_the_seeds_class_ids() {
     let rt = common::runtime();
     let all = ["guitar", "piano", "trumpet", "violin", "classical", "pop", "jazz", "rock", "electronic", "hiphop"];
     // The folder alone: no label map, no sample rate in the settings; the default concept map.
-    let mut judge = Judge::load(&config(serde_json::json!({})), rt.library(), &all).expect("the PaSST judge");
+    let mut judge = Judge::load(&config(serde_json::json!({})), &all).expect("the PaSST judge");
     assert_eq!(judge.labels().len(), 527);
     let ids: Vec<usize> = all.iter().map(|c| judge.concept_labels(if *c == "hiphop" { "hip-hop" } else { c })[0]).collect();
     assert_eq!(ids, [140, 153, 187, 191, 237, 216, 235, 219, 245, 217], "the seed's PaSST class ids");
@@ -77,18 +77,18 @@ fn passt_judge_equals_pytorch_and_maps_the_seeds_class_ids() {
         assert!(err.contains(&format!("a clip of {n} samples")) && err.contains("4801..=321600 samples"), "{err}");
     }
     // Settings that contradict the folder's metadata, and a label map of another size.
-    let err = Judge::load(&config(serde_json::json!({"sample_rate": 16000})), rt.library(), &["jazz"]).err().unwrap().to_string();
+    let err = Judge::load(&config(serde_json::json!({"sample_rate": 16000})), &["jazz"]).err().unwrap().to_string();
     assert!(err.contains("sample_rate is 16000 in the settings but 32000"), "{err}");
-    let err = Judge::load(&config(serde_json::json!({"activation": "sigmoid"})), rt.library(), &["jazz"]).err().unwrap().to_string();
+    let err = Judge::load(&config(serde_json::json!({"activation": "sigmoid"})), &["jazz"]).err().unwrap().to_string();
     assert!(err.contains("activation is Sigmoid in the settings but Softmax"), "{err}");
     let twelve = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/classifier/labels.csv");
-    let mut twelve = Judge::load(&config(serde_json::json!({"labels": twelve})), rt.library(), &["jazz"]).unwrap();
+    let mut twelve = Judge::load(&config(serde_json::json!({"labels": twelve})), &["jazz"]).unwrap();
     let err = twelve.probabilities(x.view(), 32000).unwrap_err().to_string();
     assert!(err.contains("gives 527 classes but the label map names 12"), "{err}");
     // Explicit indices in a concept map.
     let mut c = config(serde_json::json!({}));
     c.concepts = serde_yaml::from_str("jazz: [235, 236]\nhiphop: [217]").unwrap();
-    let judge = Judge::load(&c, rt.library(), &["jazz", "hip-hop"]).unwrap();
+    let judge = Judge::load(&c, &["jazz", "hip-hop"]).unwrap();
     assert_eq!((judge.concept_labels("jazz"), judge.concept_labels("hip-hop")), (&[235, 236][..], &[217][..]));
 }
 

@@ -120,12 +120,13 @@ impl Library {
         (self.kind == Kind::Judge).then(|| unsafe { self.descriptor().judge.as_ref() }).flatten()
     }
 
-    /// Creates an instance from JSON settings.
+    /// Creates an instance from JSON settings, telling it what the host offers ([`host_info`]).
     fn create(self: &Arc<Self>, config_json: &str) -> Result<Instance> {
         let config = CString::new(config_json).map_err(|_| Error::Input("plugin settings contain a NUL byte".into()))?;
-        // SAFETY: C ABI contract for `create`: a NUL-terminated string (the `CString`, alive and
+        let host = CString::new(host_info().to_string()).map_err(|_| Error::Internal("the host's information holds a NUL byte".into()))?;
+        // SAFETY: C ABI contract for `create`: two NUL-terminated strings (the `CString`s, alive and
         // unchanged until the call returns); `create` may be called from any thread.
-        let ptr = unsafe { (self.descriptor().create)(config.as_ptr()) };
+        let ptr = unsafe { (self.descriptor().create)(config.as_ptr(), host.as_ptr()) };
         let inst = Instance { lib: self.clone(), ptr };
         if let Some(e) = inst.last_error() {
             return Err(Error::Plugin { plugin: self.name.clone(), reason: e });
@@ -355,6 +356,17 @@ unsafe extern "C" fn edits_replace(host: *mut c_void, c: u32) -> sdk::TensorMut 
 unsafe extern "C" fn edits_mask(host: *mut c_void, c: u32) -> sdk::TensorMut {
     // SAFETY: as in `edits_add`.
     unsafe { edit_buffer(host, c, |e, c| e.replace(c).1) }
+}
+
+/// What the host offers every plugin (ABI 4, the SDK's `HostInfo`): its name and version, and the
+/// onnxruntime library it runs on once the runtime has started (a plugin that runs its own graphs,
+/// like the ONNX judge, joins it instead of loading a second copy).
+pub fn host_info() -> serde_json::Value {
+    let mut info = serde_json::json!({"host": concat!("musicgen-interp ", env!("CARGO_PKG_VERSION"))});
+    if let Some(lib) = crate::runtime::loaded_library() {
+        info["onnxruntime_library"] = serde_json::json!(lib);
+    }
+    info
 }
 
 impl Hooks for MethodPlugin {

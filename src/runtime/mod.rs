@@ -143,6 +143,14 @@ struct Global {
 
 static GLOBAL: OnceLock<std::result::Result<Global, String>> = OnceLock::new();
 
+/// The onnxruntime library this process loaded, once [`Runtime::init`] has run.
+pub fn loaded_library() -> Option<PathBuf> {
+    match GLOBAL.get() {
+        Some(Ok(g)) => Some(g.library.clone()),
+        _ => None,
+    }
+}
+
 impl Runtime {
     /// Loads onnxruntime (once per process), sets up the global thread pool and picks the provider.
     pub fn init(options: &RuntimeOptions) -> Result<Runtime> {

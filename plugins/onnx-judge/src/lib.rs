@@ -8,8 +8,8 @@
 //!
 //! Settings: `model` (the .onnx file, or a judge folder holding `classifier.onnx`), `labels`,
 //! `sample_rate`, optional `input` / `output` tensor names (default: the graph's first),
-//! `activation`, and `ort_library` (the host fills it with the onnxruntime library it runs on, so
-//! both share one runtime and its thread pool).
+//! `activation`. The classifier runs on the onnxruntime library the host offers in its host
+//! information (ABI 4), so both share one runtime and its thread pool.
 //!
 //! A judge folder's metadata, `NAME.json` beside `NAME.onnx` (`onnx/export_passt.py` and
 //! `onnx/make_classifier.py` write it), gives the defaults: `sample_rate`, `activation`, `input`,
@@ -39,7 +39,6 @@ struct Settings {
     output: Option<String>,
     #[serde(default)]
     activation: Option<Activation>,
-    ort_library: String,
 }
 
 /// A judge folder's `NAME.json` (other keys, e.g. where the weights came from, are the exporter's).
@@ -198,7 +197,10 @@ impl Judge for OnnxJudge {
             Some(path) => Some(read_labels(&path)?),
             None => None,
         };
-        let env = environment(&s.ort_library)?;
+        // The onnxruntime library the host runs on (ABI 4's host information): one runtime and one
+        // thread pool for the host's graphs and the judge's.
+        let ort_library = musicgen_interp_sdk::host_info().onnxruntime_library.ok_or("onnx-judge: the host offers no onnxruntime library to run the classifier on")?;
+        let env = environment(&ort_library)?;
         let session = Session::builder(&env)
             .and_then(|mut b| b.commit_from_file(&model))
             .map_err(|e| format!("onnx-judge: loading classifier {}: {e}", model.display()))?;

@@ -19,6 +19,42 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub use ndarray;
 
 pub mod names;
+
+/// What the host offers every plugin at creation (ABI 4: `create`'s second argument, JSON).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostInfo {
+    /// The host's name and version, e.g. `musicgen-interp 0.1.0`.
+    pub host: String,
+    /// The onnxruntime shared library the host runs on (a plugin that runs its own graphs joins it
+    /// rather than loading a second copy), if it runs on one.
+    pub onnxruntime_library: Option<String>,
+    /// The whole JSON object, for keys newer than this SDK.
+    pub raw: String,
+}
+
+impl HostInfo {
+    /// Reads the host's JSON (an empty string gives the default: a host that offers nothing).
+    pub fn parse(json: &str) -> Result<HostInfo, String> {
+        if json.trim().is_empty() {
+            return Ok(HostInfo::default());
+        }
+        let v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("the host's information is not JSON: {e}"))?;
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        Ok(HostInfo { host: text("host").unwrap_or_default(), onnxruntime_library: text("onnxruntime_library"), raw: json.to_string() })
+    }
+}
+
+static HOST_INFO: std::sync::Mutex<Option<HostInfo>> = std::sync::Mutex::new(None);
+
+fn set_host_info(info: HostInfo) {
+    *HOST_INFO.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
+}
+
+/// What the host said of itself when it last created an instance of this plugin (call it from
+/// `create` or later).
+pub fn host_info() -> HostInfo {
+    HOST_INFO.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()
+}
 pub mod npy;
 pub use names::{Component, HookPoint, NameError, Site};
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3};
@@ -26,8 +62,10 @@ use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3};
 /// The plugin ABI version this SDK speaks. A host refuses plugins whose descriptor says otherwise.
 /// Version 2 added the judge kind (the descriptor's `judge` field) and the methods' `exit_after`;
 /// version 3 gives a probe's `scores` the length of each row of its output (the host's class count),
-/// so a plugin never writes past the host's buffer.
-pub const ABI_VERSION: u32 = 3;
+/// so a plugin never writes past the host's buffer; version 4 gives `create` a second JSON string,
+/// what the host offers every plugin ([`HostInfo`]: its name and version, the onnxruntime library it
+/// runs on), read with [`host_info`].
+pub const ABI_VERSION: u32 = 4;
 
 /// The symbol every plugin exports: `extern "C" fn() -> *const PluginDescriptor`.
 pub const ENTRY_SYMBOL: &[u8] = b"musicgen_interp_plugin\0";
@@ -169,9 +207,10 @@ pub struct PluginDescriptor {
     pub kind: u32,
     pub name: *const c_char,
     pub version: *const c_char,
-    /// Creates an instance from a JSON settings string. Never null: a failed creation returns an
-    /// instance whose `last_error` says why (and which the host then destroys).
-    pub create: unsafe extern "C" fn(config_json: *const c_char) -> *mut c_void,
+    /// Creates an instance from a JSON settings string and the host's JSON [`HostInfo`]. Never null:
+    /// a failed creation returns an instance whose `last_error` says why (and which the host then
+    /// destroys).
+    pub create: unsafe extern "C" fn(config_json: *const c_char, host_json: *const c_char) -> *mut c_void,
     /// Frees an instance; the host makes no call on it afterwards.
     pub destroy: unsafe extern "C" fn(instance: *mut c_void),
     /// The message of the last failed call (or failed creation), or null.
@@ -370,18 +409,21 @@ pub mod rt {
     /// Makes an instance (never null: a failed creation keeps its error for `last_error`).
     ///
     /// # Safety
-    /// `config` must be null or a NUL-terminated string left unchanged until this returns.
-    pub unsafe fn create<T>(config: *const c_char, make: fn(&str) -> Result<T, String>, points: fn(&T) -> Vec<String>) -> *mut c_void {
+    /// `config` and `host` must each be null or a NUL-terminated string left unchanged until this
+    /// returns.
+    pub unsafe fn create<T>(config: *const c_char, host: *const c_char, make: fn(&str) -> Result<T, String>, points: fn(&T) -> Vec<String>) -> *mut c_void {
         quiet_panics();
         let result = catch_unwind(|| {
-            let config = if config.is_null() {
-                ""
-            } else {
+            let text = |p: *const c_char| -> Result<&str, String> {
+                if p.is_null() {
+                    return Ok("");
+                }
                 // SAFETY: non-null, so by this function's contract a NUL-terminated string that
                 // stays unchanged while the `&str` (dropped before `create` returns) lives.
-                unsafe { CStr::from_ptr(config) }.to_str().map_err(|e| e.to_string())?
+                unsafe { CStr::from_ptr(p) }.to_str().map_err(|e| e.to_string())
             };
-            make(config)
+            crate::set_host_info(crate::HostInfo::parse(text(host)?)?);
+            make(text(config)?)
         });
         let inst = match result {
             Ok(Ok(plugin)) => {
@@ -579,10 +621,10 @@ macro_rules! export_method {
         const _: () = {
             use $crate::rt;
             use std::ffi::{c_char, c_void};
-            unsafe extern "C" fn create(config: *const c_char) -> *mut c_void {
-                // SAFETY: C ABI contract: `config` is null or a NUL-terminated string, unchanged
-                // during this call.
-                unsafe { rt::create::<$t>(config, <$t as $crate::Method>::create, <$t as $crate::Method>::hook_points) }
+            unsafe extern "C" fn create(config: *const c_char, host: *const c_char) -> *mut c_void {
+                // SAFETY: C ABI contract: `config` and `host` are each null or a NUL-terminated
+                // string, unchanged during this call.
+                unsafe { rt::create::<$t>(config, host, <$t as $crate::Method>::create, <$t as $crate::Method>::hook_points) }
             }
             unsafe extern "C" fn destroy(i: *mut c_void) {
                 // SAFETY: C ABI contract: `i` is null or from `create`, destroyed once, unused afterwards.
@@ -671,10 +713,10 @@ macro_rules! export_probe {
             fn no_points(_: &$t) -> Vec<String> {
                 Vec::new()
             }
-            unsafe extern "C" fn create(config: *const c_char) -> *mut c_void {
-                // SAFETY: C ABI contract: `config` is null or a NUL-terminated string, unchanged
-                // during this call.
-                unsafe { rt::create::<$t>(config, <$t as $crate::ProbeModel>::create, no_points) }
+            unsafe extern "C" fn create(config: *const c_char, host: *const c_char) -> *mut c_void {
+                // SAFETY: C ABI contract: `config` and `host` are each null or a NUL-terminated
+                // string, unchanged during this call.
+                unsafe { rt::create::<$t>(config, host, <$t as $crate::ProbeModel>::create, no_points) }
             }
             unsafe extern "C" fn destroy(i: *mut c_void) {
                 // SAFETY: C ABI contract: `i` is null or from `create`, destroyed once, unused afterwards.
@@ -756,10 +798,10 @@ macro_rules! export_judge {
             fn labels_of(j: &$t) -> Vec<String> {
                 <$t as $crate::Judge>::labels(j)
             }
-            unsafe extern "C" fn create(config: *const c_char) -> *mut c_void {
-                // SAFETY: C ABI contract: `config` is null or a NUL-terminated string, unchanged
-                // during this call.
-                unsafe { rt::create::<$t>(config, <$t as $crate::Judge>::create, labels_of) }
+            unsafe extern "C" fn create(config: *const c_char, host: *const c_char) -> *mut c_void {
+                // SAFETY: C ABI contract: `config` and `host` are each null or a NUL-terminated
+                // string, unchanged during this call.
+                unsafe { rt::create::<$t>(config, host, <$t as $crate::Judge>::create, labels_of) }
             }
             unsafe extern "C" fn destroy(i: *mut c_void) {
                 // SAFETY: C ABI contract: `i` is null or from `create`, destroyed once, unused afterwards.
