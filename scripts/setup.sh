@@ -23,11 +23,12 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   "$python" -m venv .venv
 fi
-want=$(cat onnx/requirements.txt scripts/setup.sh | sha256sum | cut -c1-16)-$gpu
+want=$(cat onnx/requirements.txt python/requirements.txt scripts/setup.sh | sha256sum | cut -c1-16)-$gpu
 if [ "$(cat .venv/.musicgen-interp-stamp 2>/dev/null)" != "$want" ]; then
   echo "== installing the Python environment (torch from PyPI is large: a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r onnx/requirements.txt
+  .venv/bin/python -m pip install -q -r python/requirements.txt   # maturin: builds the Python package
   if [ "$gpu" = 1 ]; then
     # The GPU wheel provides the same `onnxruntime` package with the CUDA provider; CUDA and cuDNN
     # come as PyPI wheels too (see README "GPU hosts").
@@ -40,6 +41,8 @@ fi
 
 echo "== building (release)"
 cargo build --release --workspace --quiet
+echo "== installing the Python package musicgen_interp into .venv (python/; cargo rebuilds only what changed)"
+.venv/bin/maturin develop --release --quiet -m python/Cargo.toml
 
 format_version=$(sed -n 's/^FORMAT_VERSION = \([0-9]*\)$/\1/p' onnx/export.py)
 export_bundle() { # NAME (again when the bundle was written in an older format)

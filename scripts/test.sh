@@ -54,3 +54,12 @@ echo "== Rust tests"
 # --release shares the build with scripts/setup.sh (one compile instead of two on CI's two cores)
 cargo test --workspace --release
 bash scripts/examples.sh   # examples/*.rs on the library API, run on tests/data/tiny; any non-zero exit fails
+
+echo "== Python package (python/tests on tiny and tiny2, then examples/python on the tiny bundle)"
+.venv/bin/maturin develop --release --quiet -m python/Cargo.toml
+.venv/bin/python -m pytest -q python/tests
+examples_out=$(mktemp -d)
+for example in residual_norms train_probes steer_with_probe; do
+  .venv/bin/python "examples/python/$example.py" tests/data/tiny "$examples_out/$example"
+done
+rm -rf "$examples_out"

@@ -24,7 +24,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct RuntimeArgs {
     /// Where the graphs run: cpu, cuda, or auto (CUDA when available, else CPU).
     #[arg(long, global = true)]
@@ -48,9 +48,17 @@ struct RuntimeArgs {
     /// CPU copies, built from this project's streaming matmul, attention and intervention operators.
     #[arg(long, global = true)]
     plain_graphs: bool,
+    /// The seed's `--gpus N`: more than 0 runs on CUDA (`--device cuda`; one GPU per process here,
+    /// `--shard i/n` splits a run over several), 0 on the CPU (`--device cpu`).
+    #[arg(long, global = true, conflicts_with = "device")]
+    gpus: Option<u32>,
+    /// Print the command's settings as resolved (defaults filled in, the seeds' flags converted to
+    /// this tool's) and stop before anything loads or runs.
+    #[arg(long, global = true)]
+    dry_run: bool,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Check a bundle and print its sizes, graphs, hook points and the execution provider.
     Info {
@@ -68,7 +76,8 @@ enum Command {
     /// Extract every layer's residual stream for a labelled audio dataset (each 10 s segment is an
     /// audio prompt MusicGen continues); resumable, shardable (`--shard i/n`), merged at the end.
     Extract(ExtractArgs),
-    /// `extract` over the Hugging Face dataset lewtun/music_genres (from the local HF cache), as the
+    /// `extract` over the Hugging Face dataset lewtun/music_genres or `--dataset REPO_ID` (from the HF cache,
+    /// downloaded into it when missing and online), as the
     /// seed's command: `process-lewtun --model M --save-dir DIR [--max-samples N] [--genres ...]`.
     ProcessLewtun(ExtractArgs),
     /// Train one linear probe per layer on extracted residuals (balanced classes, stratified 15%
@@ -81,22 +90,27 @@ enum Command {
         output_dir: PathBuf,
         #[arg(long, default_value_t = 4)]
         num_classes: usize,
-        /// mse (least squares onto one-hot targets, closed form) or ce (multinomial logistic regression).
-        #[arg(long, default_value = "mse")]
+        /// mse (least squares onto one-hot targets, closed form) or ce (multinomial logistic
+        /// regression; the seed's `cross_entropy` is accepted for it).
+        #[arg(long, default_value = "mse", value_parser = loss_type)]
         loss_type: String,
         /// Iterations of an iterative solver (ce); the closed-form mse probe ignores it and says so.
         #[arg(long)]
         epochs: Option<u64>,
-        /// Residual stream: cond or uncond.
-        #[arg(long, default_value = "cond")]
+        /// Residual stream: cond or uncond (the seed's `--residual-type conditional|unconditional`).
+        #[arg(long, visible_alias = "residual-type", default_value = "cond")]
         stream: musicgen_interp::probe::Stream,
-        #[arg(long, default_value_t = 0.15, value_parser = finite_f64)]
+        #[arg(long, default_value_t = musicgen_interp::probe::DEFAULT_TEST_FRACTION, value_parser = finite_f64)]
         test_fraction: f64,
-        #[arg(long, default_value_t = 42)]
+        #[arg(long, default_value_t = musicgen_interp::probe::DEFAULT_SEED)]
         seed: u64,
-        /// Probe-model plugin: built-in name or path to a library.
+        /// Probe-model plugin: built-in name (linear-probe, smartcore-probe) or path to a library.
         #[arg(long, default_value = "linear-probe")]
         probe: String,
+        /// The probe plugin's settings as a JSON object, e.g. '{"model": "knn", "k": 5}' (the host
+        /// adds `loss` and `epochs` from their flags).
+        #[arg(long)]
+        settings: Option<String>,
     },
     /// Evaluate probe weights per layer on the saved test split: accuracy, loss, confusion matrix,
     /// a CSV and a PNG plot; names the best layer.
@@ -113,12 +127,17 @@ enum Command {
         #[arg(long)]
         output_dir: Option<PathBuf>,
         /// The split written by train-probes with these weights (default: NAME_split.json beside
-        /// NAME_weights.npy); a split written for other weights is refused.
+        /// NAME_weights.npy); a split written for other weights is refused. Weights that come with
+        /// none get training's split, made here and saved as NAME_split.json in the output folder.
         #[arg(long)]
         split: Option<PathBuf>,
         /// mse or ce (default: from the weights file name, `ce_weights.npy` -> ce).
-        #[arg(long)]
+        #[arg(long, value_parser = loss_type)]
         loss_type: Option<String>,
+        /// Weights trained elsewhere come without a split: evaluate then makes train-probes'
+        /// stratified split of this stream itself (default cond), and says so.
+        #[arg(long, visible_alias = "residual-type")]
+        stream: Option<musicgen_interp::probe::Stream>,
     },
     /// The probe workflow from one YAML file: extract -> train-probes -> evaluate -> steer towards a
     /// class with the trained probe, and report whether the probe's own prediction moved.
@@ -140,8 +159,12 @@ enum Command {
         /// Concepts (default: all ten).
         #[arg(long, value_delimiter = ',')]
         concepts: Vec<String>,
-        #[arg(long, default_value_t = musicgen_interp::data::concepts::DEFAULT_PROMPTS_PER_CONCEPT)]
+        #[arg(long, default_value_t = musicgen_interp::data::concepts::DEFAULT_PROMPTS_PER_CONCEPT, alias = "n_prompts_per_concept")]
         n_prompts_per_concept: usize,
+        /// How each concept's prompts are chosen: the seed's enumeration (the first n of 125) or seeded random draws.
+        #[arg(long, value_enum, default_value_t = musicgen_interp::data::concepts::PromptSampling::Enumerate)]
+        prompt_sampling: musicgen_interp::data::concepts::PromptSampling,
+        /// Seed of the random draws (--prompt-sampling random only).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long)]
@@ -219,7 +242,7 @@ impl JudgeArgs {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct DecoderLensArgs {
     /// A YAML file with every setting (configs/decoder-lens.yaml); the flags below build one otherwise.
     #[arg(long)]
@@ -234,8 +257,11 @@ struct DecoderLensArgs {
     /// Or the paper's prompt sets of these concepts.
     #[arg(long, value_delimiter = ',')]
     concepts: Vec<String>,
-    #[arg(long, default_value_t = musicgen_interp::data::concepts::DEFAULT_PROMPTS_PER_CONCEPT)]
+    #[arg(long, default_value_t = musicgen_interp::data::concepts::DEFAULT_PROMPTS_PER_CONCEPT, alias = "n_prompts_per_concept")]
     n_prompts_per_concept: usize,
+    /// How each concept's prompts are chosen: the seed's enumeration (the first n of 125) or seeded random draws.
+    #[arg(long, value_enum, default_value_t = musicgen_interp::data::concepts::PromptSampling::Enumerate)]
+    prompt_sampling: musicgen_interp::data::concepts::PromptSampling,
     /// Seconds per clip.
     #[arg(long, default_value_t = 4.0, value_parser = positive)]
     duration: f64,
@@ -262,6 +288,7 @@ impl DecoderLensArgs {
             concept: self.concept,
             concepts: self.concepts,
             n_prompts_per_concept: self.n_prompts_per_concept,
+            prompt_sampling: self.prompt_sampling,
             prompt_seed: 0,
             duration: self.duration,
             seed: self.sampling.seed,
@@ -276,7 +303,7 @@ impl DecoderLensArgs {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct InterveneArgs {
     /// A YAML file with every setting (configs/intervene.yaml); the flags below build one otherwise.
     #[arg(long)]
@@ -285,21 +312,27 @@ struct InterveneArgs {
     #[arg(long, conflicts_with = "model_size")]
     model: Option<String>,
     /// The seed's --model-size: facebook/musicgen-{small,medium,large} from the Hugging Face cache.
-    #[arg(long, value_parser = ["small", "medium", "large"])]
+    #[arg(long, alias = "model_size", value_parser = ["small", "medium", "large"])]
     model_size: Option<String>,
-    /// Only pairs whose original concept is this one (name, or index 0-9 in the paper's order).
-    #[arg(long)]
+    /// Only pairs whose original concept is this one (name, or the seed's index 0-9 in the paper's
+    /// order; -1 = all).
+    #[arg(long, alias = "fixed_concept")]
     fixed_concept: Option<String>,
     /// Concepts taking part (default: all ten).
     #[arg(long, value_delimiter = ',')]
     concepts: Vec<String>,
-    #[arg(long, default_value_t = musicgen_interp::data::concepts::DEFAULT_PROMPTS_PER_CONCEPT)]
+    #[arg(long, default_value_t = musicgen_interp::data::concepts::DEFAULT_PROMPTS_PER_CONCEPT, alias = "n_prompts_per_concept")]
     n_prompts_per_concept: usize,
-    /// Reuse the concept means in this folder (refused if another model, prompt set or sampling made them).
-    #[arg(long)]
+    /// How each concept's prompts are chosen: the seed's enumeration (the first n of 125) or seeded random draws.
+    #[arg(long, value_enum, default_value_t = musicgen_interp::data::concepts::PromptSampling::Enumerate)]
+    prompt_sampling: musicgen_interp::data::concepts::PromptSampling,
+    /// Reuse the concept means in this folder (refused if another model, prompt set or sampling made
+    /// them, or if a concept's are missing); without a folder (the seed's flag), the means cached in
+    /// the output folder's means/.
+    #[arg(long, alias = "pre_computed_means", num_args = 0..=1, default_missing_value = "", value_parser = path_or_bare)]
     pre_computed_means: Option<PathBuf>,
     /// Write the best and worst intervention's clip for each prompt.
-    #[arg(long)]
+    #[arg(long, alias = "save_extremes")]
     save_extremes: bool,
     /// adjust, replace, or both.
     #[arg(long, value_delimiter = ',', default_value = "adjust,replace")]
@@ -317,9 +350,22 @@ struct InterveneArgs {
     judge: JudgeArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// This host's share of the run, i/n (a job array's index and size).
+    /// This host's share of the run, i/n (a job array's index and size). A sharded run needs the
+    /// concept means made first (--means-only) unless --compute-means; an unsharded one makes them.
     #[arg(long, default_value = "0/1")]
     shard: musicgen_interp::data::Shard,
+    /// The means phase of a sweep: compute (or check) the concept means only, dealt by concept
+    /// over --shard i/n; no baselines, no interventions.
+    #[arg(long, conflicts_with = "compute_means")]
+    means_only: bool,
+    /// Let a sharded run compute missing concept means itself (every shard lacking them would).
+    #[arg(long)]
+    compute_means: bool,
+    /// Print a run's progress and exit: parts done, pending and failed per pair, the failures'
+    /// errors, and the time to finish (pending x median part time / shards active); DIR defaults
+    /// to the run's output folder (--output-dir or the config's).
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_parser = path_or_bare)]
+    status: Option<PathBuf>,
     #[arg(long)]
     output_dir: Option<PathBuf>,
 }
@@ -336,16 +382,17 @@ impl InterveneArgs {
             (None, Some(size)) => format!("facebook/musicgen-{size}"),
             (None, None) => return Err(need("model")),
         };
-        let fixed_concept = self.fixed_concept.map(|c| match c.parse::<usize>() {
-            Ok(i) => musicgen_interp::data::concepts::all().get(i).map(|s| s.to_string()).unwrap_or(c),
-            Err(_) => c,
-        });
+        let fixed_concept = fixed_concept(self.fixed_concept)?;
+        let output = self.output_dir.ok_or_else(|| need("output-dir"))?;
+        // The seed's bare --pre_computed_means: the means this output folder caches.
+        let pre_computed_means = self.pre_computed_means.map(|p| if p.as_os_str().is_empty() { output.join("means") } else { p });
         let judge = self.judge.config()?.ok_or_else(|| need("judge-model and --judge-labels"))?;
         Ok(InterveneConfig {
             model,
             concepts: self.concepts,
             fixed_concept,
             n_prompts_per_concept: self.n_prompts_per_concept,
+            prompt_sampling: self.prompt_sampling,
             prompt_seed: 0,
             duration: self.duration,
             seed: self.sampling.seed,
@@ -356,15 +403,15 @@ impl InterveneArgs {
             sites: self.sites,
             batch_size: self.batch_size,
             means_batch_size: 8,
-            pre_computed_means: self.pre_computed_means,
+            pre_computed_means,
             save_extremes: self.save_extremes,
             judge,
-            output: self.output_dir.ok_or_else(|| need("output-dir"))?,
+            output,
         })
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct GenerateArgs {
     /// Bundle folder, transformers checkpoint folder, or hub id (exported once into ./models).
     #[arg(long)]
@@ -387,8 +434,8 @@ struct GenerateArgs {
     /// Decoder steps. With K codebooks, the delay pattern staggers codebook k by k positions, so N
     /// steps give N - K + 1 new frames; a sequence too short for the pattern (prompt + N below
     /// 2K - 1 positions, e.g. N < 2K - 2 from text alone) is kept undelayed, as transformers does,
-    /// and gives N frames.
-    #[arg(long)]
+    /// and gives N frames. The seed's `--max-tokens` (new tokens) is this.
+    #[arg(long, visible_alias = "max-tokens")]
     steps: Option<usize>,
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -432,7 +479,7 @@ struct GenerateArgs {
 }
 
 /// Sampling flags shared by the generating commands; unset ones take the bundle's defaults.
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct SamplingArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -457,7 +504,7 @@ impl SamplingArgs {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct ExtractArgs {
     /// Bundle folder, checkpoint folder, or hub id.
     #[arg(long)]
@@ -467,9 +514,14 @@ struct ExtractArgs {
     data_dir: Option<PathBuf>,
     #[arg(long, visible_alias = "save-dir")]
     output_dir: PathBuf,
-    /// Read the Hugging Face dataset lewtun/music_genres from the local Hugging Face cache instead of --data-dir.
+    /// Read the Hugging Face dataset lewtun/music_genres (or --dataset) instead of --data-dir: from
+    /// the Hugging Face cache, downloaded into it first when missing and the hub can be reached.
     #[arg(long)]
     lewtun: bool,
+    /// The hub dataset read with --lewtun / process-lewtun: lewtun/music_genres, or a copy with its
+    /// columns (the seed used roovy54/lewtun_music_genres_modified).
+    #[arg(long, value_name = "REPO_ID")]
+    dataset: Option<String>,
     /// A prompt set instead of audio: CSV `text,label` or JSON [{"text", "label"}]; each prompt is generated from text alone.
     #[arg(long, conflicts_with_all = ["data_dir", "lewtun"])]
     prompts: Option<PathBuf>,
@@ -484,8 +536,8 @@ struct ExtractArgs {
     /// Text prompt for every segment; `{genre}` is replaced by its label (the default names none).
     #[arg(long, default_value = musicgen_interp::extract::DEFAULT_PROMPT)]
     prompt_template: String,
-    /// Decoder steps generated after each segment.
-    #[arg(long, default_value_t = 50)]
+    /// Decoder steps generated after each segment (the seed's `--max-tokens`).
+    #[arg(long, visible_alias = "max-tokens", default_value_t = 50)]
     steps: usize,
     #[arg(long, default_value = "last")]
     reduction: Reduction,
@@ -506,6 +558,10 @@ struct ExtractArgs {
     /// Only merge the segments already in --output-dir (after all shards finished).
     #[arg(long)]
     merge: bool,
+    /// Print the extraction's progress in --output-dir and exit: tracks done, pending and failed per
+    /// label, the failures' errors, and the time to finish from the tracks' own timings.
+    #[arg(long, conflicts_with = "merge")]
+    status: bool,
 }
 
 impl GenerateArgs {
@@ -533,6 +589,35 @@ fn negatives_as_values(cmd: clap::Command) -> clap::Command {
         if float && a.get_num_args().is_none() { a.allow_hyphen_values(true) } else { a.allow_negative_numbers(true) }
     })
     .mut_subcommands(negatives_as_values)
+}
+
+/// A path, or empty for a flag given bare (clap's own path parser refuses an empty value).
+fn path_or_bare(s: &str) -> std::result::Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
+}
+
+/// `--loss-type`: mse or ce; the seed's `cross_entropy` is ce.
+fn loss_type(s: &str) -> std::result::Result<String, String> {
+    match s {
+        "mse" => Ok("mse".into()),
+        "ce" | "cross_entropy" => Ok("ce".into()),
+        _ => Err("use mse or ce (the seed's cross_entropy is ce)".into()),
+    }
+}
+
+/// The seed's `--fixed_concept`: an index 0-9 in the paper's order (-1 = every concept) becomes the
+/// concept's name; a name is kept as it is (checked with the other concepts).
+fn fixed_concept(given: Option<String>) -> Result<Option<String>> {
+    use musicgen_interp::data::concepts;
+    let Some(c) = given else { return Ok(None) };
+    match c.trim().parse::<i64>() {
+        Ok(-1) => Ok(None),
+        Ok(i) => usize::try_from(i).ok().and_then(|i| concepts::all().get(i).map(|s| s.to_string())).map(Some).ok_or_else(|| {
+            let order: Vec<String> = concepts::all().iter().enumerate().map(|(i, n)| format!("{i} {n}")).collect();
+            Error::Input(format!("--fixed-concept {c}: give a concept name, or the seed's index 0-{} ({}) or -1 for all", concepts::all().len() - 1, order.join(", ")))
+        }),
+        Err(_) => Ok(Some(c)),
+    }
 }
 
 /// A number that is finite (clap names the flag and the value in its error).
@@ -583,7 +668,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { config } => Some(RunConfig::load(config)?),
         _ => None,
     };
-    let device = cli.runtime.device.or(run_config.as_ref().map(|c| c.device)).unwrap_or_default();
+    // The seed's --gpus N: this tool runs one device per process.
+    let gpus = cli.runtime.gpus.map(|n| {
+        let device = if n > 0 { Device::Cuda } else { Device::Cpu };
+        let more = if n > 1 { format!("; one GPU per process here: split the run over {n} GPUs with --shard i/{n} and CUDA_VISIBLE_DEVICES") } else { String::new() };
+        eprintln!("note: --gpus {n} (the seed's flag) is --device {} here{more}", if n > 0 { "cuda" } else { "cpu" });
+        device
+    });
+    let device = cli.runtime.device.or(gpus).or(run_config.as_ref().map(|c| c.device)).unwrap_or_default();
+    if cli.runtime.dry_run {
+        return dry_run(device, cli.command);
+    }
     if let Command::Plugins = cli.command {
         return list_plugins();
     }
@@ -607,14 +702,11 @@ fn run(cli: Cli) -> Result<()> {
             args.lewtun = true;
             extract(&runtime, verify, args)
         }
-        Command::TrainProbes { data_dir, output_dir, num_classes, loss_type, epochs, stream, test_fraction, seed, probe } => {
-            if loss_type != "mse" && loss_type != "ce" {
-                return Err(Error::Input(format!("--loss-type {loss_type}: use mse or ce")));
-            }
+        Command::TrainProbes { data_dir, output_dir, num_classes, loss_type, epochs, stream, test_fraction, seed, probe, settings } => {
             musicgen_interp::store::check_writable(&output_dir, true)?;
             let options = musicgen_interp::probe::TrainOptions { num_classes, loss: loss_type.clone(), epochs, stream, test_fraction, seed, probe };
             let bar = indicatif::ProgressBar::new(0);
-            let metrics = musicgen_interp::probe::train(&data_dir, &output_dir, &options, |i, n| {
+            let metrics = musicgen_interp::probe::train_with(&data_dir, &output_dir, &options, settings.as_deref(), |i, n| {
                 bar.set_length(n as u64);
                 bar.set_position(i as u64)
             })?;
@@ -623,10 +715,17 @@ fn run(cli: Cli) -> Result<()> {
                 println!("layer {:>3}  test accuracy {:.4}  test loss {:.6}", m.layer, m.accuracy, m.loss);
             }
             let best = musicgen_interp::probe::best_layer(&metrics);
-            println!("best layer {best}; wrote {}/{loss_type}_weights.npy, {loss_type}_metrics.json, {loss_type}_split.json", output_dir.display());
+            let probes = if output_dir.join(format!("{loss_type}_probe.json")).is_file() && !output_dir.join(format!("{loss_type}_weights.npy")).is_file() {
+                format!("{loss_type}_probe.json (the probes' own states in {loss_type}_probe/)")
+            } else {
+                format!("{loss_type}_weights.npy")
+            };
+            println!("best layer {best}; wrote {}/{probes}, {loss_type}_metrics.json, {loss_type}_split.json", output_dir.display());
             Ok(())
         }
-        Command::Evaluate { data_dir, weights_file, num_classes, output_plot, output_dir, split, loss_type } => {
+        Command::Evaluate { data_dir, weights_file, num_classes, output_plot, output_dir, split, loss_type, stream } => {
+            // Without --split, weights that come with none (trained elsewhere) get training's split.
+            let fallback = split.is_none().then_some(musicgen_interp::probe::SplitRule { num_classes, stream });
             let split = split.unwrap_or_else(|| {
                 // NAME_split.json beside NAME_weights.npy; an older training wrote split.json.
                 let own = musicgen_interp::probe::split_path_for(&weights_file);
@@ -640,11 +739,16 @@ fn run(cli: Cli) -> Result<()> {
             let dir = output_dir.unwrap_or_else(|| weights_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).to_path_buf());
             musicgen_interp::store::check_writable(&output_plot, false)?;
             musicgen_interp::store::check_writable(&dir.join("x"), false)?;
-            let e = musicgen_interp::probe::evaluate(&data_dir, &weights_file, &split, &kind)?;
+            let e = musicgen_interp::probe::evaluate_with(&data_dir, &weights_file, &split, &kind, fallback.as_ref())?;
             if e.split.num_classes != num_classes {
                 return Err(Error::Input(format!("--num-classes {num_classes}, but the split was made for {}", e.split.num_classes)));
             }
             let stem = musicgen_interp::probe::output_stem(&weights_file);
+            if e.made_split {
+                let path = dir.join(format!("{stem}_split.json"));
+                musicgen_interp::probe::write_split(&path, &e.split)?;
+                println!("evaluated on a split made here (none came with the weights), saved as {}", path.display());
+            }
             musicgen_interp::probe::write_evaluation(&dir, &stem, &e)?;
             musicgen_interp::probe::plot(&output_plot, &e.metrics, &kind, e.best)?;
             for m in &e.metrics {
@@ -668,13 +772,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Intervene(args) => intervene(&runtime, verify, args),
         Command::DecoderLens(args) => decoder_lens(&runtime, verify, args),
-        Command::ConceptPrompts { concepts, n_prompts_per_concept, seed, output } => {
+        Command::ConceptPrompts { concepts, n_prompts_per_concept, prompt_sampling, seed, output } => {
             use musicgen_interp::data::concepts;
             let names: Vec<&str> = if concepts.is_empty() { concepts::all() } else { concepts.iter().map(|c| concepts::concept(c)).collect::<Result<_>>()? };
+            concepts::check_prompt_settings(n_prompts_per_concept, prompt_sampling, seed)?;
             musicgen_interp::store::check_writable(&output, false)?;
             let mut csv = String::from("text,label\n");
             for c in &names {
-                for p in concepts::prompts(c, n_prompts_per_concept, seed)? {
+                for p in concepts::prompts(c, n_prompts_per_concept, prompt_sampling, seed)? {
                     csv.push_str(&format!("\"{p}\",{c}\n"));
                 }
             }
@@ -716,6 +821,19 @@ fn run(cli: Cli) -> Result<()> {
             musicgen_interp::bench::run(&mut m, &dir, &options).map(|_| ())
         }
     }
+}
+
+/// `--dry-run`: the device and the command's settings as resolved (a YAML config's loaded and
+/// checked, the seeds' flags converted), printed; nothing is loaded, run or written.
+fn dry_run(device: Device, command: Command) -> Result<()> {
+    println!("device: {device:?}");
+    match command {
+        Command::Intervene(args) => println!("{:#?}", args.config()?),
+        Command::DecoderLens(args) => println!("{:#?}", args.config()?),
+        Command::Run { config } => println!("{:#?}", RunConfig::load(&config)?),
+        other => println!("{other:#?}"),
+    }
+    Ok(())
 }
 
 /// Loads `--model`: a bundle folder, or a checkpoint folder or hub id exported once into the models folder.
@@ -1054,6 +1172,10 @@ fn list_plugins() -> Result<()> {
 
 fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
     use musicgen_interp::{data, extract};
+    if args.status {
+        print!("{}", extract::status(&args.output_dir)?);
+        return Ok(());
+    }
     musicgen_interp::store::check_writable(&args.output_dir, true)?;
     if !args.merge {
         let need = |what: &str| Error::Input(format!("extract needs --{what} (or --merge to join finished segments)"));
@@ -1062,6 +1184,9 @@ fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
         let labels = given.clone().unwrap_or_default();
         let genres = (!args.genres.is_empty()).then_some(args.genres.as_slice());
         let skipped_what = if args.prompts.is_some() { "prompt(s)" } else { "file(s)" };
+        if let (Some(repo), false) = (&args.dataset, args.lewtun) {
+            return Err(Error::Input(format!("--dataset {repo} is a hub dataset: read it with --lewtun (or process-lewtun)")));
+        }
         let mut scan = if let Some(prompts) = &args.prompts {
             let (scan, labels) = data::scan_prompts(prompts, given.as_ref())?;
             if given.is_none() {
@@ -1069,7 +1194,7 @@ fn extract(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
             }
             scan
         } else if args.lewtun {
-            data::lewtun::scan(&data::lewtun::cached_files(data::lewtun::REPO)?, &labels, genres)?
+            data::lewtun::scan(&data::lewtun::files(args.dataset.as_deref().unwrap_or(data::lewtun::REPO))?, &labels, genres)?
         } else {
             let mut scan = data::scan_folder(&args.data_dir.clone().ok_or_else(|| need("data-dir"))?, &labels)?;
             if let Some(keep) = genres {
@@ -1159,8 +1284,19 @@ fn decoder_lens(runtime: &Runtime, verify: Verify, args: DecoderLensArgs) -> Res
 }
 
 fn intervene(runtime: &Runtime, verify: Verify, args: InterveneArgs) -> Result<()> {
-    use musicgen_interp::interchange::Interchange;
+    use musicgen_interp::interchange::{Interchange, MeansPolicy};
     let shard = args.shard;
+    if let Some(dir) = &args.status {
+        let dir = match (dir.as_os_str().is_empty(), &args.config, &args.output_dir) {
+            (false, _, _) => dir.clone(),
+            (true, Some(path), _) => musicgen_interp::interchange::InterveneConfig::load(path)?.output,
+            (true, None, Some(out)) => out.clone(),
+            (true, None, None) => return Err(Error::Input("intervene --status needs a folder: --status DIR, or with --config FILE / --output-dir DIR".into())),
+        };
+        print!("{}", musicgen_interp::interchange::status(&dir)?);
+        return Ok(());
+    }
+    let (means_only, policy) = (args.means_only, MeansPolicy::for_run(shard, args.compute_means));
     let config = args.config()?;
     musicgen_interp::store::check_writable(&config.output, true)?;
     let needed = config.concepts()?;
@@ -1170,16 +1306,33 @@ fn intervene(runtime: &Runtime, verify: Verify, args: InterveneArgs) -> Result<(
     let pairs = run.pairs().len();
     eprintln!("{pairs} concept pair{}", if pairs == 1 { "" } else { "s" });
     let bar = indicatif::ProgressBar::new_spinner();
-    let report = run.run(shard, |what| {
+    let progress = |what: &str| {
         bar.set_message(what.to_string());
         bar.tick()
-    });
+    };
+    let report = if means_only { run.means_only(shard, progress) } else { run.run_with(shard, policy, progress) };
     bar.finish_and_clear();
     let report = report?;
+    if means_only {
+        println!(
+            "concept means: {} computed, {} already there, {} belong to other shards (dealt by concept over --shard {}/{})",
+            report.means_computed, report.means_loaded, report.means_left_to_other_shards, shard.index, shard.count
+        );
+        return Ok(());
+    }
     println!(
-        "concept means: {} computed, {} loaded; intervention batches: {} run, {} already done, {} belong to other shards",
-        report.means_computed, report.means_loaded, report.units_done, report.units_skipped, report.units_left_to_other_shards
+        "concept means: {} computed, {} loaded; intervention batches: {} run, {} already done, {} belong to other shards, {} failed parts of other shards retried",
+        report.means_computed, report.means_loaded, report.units_done, report.units_skipped, report.units_left_to_other_shards, report.units_retried
     );
+    if !report.units_failed.is_empty() {
+        for (part, why) in &report.units_failed {
+            eprintln!("failed: {part}: {why}");
+        }
+        return Err(Error::Runtime(format!(
+            "{} part(s) failed (recorded beside them as *.failed.json; `intervene --status` lists them); rerun any shard to retry them",
+            report.units_failed.len()
+        )));
+    }
     if report.merged {
         let whose = if report.units_left_to_other_shards > 0 { "every shard's batches are done" } else { "every batch is done" };
         println!("{whose}: wrote results/, summary.csv and plots/");
