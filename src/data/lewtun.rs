@@ -24,32 +24,13 @@ pub fn files(repo: &str) -> Result<Vec<PathBuf>> {
     if let Ok(files) = cached_files(repo) {
         return Ok(files);
     }
-    if let Some(why) = offline_reason() {
+    if let Some(why) = crate::model::hub::offline_reason() {
         return Err(Error::Input(format!(
             "dataset {repo} is not in the Hugging Face cache ({}) and cannot be downloaded now ({why}); download it into the cache on a machine with access (e.g. `huggingface-cli download --repo-type dataset {repo}`) or set HF_HOME",
             hf_hub::Cache::from_env().path().display()
         )));
     }
     download(repo)
-}
-
-/// Why the hub cannot be reached now, or `None`: HF_HUB_OFFLINE, or no connection to its endpoint
-/// (HF_ENDPOINT, else the hub's default) within 3 s (the rule `--model`'s hub ids follow).
-fn offline_reason() -> Option<String> {
-    use std::net::{TcpStream, ToSocketAddrs};
-    if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false")) {
-        return Some("HF_HUB_OFFLINE is set".into());
-    }
-    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("https", endpoint.as_str()));
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let target = if authority.contains(':') { authority.to_string() } else { format!("{authority}:{}", if scheme == "http" { 80 } else { 443 }) };
-    let reachable = target
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3)).is_ok());
-    (!reachable).then(|| format!("the hub at {endpoint} cannot be reached"))
 }
 
 /// Downloads every parquet file of dataset `repo` into the Hugging Face cache with `hf-hub`.

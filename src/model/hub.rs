@@ -132,8 +132,9 @@ fn read_ref(cache: &hf_hub::Cache, id: &str) -> Option<String> {
 }
 
 /// Why the hub cannot be reached now, or `None` when it can: HF_HUB_OFFLINE, or no connection to
-/// the hub's endpoint (HF_ENDPOINT, else the hub's default) within 3 s.
-fn offline_reason() -> Option<String> {
+/// the hub's endpoint (HF_ENDPOINT, else the hub's default) within 3 s. The rule for every hub
+/// download: `--model` hub ids and the lewtun datasets.
+pub(crate) fn offline_reason() -> Option<String> {
     if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false") {
         return Some("HF_HUB_OFFLINE is set".into());
     }
