@@ -263,11 +263,6 @@ impl DeviceTensor {
         new.slice_mut(ndarray::s![.., .., ..keep, ..]).assign(&old.slice(ndarray::s![.., .., ..keep, ..]));
         placement.upload(new.view(), traffic)
     }
-
-    /// A new owned tensor (for tests and callers that want a value): on the host, a copy.
-    pub fn into_value(self) -> DynTensor {
-        self.value
-    }
 }
 
 /// Uploads a host array as a plain tensor value in host memory (graph inputs the host supplies).
