@@ -386,7 +386,7 @@ impl InterveneArgs {
         let output = self.output_dir.ok_or_else(|| need("output-dir"))?;
         // The seed's bare --pre_computed_means: the means this output folder caches.
         let pre_computed_means = self.pre_computed_means.map(|p| if p.as_os_str().is_empty() { output.join("means") } else { p });
-        let judge = self.judge.config()?.ok_or_else(|| need("judge-model and --judge-labels"))?;
+        let judge = self.judge.config()?.ok_or_else(|| need("judge-model (a classifier, or a judge folder such as onnx/export_passt.py writes)"))?;
         Ok(InterveneConfig {
             model,
             concepts: self.concepts,
