@@ -26,16 +26,31 @@ fi
 want=$(cat onnx/requirements.txt python/requirements.txt scripts/setup.sh | sha256sum | cut -c1-16)-$gpu
 if [ "$(cat .venv/.musicgen-interp-stamp 2>/dev/null)" != "$want" ]; then
   echo "== installing the Python environment (torch from PyPI is large: a few minutes the first time)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r onnx/requirements.txt
-  .venv/bin/python -m pip install -q -r python/requirements.txt   # maturin: builds the Python package
+  # torch's PyPI wheel brings CUDA's wheels: the environment is about 6 GB, and pip needs about 3 GB more
+  # while it unpacks. Say so before starting rather than fail half-way with a full disk.
+  need_kib=$((10 * 1024 * 1024))
+  free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+  if [ "$free_kib" -lt "$need_kib" ]; then
+    echo "setup.sh: the Python environment needs about 10 GB free beside the project; $(df -Ph . | awk 'NR == 2 { print $4 }') is free here" >&2
+    exit 1
+  fi
+  # pip unpacks in the project's own folder (a small /tmp must not fail the install), keeps no second
+  # copy of the wheels in its cache, and leaves nothing behind.
+  export TMPDIR="$PWD/.venv/pip-tmp"
+  mkdir -p "$TMPDIR"
+  pip_install() { .venv/bin/python -m pip install -q --no-cache-dir "$@"; }
+  pip_install --upgrade pip
+  pip_install -r onnx/requirements.txt
+  pip_install -r python/requirements.txt   # maturin: builds the Python package
   if [ "$gpu" = 1 ]; then
     # The GPU wheel provides the same `onnxruntime` package with the CUDA provider; CUDA and cuDNN
     # come as PyPI wheels too (see README "GPU hosts").
     ort_version=$(grep -E '^onnxruntime==' onnx/requirements.txt | cut -d= -f3)
     .venv/bin/python -m pip uninstall -q -y onnxruntime
-    .venv/bin/python -m pip install -q "onnxruntime-gpu[cuda,cudnn]==$ort_version"
+    pip_install "onnxruntime-gpu[cuda,cudnn]==$ort_version"
   fi
+  rm -rf "$TMPDIR"
+  unset TMPDIR
   echo "$want" > .venv/.musicgen-interp-stamp
 fi
 
