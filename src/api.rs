@@ -37,6 +37,12 @@ pub fn steps_for(manifest: &Manifest, steps: Option<usize>, duration: Option<f64
     }
 }
 
+/// Samples of audio that `steps` decoder steps decode to: the delay pattern's `codebooks - 1` tail
+/// makes no frame of its own, every other step one frame of EnCodec's hop.
+pub fn clip_samples(manifest: &Manifest, steps: usize) -> usize {
+    steps.saturating_sub(manifest.decoder.num_codebooks - 1) * manifest.audio.hop_length
+}
+
 /// Sampling settings: the given values, the bundle's defaults for the rest (as the CLI's flags).
 pub fn sampling(manifest: &Manifest, top_k: Option<usize>, temperature: Option<f32>, guidance_scale: Option<f32>, seed: u64) -> Result<SamplingConfig> {
     let d = &manifest.generation;

@@ -157,10 +157,10 @@ pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &Decoder
         return Err(Error::Input("batch_size must be positive".into()));
     }
     let man = model.manifest().clone();
-    if !(config.duration > 0.0) {
-        return Err(Error::Input(format!("duration must be positive, got {}", config.duration)));
+    let steps = crate::api::steps_for(&man, None, Some(config.duration))?;
+    if let Some(j) = judge.as_deref_mut() {
+        j.check_clip(crate::api::clip_samples(&man, steps), man.audio.sample_rate)?;
     }
-    let steps = (config.duration * man.audio.frame_rate).round() as usize + man.decoder.num_codebooks - 1;
     let d = &man.generation;
     let sampling = SamplingConfig {
         guidance_scale: config.guidance_scale.unwrap_or(d.guidance_scale),

@@ -424,13 +424,11 @@ impl<'a> Interchange<'a> {
         modes.dedup();
         let interventions = modes.iter().flat_map(|&m| sites.iter().map(move |&s| (m, s))).collect();
         let man = model.manifest();
-        if !(config.duration > 0.0) {
-            return Err(Error::Input(format!("duration must be positive, got {}", config.duration)));
-        }
-        let steps = (config.duration * man.audio.frame_rate).round() as usize + man.decoder.num_codebooks - 1;
+        let steps = crate::api::steps_for(man, None, Some(config.duration))?;
         if steps + 1 > man.decoder.max_position_embeddings {
             return Err(Error::Input(format!("{} s needs {} positions; the model has {}", config.duration, steps + 1, man.decoder.max_position_embeddings)));
         }
+        judge.check_clip(crate::api::clip_samples(man, steps), man.audio.sample_rate)?;
         let fingerprint = sha(man.files.iter().map(|(k, v)| format!("{k}:{}", v.sha256)));
         let prompts = concepts.iter().map(|&c| Ok((c, concepts::prompts(c, config.n_prompts_per_concept, config.prompt_sampling, config.prompt_seed)?))).collect::<Result<_>>()?;
         let sampling = config.sampling(model);

@@ -204,6 +204,16 @@ impl Judge {
         Ok(out)
     }
 
+    /// Refuses, before anything is generated, clips the judge cannot score: judges one silent clip
+    /// of `samples` at `rate`, the length every clip of the run will have (`api::clip_samples`), so a
+    /// duration outside the classifier's accepted lengths fails at once, not after the first batch.
+    pub fn check_clip(&mut self, samples: usize, rate: u32) -> Result<()> {
+        let silent = Array2::<f32>::zeros((1, samples));
+        self.probabilities(silent.view(), rate).map(|_| ()).map_err(|e| {
+            Error::Input(format!("the judge cannot score this run's clips ({:.2} s; nothing was generated): {e}", samples as f64 / rate as f64))
+        })
+    }
+
     /// The probability of `concept`: the sum over its labels.
     pub fn concept_probability(&self, probs: ArrayView1<'_, f32>, concept: &str) -> f64 {
         self.concepts[concept].iter().map(|&i| probs[i] as f64).sum()

@@ -242,13 +242,30 @@ impl JudgeArgs {
     }
 }
 
+/// The model of a seed-B command: --model, or the seed's --model-size.
+#[derive(Args, Debug)]
+struct ModelArgs {
+    /// Bundle folder, checkpoint folder, or hub id.
+    #[arg(long, conflicts_with = "model_size")]
+    model: Option<String>,
+    /// The seed's --model-size: facebook/musicgen-{small,medium,large} from the Hugging Face cache.
+    #[arg(long, alias = "model_size", value_parser = ["small", "medium", "large"])]
+    model_size: Option<String>,
+}
+
+impl ModelArgs {
+    fn resolve(self) -> Option<String> {
+        self.model.or(self.model_size.map(|size| format!("facebook/musicgen-{size}")))
+    }
+}
+
 #[derive(Args, Debug)]
 struct DecoderLensArgs {
     /// A YAML file with every setting (configs/decoder-lens.yaml); the flags below build one otherwise.
     #[arg(long)]
     config: Option<PathBuf>,
-    #[arg(long)]
-    model: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Text prompt(s) of your own; `--concept` names their concept for NDCG.
     #[arg(long)]
     text: Vec<String>,
@@ -283,7 +300,7 @@ impl DecoderLensArgs {
         }
         let need = |what: &str| Error::Input(format!("decoder-lens needs --{what} (or --config FILE)"));
         Ok(musicgen_interp::decoder_lens::DecoderLensConfig {
-            model: self.model.ok_or_else(|| need("model"))?,
+            model: self.model.resolve().ok_or_else(|| need("model"))?,
             prompts: self.text,
             concept: self.concept,
             concepts: self.concepts,
@@ -308,12 +325,8 @@ struct InterveneArgs {
     /// A YAML file with every setting (configs/intervene.yaml); the flags below build one otherwise.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Bundle folder, checkpoint folder, or hub id.
-    #[arg(long, conflicts_with = "model_size")]
-    model: Option<String>,
-    /// The seed's --model-size: facebook/musicgen-{small,medium,large} from the Hugging Face cache.
-    #[arg(long, alias = "model_size", value_parser = ["small", "medium", "large"])]
-    model_size: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Only pairs whose original concept is this one (name, or the seed's index 0-9 in the paper's
     /// order; -1 = all).
     #[arg(long, alias = "fixed_concept")]
@@ -377,11 +390,7 @@ impl InterveneArgs {
             return InterveneConfig::load(path);
         }
         let need = |what: &str| Error::Input(format!("intervene needs --{what} (or --config FILE)"));
-        let model = match (self.model, self.model_size) {
-            (Some(m), _) => m,
-            (None, Some(size)) => format!("facebook/musicgen-{size}"),
-            (None, None) => return Err(need("model")),
-        };
+        let model = self.model.resolve().ok_or_else(|| need("model"))?;
         let fixed_concept = fixed_concept(self.fixed_concept)?;
         let output = self.output_dir.ok_or_else(|| need("output-dir"))?;
         // The seed's bare --pre_computed_means: the means this output folder caches.
@@ -975,18 +984,8 @@ fn generate(
         p.check_points(m.decoder.num_layers())?;
     }
     let man = m.manifest().clone();
-    let k = man.decoder.num_codebooks;
     let sampling = args.sampling.resolve(&man.generation);
-    let steps = match (args.steps, args.duration) {
-        (Some(n), _) => n,
-        (None, d) => {
-            let d = musicgen_interp::error::finite("duration", d.unwrap_or(8.0))?;
-            if d <= 0.0 {
-                return Err(Error::Input(format!("duration must be positive, got {d}")));
-            }
-            (d * man.audio.frame_rate).round() as usize + k - 1
-        }
-    };
+    let steps = musicgen_interp::api::steps_for(&man, args.steps, args.duration)?;
     let b = args.text.len();
     if args.text.iter().any(|t| t.trim().is_empty()) {
         return Err(Error::Input("empty text prompt: describe the music to generate".into()));

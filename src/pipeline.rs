@@ -188,6 +188,10 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, _ort_library: &Path, m
         }
         None => None,
     };
+    if let Some((j, _)) = judge.as_mut() {
+        let man = model.manifest();
+        j.check_clip(crate::api::clip_samples(man, s.steps), man.audio.sample_rate)?;
+    }
     std::fs::create_dir_all(out).map_err(Error::io(out))?;
     write_atomic(&out.join("pipeline.resolved.yaml"), serde_yaml::to_string(config).expect("yaml").as_bytes())?;
 

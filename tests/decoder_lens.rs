@@ -135,7 +135,7 @@ fn decoder_lens_command_writes_clips_self_similarity_and_ndcg() {
     }
     assert!(out.join("self_similarity.png").is_file() && out.join("ndcg.png").is_file());
     // NDCG: the judge's ranking of the clip's labels, recomputed here from the written WAV.
-    let rt = common::runtime();
+    let _rt = common::runtime(); // onnxruntime up before the judge joins it
     let config = musicgen_interp::judge::JudgeConfig::onnx(classifier.join("classifier.onnx"), classifier.join("labels.csv"), 16000);
     let mut judge = musicgen_interp::judge::Judge::load(&config, &["jazz"]).unwrap();
     let jazz = judge.labels().iter().position(|l| l == "Jazz").unwrap();

@@ -54,7 +54,7 @@ fn judge_config(labels: &str) -> JudgeConfig {
 }
 
 fn judge(concepts: &[&str]) -> Judge {
-    let rt = common::runtime();
+    let _rt = common::runtime(); // onnxruntime up before the judge joins it
     Judge::load(&judge_config("labels.csv"), concepts).expect("judge")
 }
 
@@ -375,7 +375,7 @@ fn scores_equal_numpy_from_the_judges_saved_probabilities() {
     c.concepts = vec!["jazz".into(), "rock".into()];
     c.judge = JudgeConfig::onnx(model.clone(), labels.clone(), 32000);
     let mut m = load("tiny");
-    let rt = common::runtime();
+    let _rt = common::runtime(); // onnxruntime up before the judge joins it
     let mut j = Judge::load(&c.judge, &["jazz", "rock"]).unwrap();
     let r = Interchange::new(&mut m, &mut j, c).unwrap().run(Shard::ALL, |_| {}).unwrap();
     assert!(r.merged);
@@ -430,7 +430,7 @@ fn foreign_mean_caches_unknown_concepts_and_incomplete_label_maps_are_refused() 
     assert!(!tmp.path().join("polka").exists(), "nothing written for a refused run");
 
     // A label map without the trumpet concept's label.
-    let rt = common::runtime();
+    let _rt = common::runtime(); // onnxruntime up before the judge joins it
     let err = Judge::load(&judge_config("labels_no_trumpet.csv"), &["jazz", "trumpet"]).err().unwrap().to_string();
     assert!(err.contains("concept trumpet") && err.contains("\"Trumpet\""), "{err}");
     // A concept the mapping does not cover.

@@ -46,7 +46,7 @@ fn softmax(logits: &Array2<f32>) -> Array2<f64> {
 
 #[test]
 fn passt_judge_equals_pytorch_and_maps_the_seeds_class_ids() {
-    let rt = common::runtime();
+    let _rt = common::runtime(); // onnxruntime up before the judge joins it
     let all = ["guitar", "piano", "trumpet", "violin", "classical", "pop", "jazz", "rock", "electronic", "hiphop"];
     // The folder alone: no label map, no sample rate in the settings; the default concept map.
     let mut judge = Judge::load(&config(serde_json::json!({})), &all).expect("the PaSST judge");
@@ -182,4 +182,32 @@ fn a_judge_folder_needs_no_label_or_rate_flags() {
     let out = std::process::Command::new(bin).args(base).args(["--judge-labels", "labels.csv"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--judge-model"), "{err}");
+}
+
+/// A duration the judge cannot score is refused before anything is generated: a 12 s clip is longer
+/// than PaSST's time embedding takes (about 10.05 s), so `intervene` stops at once with the judge's
+/// accepted lengths, and no means or parts were written.
+#[test]
+fn a_clip_length_the_judge_refuses_fails_before_generating() {
+    let bin = env!("CARGO_BIN_EXE_musicgen-interp");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["intervene", "--model", fixture("tiny").to_str().unwrap(), "--concepts", "guitar,piano", "--n-prompts-per-concept", "1"])
+        .args(["--duration", "12", "--judge-model", passt().to_str().unwrap(), "--output-dir", out_dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 12 s run judged by PaSST must fail: {err}");
+    assert!(err.contains("the judge cannot score this run's clips (12.00 s; nothing was generated)") && err.contains("the classifier takes"), "{err}");
+    let written: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!written.iter().any(|n| n == "means" || n == "parts"), "generated before refusing: {written:?}");
+    // DecoderLens checks the same before its first clip.
+    let out = std::process::Command::new(bin)
+        .args(["decoder-lens", "--model", fixture("tiny").to_str().unwrap(), "--text", "jazz", "--concept", "jazz", "--duration", "12"])
+        .args(["--judge-model", passt().to_str().unwrap(), "--output-dir", out_dir.path().join("lens").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("the judge cannot score this run's clips (12.00 s; nothing was generated)"), "{err}");
+    assert!(!out_dir.path().join("lens/decoder_lens.resolved.yaml").exists(), "the run started before refusing");
 }

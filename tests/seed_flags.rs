@@ -81,6 +81,12 @@ fn seed_b_flags_elsewhere() {
         &["decoder-lens", "--model", "m", "--output-dir", "o", "--concepts", "jazz", "--n-prompts-per-concept", "4"],
     );
     same(
+        &["decoder-lens", "--model_size", "small", "--output-dir", "o"],
+        &["decoder-lens", "--model", "facebook/musicgen-small", "--output-dir", "o"],
+        "facebook/musicgen-small",
+        &["decoder-lens", "--model-size", "large", "--output-dir", "o"],
+    );
+    same(
         &["concept-prompts", "--output", "p.csv", "--n_prompts_per_concept", "3"],
         &["concept-prompts", "--output", "p.csv", "--n-prompts-per-concept", "3"],
         "n_prompts_per_concept: 3",
