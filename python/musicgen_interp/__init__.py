@@ -26,8 +26,14 @@ Hooks are keyed by hook point name (``model.hook_points()``):
 guidance the conditional rows come first), ``ctx.layer``, ``ctx.point``.
 
 The rule of borrowed arrays: an activation array is valid during its hook's call only. Keep
-``act.copy()``; a hook that keeps the array itself ends the generation with a ValueError (the kept
-array then holds a read-only copy).
+``act.copy()`` (or ``act[0].copy()``), never ``act`` or a view of it (``act[0]``, ``act[:, -1]``,
+``act.T``). A hook that keeps the array or a view of it ends the generation with a ValueError, and
+what it kept is first pointed at a read-only copy of the values at the end of the call, so it stays
+safe to read: the array itself, and every view found among the objects Python's garbage collector
+tracks (lists, dicts, sets, attributes, closures, tracebacks). A memoryview of the array, or a view
+kept only inside something the collector does not track (a numpy object array, a C extension's
+object), cannot be moved: the error then says how many such references it could not find, and they
+still point at the model's memory, which is overwritten and then freed: do not use them.
 
 An exception in a hook ends the generation and is raised from ``generate`` with its traceback;
 Ctrl-C stops a generation between steps (KeyboardInterrupt). The model stays usable afterwards.

@@ -4,11 +4,21 @@
 //! - The graphs run with the GIL released ([`Python::detach`]); it is taken again only to call a
 //!   Python hook, and between decoding steps to look for Ctrl-C ([`Python::check_signals`]).
 //! - Hooks get the activation as a numpy array that *borrows* the decoder's buffer (no copy): it is
-//!   valid for the duration of the call only. After the call the host checks that nothing holds
-//!   the array any more; if something does (`saved.append(act)`), the array is pointed at a
-//!   read-only copy of its values and the generation ends with a `ValueError` telling the hook to
-//!   keep `act.copy()` (a view of it, `act[0]`, kept past the call would still borrow freed memory:
-//!   the rule is the error's message).
+//!   valid for the duration of the call only. After the call the host checks, by two reference
+//!   counts, that nothing holds the array or its base object (a `Lease`) any more. numpy's views of
+//!   it (`act[0]`, `act[:, -1]`, views of views) refer to the array as their base, so a kept view
+//!   shows in the array's count (had numpy collapsed their base to the `Lease`, in the Lease's). If
+//!   something was kept, the generation ends with a `ValueError` telling the hook to keep
+//!   `act.copy()`, and first ([`escaped`]) the values are copied once and the array, and every kept
+//!   view that `musicgen_interp._borrow.kept` finds among the objects the garbage collector tracks
+//!   (lists, dicts, sets, attributes, closures, frames and tracebacks), is pointed at the same place
+//!   in that copy, read-only; the `Lease` keeps the copy alive. What the search cannot reach is
+//!   counted and named in the error instead: a memoryview of the array, or a view held only where
+//!   the collector does not look (inside a numpy object array, by a C extension): such a view still
+//!   points at the decoder's memory, which the next steps overwrite and the end of the generation
+//!   frees, and must not be used. (`ctx.data_ptr` and `act.ctypes.data` are raw addresses and are
+//!   never followed.) The search walks every tracked object, so it costs a moment on a large heap;
+//!   it runs only on this error path.
 //! - An exception in a hook ends the generation; the same exception object, with its traceback,
 //!   is raised from `generate`. Library errors become `ValueError` (bad input) or `MusicGenError`
 //!   with the CLI's one-line message.
@@ -77,30 +87,85 @@ unsafe fn borrow<'py>(view: ArrayView3<'_, f32>, container: Bound<'py, PyAny>, w
     arr
 }
 
-/// Ends `arr`'s borrow: `Ok` when nothing but `arr` itself refers to it; otherwise points it at a
-/// read-only copy of its values (kept alive by its `Lease` base) and returns the error to raise.
+/// Ends `arr`'s borrow: `Ok` when nothing but `arr` itself refers to it or to its `Lease` base
+/// (the cheap check every call makes: two reference counts). Otherwise see [`escaped`].
 fn release(py: Python<'_>, arr: Bound<'_, PyArray3<f32>>, lease: &Bound<'_, Lease>, what: &str) -> PyResult<()> {
-    // SAFETY: reading the reference count of a live object while holding the GIL.
-    let refs = unsafe { pyo3::ffi::Py_REFCNT(arr.as_ptr()) };
-    if refs <= 1 {
+    // SAFETY: reading the reference counts of live objects while holding the GIL.
+    let (arr_refs, lease_refs) = unsafe { (pyo3::ffi::Py_REFCNT(arr.as_ptr()), pyo3::ffi::Py_REFCNT(lease.as_ptr())) };
+    // `arr` is held by the caller; `lease` by the caller and as `arr`'s base.
+    if arr_refs <= 1 && lease_refs <= 2 {
         return Ok(());
     }
+    escaped(py, arr, lease, what)
+}
+
+/// A hook kept the array or a view of it. numpy's views (`act[0]`, `act[:, -1]`) keep their own
+/// data pointer into the model's memory and refer to `arr` as their base (or to the `Lease`, had
+/// numpy collapsed the chain of bases to it), so either count shows them. The values are copied
+/// once; `arr` and every kept view the garbage collector can reach (`_borrow.kept`) are pointed at
+/// the same place in the copy, read-only, kept alive by the `Lease` that each of them refers to.
+/// Returns the error to raise, which also says how many references could not be found (and so may
+/// still point at the model's memory).
+#[cold]
+fn escaped(py: Python<'_>, arr: Bound<'_, PyArray3<f32>>, lease: &Bound<'_, Lease>, what: &str) -> PyResult<()> {
+    assert!(arr.is_c_contiguous(), "hook arrays are standard layout");
     // SAFETY: the memory is still valid (the caller releases before the borrow ends).
     let values = unsafe { arr.as_array() }.to_owned();
     let copy = values.into_pyarray(py);
-    assert!(arr.is_c_contiguous() && copy.is_c_contiguous(), "hook arrays are standard layout");
-    // SAFETY: both are live arrays of the same dtype, shape and (C-contiguous) strides; `arr` does
-    // not own its data (its base is `lease`), so repointing it frees nothing, and `lease`, which the
-    // array keeps alive, keeps `copy` (and so the new data) alive from here on.
-    unsafe {
-        let a = arr.as_array_ptr();
-        (*a).fields.data = (*copy.as_array_ptr()).fields.data;
-        (*a).fields.flags &= !NPY_ARRAY_WRITEABLE;
+    assert!(copy.is_c_contiguous());
+    let start = arr.data() as usize;
+    let end = start + arr.len() * std::mem::size_of::<f32>();
+    let target = copy.data() as usize;
+    // Moves one array's data pointer from the model's memory to the same offset in the copy.
+    // SAFETY (of each use): `a` is a live array that does not own its data; its data lies in
+    // `start..end` (checked), the copy has the same C-contiguous layout, and `a` keeps `arr` or
+    // `lease` alive, and so `copy`, once `lease.keep` holds it.
+    let repoint = |a: *mut numpy::npyffi::PyArrayObject| unsafe {
+        let d = (*a).fields.data as usize;
+        if (start..=end).contains(&d) {
+            (*a).fields.data = (target + (d - start)) as *mut _;
+            (*a).fields.flags &= !NPY_ARRAY_WRITEABLE;
+            true
+        } else {
+            false
+        }
+    };
+    let found = py
+        .import("musicgen_interp._borrow")
+        .and_then(|m| m.getattr("kept")?.call1((arr.as_ptr() as usize, lease.as_ptr() as usize)))
+        .and_then(|r| r.extract::<(Vec<Bound<'_, numpy::PyUntypedArray>>, isize, isize, isize)>());
+    let (views, to_arr, to_lease, memoryviews) = found.unwrap_or_default();
+    let (mut on_arr, mut on_lease, mut moved) = (0isize, 0isize, 0usize);
+    for v in &views {
+        let a = v.as_array_ptr();
+        // SAFETY: reading the base pointer of a live array.
+        let base = unsafe { (*a).fields.base };
+        on_arr += isize::from(base == arr.as_ptr());
+        on_lease += isize::from(base == lease.as_ptr());
+        moved += usize::from(repoint(a));
     }
+    assert!(repoint(arr.as_array_ptr()), "the lent array points at the memory it borrows");
     *lease.borrow().keep.lock().unwrap_or_else(|e| e.into_inner()) = Some(copy.into_any().unbind());
-    Err(PyValueError::new_err(format!(
-        "{what} kept its activation array after returning: the array borrows the model's memory only during the call; keep a copy (`act.copy()`) instead (the kept array now holds a read-only copy)"
-    )))
+    // SAFETY: reading the reference counts of live objects while holding the GIL.
+    let (arr_refs, lease_refs) = unsafe { (pyo3::ffi::Py_REFCNT(arr.as_ptr()), pyo3::ffi::Py_REFCNT(lease.as_ptr())) };
+    // References nobody accounts for: not the caller's, not a tracked object's, not a found view's
+    // base; plus memoryviews (found, but their pointer cannot be moved).
+    let lost = (arr_refs - 1 - to_arr - on_arr).max(0) + (lease_refs - 2 - to_lease - on_lease).max(0) + memoryviews;
+    drop(views);
+    let kept = match (moved, to_arr > 0) {
+        (0, _) => "the kept array".to_string(),
+        (n, false) => format!("the {n} kept view(s)"),
+        (n, true) => format!("the kept array and {n} view(s) of it"),
+    };
+    let mut message = format!(
+        "{what} kept its activation array, or a view of it (act[0], act[:, -1]), after returning: the array borrows the model's memory only during the call; keep a copy (`act.copy()`, `act[0].copy()`) instead ({kept} now read a read-only copy of the values at the end of the call)"
+    );
+    if lost > 0 {
+        message.push_str(&format!(
+            "; {lost} reference(s) to it could not be found (a memoryview, or a view held where the garbage collector does not look, such as inside a numpy object array): a view among them still points at the model's memory, which is reused and freed after this error, so do not use it"
+        ));
+    }
+    Err(PyValueError::new_err(message))
 }
 
 /// Where a hook is called: the forward and the rows (`ctx.cond`, `ctx.uncond` are slices of the
@@ -197,19 +262,20 @@ impl PyEdits {
         // SAFETY: `live` is set only while `edit_components` runs the hook with `edits` pointing at
         // the layer's `LayerEdits`, borrowed mutably for that call and used by nothing else meanwhile.
         let edits = unsafe { &mut *this.edits };
-        let lease = Bound::new(slf.py(), Lease { keep: Mutex::new(None) })?;
-        let made = |view: ArrayViewMut3<'_, f32>| -> Py<PyArray3<f32>> {
+        // One `Lease` per array, so that `release` knows how many references each should have.
+        let made = |view: ArrayViewMut3<'_, f32>| -> PyResult<Py<PyArray3<f32>>> {
+            let lease = Bound::new(slf.py(), Lease { keep: Mutex::new(None) })?;
             // SAFETY: the buffers of `LayerEdits` live (unmoved) until the layer runs, after the
             // hook returned and `release` ended every borrow; the mutable borrow is held that long.
-            unsafe { borrow(view.view(), lease.clone().into_any(), true) }.unbind()
+            Ok(unsafe { borrow(view.view(), lease.into_any(), true) }.unbind())
         };
         let mut arrays = this.arrays.borrow_mut();
         if which == 0 {
-            arrays[0] = Some(made(edits.add(this.component)));
+            arrays[0] = Some(made(edits.add(this.component))?);
         } else {
             let (values, mask) = edits.replace(this.component);
-            arrays[1] = Some(made(values));
-            arrays[2] = Some(made(mask));
+            arrays[1] = Some(made(values)?);
+            arrays[2] = Some(made(mask)?);
         }
         Ok(arrays[which].as_ref().expect("just made").clone_ref(slf.py()))
     }
