@@ -37,6 +37,12 @@ still point at the model's memory, which is overwritten and then freed: do not u
 
 An exception in a hook ends the generation and is raised from ``generate`` with its traceback;
 Ctrl-C stops a generation between steps (KeyboardInterrupt). The model stays usable afterwards.
+
+Installing: ``scripts/setup.sh`` installs the package into the project's ``.venv``; on its own,
+``pip install ./python`` builds it (a Rust toolchain and maturin, which pip fetches). It loads the
+onnxruntime library the CLI finds (``find_ort_library``): ``MUSICGEN_INTERP_ORT_LIB``, then the
+project's ``.venv``; without either, install onnxruntime's wheel into the same Python
+(``pip install './python[runtime]'`` or ``pip install 'onnxruntime>=1.31'``). See python/README.md.
 """
 
 from __future__ import annotations
@@ -68,6 +74,9 @@ __all__ = [
     "find_ort_library",
 ]
 
+# The oldest onnxruntime whose C API the runtime is built against (the `ort` crate's `api-31`).
+ORT_MIN_VERSION = "1.31"
+
 Hook = Callable[[np.ndarray, HookContext], Any]
 PluginSpec = "str | tuple[str, Mapping[str, Any] | str | None]"
 
@@ -85,7 +94,10 @@ def plot_by_layer(path: str | os.PathLike, series: Mapping[str, Sequence[float]]
 
 def find_ort_library() -> str:
     """The onnxruntime library to load: the one the CLI finds (``MUSICGEN_INTERP_ORT_LIB``,
-    ``ORT_DYLIB_PATH``, the project's ``.venv``), else the ``onnxruntime`` wheel of this Python."""
+    ``ORT_DYLIB_PATH``, the project's ``.venv`` beside the working directory, the interpreter or
+    the source tree the package was built from), else the ``onnxruntime`` wheel of this Python
+    (``pip install 'onnxruntime>=1.31'``). A variable naming a file that does not exist is an error,
+    not a reason to look elsewhere."""
     try:
         return str(_native.find_ort_library())
     except MusicGenError as cli_error:
@@ -97,7 +109,11 @@ def find_ort_library() -> str:
             found = sorted(capi.glob("libonnxruntime.so*")) + sorted(capi.glob("libonnxruntime*.dylib"))
             if found:
                 return str(found[-1])
-        raise MusicGenError(f"{cli_error}; no onnxruntime package in this Python either (pip install onnxruntime)") from None
+        raise MusicGenError(
+            f"{cli_error}. This Python has no onnxruntime package either: install its wheel, which ships the library "
+            f"(`pip install 'onnxruntime>={ORT_MIN_VERSION}'`, or install this package as `pip install './python[runtime]'`), "
+            f"or set MUSICGEN_INTERP_ORT_LIB to a libonnxruntime.so of version {ORT_MIN_VERSION} or newer"
+        ) from None
 
 
 @dataclass(frozen=True)
