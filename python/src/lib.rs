@@ -32,7 +32,7 @@ use numpy::npyffi::flags::NPY_ARRAY_WRITEABLE;
 use numpy::{IntoPyArray, PyArray3, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PySlice};
+use pyo3::types::{PyDict, PySlice, PyString};
 
 use musicgen_interp as mi;
 use mi::generate::{generate as run_generation, GenerationRequest};
@@ -89,14 +89,14 @@ unsafe fn borrow<'py>(view: ArrayView3<'_, f32>, container: Bound<'py, PyAny>, w
 
 /// Ends `arr`'s borrow: `Ok` when nothing but `arr` itself refers to it or to its `Lease` base
 /// (the cheap check every call makes: two reference counts). Otherwise see [`escaped`].
-fn release(py: Python<'_>, arr: Bound<'_, PyArray3<f32>>, lease: &Bound<'_, Lease>, what: &str) -> PyResult<()> {
+fn release(py: Python<'_>, arr: Bound<'_, PyArray3<f32>>, lease: &Bound<'_, Lease>, what: impl FnOnce() -> String) -> PyResult<()> {
     // SAFETY: reading the reference counts of live objects while holding the GIL.
     let (arr_refs, lease_refs) = unsafe { (pyo3::ffi::Py_REFCNT(arr.as_ptr()), pyo3::ffi::Py_REFCNT(lease.as_ptr())) };
     // `arr` is held by the caller; `lease` by the caller and as `arr`'s base.
     if arr_refs <= 1 && lease_refs <= 2 {
         return Ok(());
     }
-    escaped(py, arr, lease, what)
+    escaped(py, arr, lease, &what())
 }
 
 /// A hook kept the array or a view of it. numpy's views (`act[0]`, `act[:, -1]`) keep their own
@@ -177,7 +177,8 @@ struct PyContext {
     past_len: usize,
     new_len: usize,
     rows: usize,
-    point: String,
+    /// The hook point's name (made once per hook, not per call).
+    point: Py<PyString>,
     layer: Option<usize>,
     /// `attn`, `cross_attn` or `mlp` for component points.
     component: Option<&'static str>,
@@ -200,21 +201,22 @@ impl PyContext {
     fn uncond<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySlice>> {
         Ok(PySlice::new(py, self.cond_end as isize, self.rows as isize, 1))
     }
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
             "HookContext(point={:?}, call={}, past_len={}, new_len={}, rows={}, cond={}..{})",
-            self.point, self.call, self.past_len, self.new_len, self.rows, self.cond_start, self.cond_end
+            self.point.bind(py).to_string(),
+            self.call, self.past_len, self.new_len, self.rows, self.cond_start, self.cond_end
         )
     }
 }
 
-fn context(ctx: &ForwardContext, point: &str, layer: Option<usize>, component: Option<Component>, data_ptr: usize) -> PyContext {
+fn context(py: Python<'_>, ctx: &ForwardContext, point: &Py<PyString>, layer: Option<usize>, component: Option<Component>, data_ptr: usize) -> PyContext {
     PyContext {
         call: ctx.call,
         past_len: ctx.past_len,
         new_len: ctx.new_len,
         rows: ctx.rows,
-        point: point.to_string(),
+        point: point.clone_ref(py),
         layer,
         component: component.map(Component::name),
         cond_start: ctx.conditional_rows.start,
@@ -301,11 +303,11 @@ impl PyEdits {
 
 enum PyHook {
     /// Residual points: writable; the return value, if an array, replaces the activation.
-    Residual(HookPoint, Py<PyAny>),
+    Residual(HookPoint, Py<PyAny>, Py<PyString>),
     /// Component outputs and `ln_final.hook_normalized`: read-only.
-    Observe(HookPoint, Py<PyAny>),
+    Observe(HookPoint, Py<PyAny>, Py<PyString>),
     /// Component edits before the layer runs.
-    Edit(usize, Component, Py<PyAny>),
+    Edit(usize, Component, Py<PyAny>, Py<PyString>),
 }
 
 /// Python callables as decoder [`Hooks`]. The first Python exception ends the generation and is
@@ -324,12 +326,14 @@ impl PyHooks {
             let functions: Vec<Bound<'_, PyAny>> = if value.is_instance_of::<pyo3::types::PyList>() { value.extract()? } else { vec![value] };
             for f in functions {
                 let edit = f.cast::<PyEdit>().ok().map(|e| e.get().function.clone_ref(f.py()));
+                // The name as `ctx.point` shows it, made once here rather than at every call.
+                let label = PyString::new(f.py(), &point.to_string()).unbind();
                 let hook = match (point, edit) {
-                    (HookPoint::Component(l, c), Some(e)) => PyHook::Edit(l, c, e),
+                    (HookPoint::Component(l, c), Some(e)) => PyHook::Edit(l, c, e, label),
                     (_, Some(_)) => return Err(PyValueError::new_err(format!("musicgen_interp.edit(...) applies to component points (blocks.L.attn/cross_attn/mlp.hook_out), not {name}"))),
                     _ if !f.is_callable() => return Err(PyValueError::new_err(format!("the hook for {name} is not callable"))),
-                    (p, None) if p.is_residual() => PyHook::Residual(p, f.unbind()),
-                    (p, None) => PyHook::Observe(p, f.unbind()),
+                    (p, None) if p.is_residual() => PyHook::Residual(p, f.unbind(), label),
+                    (p, None) => PyHook::Observe(p, f.unbind(), label),
                 };
                 out.push(hook);
             }
@@ -341,8 +345,8 @@ impl PyHooks {
         self.hooks
             .iter()
             .map(|h| match h {
-                PyHook::Residual(p, _) | PyHook::Observe(p, _) => *p,
-                PyHook::Edit(l, c, _) => HookPoint::Component(*l, *c),
+                PyHook::Residual(p, ..) | PyHook::Observe(p, ..) => *p,
+                PyHook::Edit(l, c, ..) => HookPoint::Component(*l, *c),
             })
             .collect()
     }
@@ -368,10 +372,9 @@ fn replacement(py: Python<'_>, ret: Bound<'_, PyAny>, shape: [usize; 3], point: 
     Ok(a.cast::<PyArray3<f32>>()?.readonly().as_array().to_owned())
 }
 
-fn call_residual(py: Python<'_>, f: &Py<PyAny>, ctx: &ForwardContext, point: HookPoint, h: &mut ArrayViewMut3<'_, f32>) -> PyResult<()> {
-    let name = point.to_string();
+fn call_residual(py: Python<'_>, f: &Py<PyAny>, label: &Py<PyString>, ctx: &ForwardContext, point: HookPoint, h: &mut ArrayViewMut3<'_, f32>) -> PyResult<()> {
     let shape = [h.shape()[0], h.shape()[1], h.shape()[2]];
-    let pyctx = Bound::new(py, context(ctx, &name, point.layer(), None, h.as_ptr() as usize))?;
+    let pyctx = Bound::new(py, context(py, ctx, label, point.layer(), None, h.as_ptr() as usize))?;
     let lease = Bound::new(py, Lease { keep: Mutex::new(None) })?;
     // SAFETY: `h` is borrowed mutably for this whole function and `release` below ends the
     // array's borrow before it returns.
@@ -380,24 +383,23 @@ fn call_residual(py: Python<'_>, f: &Py<PyAny>, ctx: &ForwardContext, point: Hoo
     let new = match ret {
         Err(e) => Err(e),
         Ok(r) if r.is_none() || r.is(&arr) => Ok(None),
-        Ok(r) => replacement(py, r, shape, &name).map(Some),
+        Ok(r) => replacement(py, r, shape, &point.to_string()).map(Some),
     };
     // An exception's traceback holds the hook's frame, and so the array: `release` copies it then,
     // and the hook's own exception is the one to raise.
-    let released = release(py, arr, &lease, &format!("the hook for {name}"));
+    let released = release(py, arr, &lease, || format!("the hook for {point}"));
     if let Some(new) = new? {
         h.assign(&new);
     }
     released
 }
 
-fn call_observe(py: Python<'_>, f: &Py<PyAny>, ctx: &ForwardContext, point: HookPoint, out: ArrayView3<'_, f32>) -> PyResult<()> {
-    let name = point.to_string();
+fn call_observe(py: Python<'_>, f: &Py<PyAny>, label: &Py<PyString>, ctx: &ForwardContext, point: HookPoint, out: ArrayView3<'_, f32>) -> PyResult<()> {
     let component = match point {
         HookPoint::Component(_, c) => Some(c),
         _ => None,
     };
-    let pyctx = Bound::new(py, context(ctx, &name, point.layer(), component, out.as_ptr() as usize))?;
+    let pyctx = Bound::new(py, context(py, ctx, label, point.layer(), component, out.as_ptr() as usize))?;
     let lease = Bound::new(py, Lease { keep: Mutex::new(None) })?;
     // SAFETY: `out` is borrowed for this whole function, read-only here (the array is not
     // writeable), and `release` ends the array's borrow before it returns.
@@ -407,16 +409,16 @@ fn call_observe(py: Python<'_>, f: &Py<PyAny>, ctx: &ForwardContext, point: Hook
         Err(e) => Err(e),
         Ok(r) if r.is_none() || r.is(&arr) => Ok(()),
         Ok(_) => Err(PyValueError::new_err(format!(
-            "the hook for {name} returned a value, but {name} is computed inside the layer graph and is read-only here: wrap the hook in musicgen_interp.edit(fn) to add to it or replace it"
+            "the hook for {point} returned a value, but {point} is computed inside the layer graph and is read-only here: wrap the hook in musicgen_interp.edit(fn) to add to it or replace it"
         ))),
     };
-    let released = release(py, arr, &lease, &format!("the hook for {name}"));
+    let released = release(py, arr, &lease, || format!("the hook for {point}"));
     returned.and(released)
 }
 
-fn call_edit(py: Python<'_>, f: &Py<PyAny>, ctx: &ForwardContext, layer: usize, component: Component, edits: &mut LayerEdits) -> PyResult<()> {
+fn call_edit(py: Python<'_>, f: &Py<PyAny>, label: &Py<PyString>, ctx: &ForwardContext, layer: usize, component: Component, edits: &mut LayerEdits) -> PyResult<()> {
     let name = HookPoint::Component(layer, component).to_string();
-    let pyctx = Bound::new(py, context(ctx, &name, Some(layer), Some(component), 0))?;
+    let pyctx = Bound::new(py, context(py, ctx, label, Some(layer), Some(component), 0))?;
     let handle = Bound::new(py, PyEdits { edits: edits as *mut LayerEdits, component, live: Cell::new(true), arrays: RefCell::new([None, None, None]) })?;
     let ret = f.bind(py).call1((handle.clone(), pyctx));
     let shape = [ctx.rows, ctx.new_len, 0];
@@ -436,7 +438,7 @@ fn call_edit(py: Python<'_>, f: &Py<PyAny>, ctx: &ForwardContext, layer: usize, 
     for a in arrays.into_iter().flatten() {
         let a = a.into_bound(py);
         let lease = a.getattr("base")?.cast_into::<Lease>()?;
-        released = released.and(release(py, a, &lease, &format!("the edit hook for {name}")));
+        released = released.and(release(py, a, &lease, || format!("the edit hook for {name}")));
     }
     if let Some(new) = outcome? {
         // A returned array replaces the whole output: checked against d_model here.
@@ -456,7 +458,7 @@ fn call_edit(py: Python<'_>, f: &Py<PyAny>, ctx: &ForwardContext, layer: usize, 
 
 impl Hooks for PyHooks {
     fn wants(&self, point: &HookPoint) -> bool {
-        self.hooks.iter().any(|h| matches!(h, PyHook::Observe(p, _) if p == point))
+        self.hooks.iter().any(|h| matches!(h, PyHook::Observe(p, ..) if p == point))
     }
 
     fn check_points(&self, layers: usize) -> mi::Result<()> {
@@ -465,12 +467,12 @@ impl Hooks for PyHooks {
 
     fn edit_components(&mut self, ctx: &ForwardContext, layer: usize, edits: &mut LayerEdits) -> mi::Result<()> {
         for i in 0..self.hooks.len() {
-            let PyHook::Edit(l, c, f) = &self.hooks[i] else { continue };
+            let PyHook::Edit(l, c, f, label) = &self.hooks[i] else { continue };
             if *l != layer {
                 continue;
             }
             let c = *c;
-            if let Err(e) = Python::attach(|py| call_edit(py, f, ctx, layer, c, edits)) {
+            if let Err(e) = Python::attach(|py| call_edit(py, f, label, ctx, layer, c, edits)) {
                 return Err(self.fail(HookPoint::Component(layer, c), e));
             }
         }
@@ -479,11 +481,11 @@ impl Hooks for PyHooks {
 
     fn on_residual(&mut self, ctx: &ForwardContext, point: HookPoint, mut h: ArrayViewMut3<'_, f32>) -> mi::Result<()> {
         for i in 0..self.hooks.len() {
-            let PyHook::Residual(p, f) = &self.hooks[i] else { continue };
+            let PyHook::Residual(p, f, label) = &self.hooks[i] else { continue };
             if *p != point {
                 continue;
             }
-            if let Err(e) = Python::attach(|py| call_residual(py, f, ctx, point, &mut h)) {
+            if let Err(e) = Python::attach(|py| call_residual(py, f, label, ctx, point, &mut h)) {
                 return Err(self.fail(point, e));
             }
         }
@@ -492,11 +494,11 @@ impl Hooks for PyHooks {
 
     fn on_component(&mut self, ctx: &ForwardContext, point: HookPoint, out: ArrayView3<'_, f32>) -> mi::Result<()> {
         for i in 0..self.hooks.len() {
-            let PyHook::Observe(p, f) = &self.hooks[i] else { continue };
+            let PyHook::Observe(p, f, label) = &self.hooks[i] else { continue };
             if *p != point {
                 continue;
             }
-            if let Err(e) = Python::attach(|py| call_observe(py, f, ctx, point, out)) {
+            if let Err(e) = Python::attach(|py| call_observe(py, f, label, ctx, point, out)) {
                 return Err(self.fail(point, e));
             }
         }
