@@ -1056,7 +1056,8 @@ impl std::fmt::Display for Status {
             _ => writeln!(f, "no {} with a recorded time has finished yet: no time estimate", unit.trim_end_matches('s'))?,
         }
         if self.merged {
-            writeln!(f, "merged: results/ and summary.csv are up to date")
+            let files = if unit == "parts" { "results/ and summary.csv are" } else { "residuals_cond.npy, residuals_uncond.npy and labels.npy are" };
+            writeln!(f, "merged: {files} up to date")
         } else if self.failed.is_empty() && self.pending() == 0 {
             writeln!(f, "every {} is done: merge (intervene: run any shard again; extract: --merge)", unit.trim_end_matches('s'))
         } else if self.failed.is_empty() {

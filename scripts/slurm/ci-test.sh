@@ -3,8 +3,9 @@
 # from the distribution's packages, submits the means phase and a 3-task intervention array on the
 # tiny bundle (scripts/slurm/submit-sweep.sh), and checks that the merged results equal a single-host
 # run byte for byte; then kills one array task mid-run (scancel), resubmits that task alone, and
-# checks the same again. Skipped, with a line saying why, only where the packages cannot be installed.
-# Needs the fixtures (tests/data/tiny, tests/data/classifier) and target/release/musicgen-interp.
+# checks the same again; last, an extraction as a 3-task array plus its merge (submit-extract.sh)
+# against one host. Skipped, with a line saying why, only where the packages cannot be installed.
+# Needs the fixtures (tests/data/tiny, tests/data/classifier), target/release/musicgen-interp and .venv.
 # Run from anywhere as root (CI): bash scripts/slurm/ci-test.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -162,4 +163,21 @@ say "resubmitted task 1 as job ${resub%%;*}"
 wait_jobs "${resub%%;*}"
 "$bin" intervene --status "$work/killed"
 same_as_single "$work/killed"
+
+# 3. extract: a 3-task array and the merge after it (submit-extract.sh) against one host
+"$root/.venv/bin/python" "$root/scripts/demo_dataset.py" "$work/audio" --tracks 2 --seconds 3 >/dev/null
+ext=(--model "$root/tests/data/tiny" --data-dir "$work/audio" --segment-seconds 2 --steps 6 --seed 1)
+"$bin" --device cpu --threads 1 extract "${ext[@]}" --output-dir "$work/extract-single" >"$work/extract-single.log" 2>&1 || { cat "$work/extract-single.log"; fail "single-host extract"; }
+MUSICGEN_INTERP=$bin bash "$root/scripts/slurm/submit-extract.sh" 3 -- "${ext[@]}" --output-dir "$work/extract-sweep" | tee "$work/submit3.log"
+read -r array merge < <(awk '/^extraction job/ {a=$3} /^merge job/ {m=$3} END {print a, m}' "$work/submit3.log")
+t0=$(date +%s)
+wait_jobs "$array,$merge"
+say "extract under SLURM: $(( $(date +%s) - t0 )) s"
+"$bin" extract --status --output-dir "$work/extract-sweep" | tee "$work/status-extract.log"
+grep -q ", 0 pending (0 failed)" "$work/status-extract.log" && grep -q "^merged: residuals_cond.npy" "$work/status-extract.log" || fail "extract --status does not show a finished, merged run"
+for f in residuals_cond.npy residuals_uncond.npy labels.npy segments.json; do
+  [ -f "$work/extract-sweep/$f" ] || fail "extract-sweep was not merged ($f missing)"
+  cmp "$work/extract-single/$f" "$work/extract-sweep/$f" || fail "extract-sweep/$f differs from the single-host extract"
+done
+say "extract-sweep: residuals_cond.npy, residuals_uncond.npy, labels.npy and segments.json byte-identical to the single-host extract"
 say "passed in $(( $(date +%s) - start )) s"
