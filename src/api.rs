@@ -1,6 +1,6 @@
 //! Library calls for hosts other than the CLI (the Python package in `python/`): the steps a
 //! `generate` command resolves from its flags, an audio prompt's codes, a capture of any hook
-//! points reduced over positions, and an extraction from a folder or prompt set, each as one
+//! points reduced over positions, the residual files a generation saves, and an extraction from a folder or prompt set, each as one
 //! function, so that a binding does not repeat the command line's logic.
 
 use std::path::Path;
@@ -65,12 +65,48 @@ pub fn sampling(manifest: &Manifest, top_k: Option<usize>, temperature: Option<f
 /// model's rate and encoded by EnCodec, repeated for `batch` rows.
 pub fn audio_prompt_codes(model: &mut MusicGen, path: &Path, start_s: f64, duration_s: Option<f64>, batch: usize) -> Result<Array3<i64>> {
     let audio = crate::audio::read(path)?;
+    encode_audio_prompt(model, &audio, path, start_s, duration_s, batch)
+}
+
+/// [`audio_prompt_codes`] of audio already decoded from `path` (so that an unusable file is refused
+/// before the model loads).
+pub fn encode_audio_prompt(model: &mut MusicGen, audio: &crate::audio::Audio, path: &Path, start_s: f64, duration_s: Option<f64>, batch: usize) -> Result<Array3<i64>> {
     let rate = model.manifest().audio.sample_rate;
-    let wave = crate::audio::window(&audio, path, rate, start_s, duration_s)?;
+    let wave = crate::audio::window(audio, path, rate, start_s, duration_s)?;
     let wave = Array3::from_shape_vec((1, 1, wave.len()), wave).expect("shape");
     let codes = model.encodec.encode(wave.view())?;
     let views: Vec<_> = (0..batch).map(|_| codes.view()).collect();
     Ok(ndarray::concatenate(Axis(0), &views).expect("same codebooks and frames"))
+}
+
+/// The residual files of a generation, staged into `dir`: `residuals_cond.npy` and (with guidance)
+/// `residuals_uncond.npy`, `[points, batch, (positions,) d_model]`, and `residuals.json` naming the
+/// points, axes and shapes (what `generate --save-residuals` writes).
+pub fn stage_residuals(staged: &mut crate::store::Staged, dir: &Path, capture: &crate::hooks::ResidualCapture, batch: usize, guided: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
+    let all = capture.result()?;
+    let mut files = serde_json::Map::new();
+    let halves: &[(&str, std::ops::Range<usize>)] =
+        if guided { &[("cond", 0..batch), ("uncond", batch..2 * batch)] } else { &[("cond", 0..batch)] };
+    for (name, rows) in halves {
+        let part = all.slice_axis(Axis(1), ndarray::Slice::from(rows.clone())).to_owned();
+        let file = format!("residuals_{name}.npy");
+        staged.stage_with(&dir.join(&file), crate::store::npy_writer(&part))?;
+        files.insert((*name).into(), serde_json::json!({"file": file, "shape": part.shape()}));
+    }
+    let sidecar = serde_json::json!({
+        "points": capture.points().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "axes": if all.ndim() == 4 { "[point, batch, position, d_model]" } else { "[point, batch, d_model]" },
+        "arrays": files,
+    });
+    staged.stage(&dir.join("residuals.json"), serde_json::to_string_pretty(&sidecar).expect("json").as_bytes())
+}
+
+/// The file of clip `i` of a batch written to `path`: `NAME_i.EXT` (`.wav` when `path` has none).
+pub fn numbered_output(path: &Path, i: usize) -> std::path::PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "wav".into());
+    path.with_file_name(format!("{stem}_{i}.{ext}"))
 }
 
 /// Captures chosen hook points (residual and component points alike) over a whole generation,

@@ -82,6 +82,35 @@ pub fn output_stem(weights: &Path) -> String {
     ["_weights.npy", "_probe.json", ".npy", ".json"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name).to_string()
 }
 
+/// The split `evaluate` uses for `weights` when none is given: `NAME_split.json` beside
+/// `NAME_weights.npy`, or `split.json` there (what an older training wrote) when only that exists.
+pub fn default_split_for(weights: &Path) -> PathBuf {
+    let own = split_path_for(weights);
+    let legacy = weights.with_file_name("split.json");
+    if !own.is_file() && legacy.is_file() { legacy } else { own }
+}
+
+/// The probe loss a weights file was trained with, from its name: `ce...` is ce, anything else mse.
+pub fn loss_from_file_name(weights: &Path) -> String {
+    let name = weights.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if name.starts_with("ce") { "ce".into() } else { "mse".into() }
+}
+
+/// The folder an evaluation writes into by default: the weights' own (`.` for a bare file name).
+pub fn default_output_dir(weights: &Path) -> PathBuf {
+    weights.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
+}
+
+/// What `train_with` wrote for `loss` into `out`, as a file name to report: `LOSS_weights.npy`, or
+/// `LOSS_probe.json` (with its states in `LOSS_probe/`) for a probe without linear weights.
+pub fn trained_probes_file(out: &Path, loss: &str) -> String {
+    if out.join(format!("{loss}_probe.json")).is_file() && !out.join(format!("{loss}_weights.npy")).is_file() {
+        format!("{loss}_probe.json (the probes' own states in {loss}_probe/)")
+    } else {
+        format!("{loss}_weights.npy")
+    }
+}
+
 /// A probe whose saved state is not a linear weight matrix (say k-nearest neighbours): `train-probes`
 /// keeps each layer's state as its plugin saved it, in `NAME_probe/layer_LLL.state`, and describes
 /// them in `NAME_probe.json`, which `evaluate` takes as its `--weights-file`.

@@ -81,6 +81,35 @@ pub fn concept(name: &str) -> Result<&'static str> {
         .ok_or_else(|| Error::Input(format!("unknown concept {name:?}: one of {} (hip-hop also as hiphop)", all().join(", "))))
 }
 
+/// The seed's `--fixed_concept`: an index 0-9 in the paper's order (-1 = every concept) becomes the
+/// concept's name; a name is kept as it is (checked with the other concepts).
+pub fn fixed_concept(given: Option<String>) -> Result<Option<String>> {
+    let Some(c) = given else { return Ok(None) };
+    match c.trim().parse::<i64>() {
+        Ok(-1) => Ok(None),
+        Ok(i) => usize::try_from(i).ok().and_then(|i| all().get(i).map(|s| s.to_string())).map(Some).ok_or_else(|| {
+            let order: Vec<String> = all().iter().enumerate().map(|(i, n)| format!("{i} {n}")).collect();
+            Error::Input(format!("--fixed-concept {c}: give a concept name, or the seed's index 0-{} ({}) or -1 for all", all().len() - 1, order.join(", ")))
+        }),
+        Err(_) => Ok(Some(c)),
+    }
+}
+
+/// A prompt set (`text,label` CSV, as `extract --prompts` reads it) of `n` prompts for each of
+/// `concepts` (all ten when empty), chosen as `sampling` says; returns the CSV and the concepts'
+/// canonical names.
+pub fn prompt_set_csv(concepts: &[String], n: usize, sampling: PromptSampling, seed: u64) -> Result<(String, Vec<&'static str>)> {
+    let names: Vec<&str> = if concepts.is_empty() { all() } else { concepts.iter().map(|c| concept(c)).collect::<Result<_>>()? };
+    check_prompt_settings(n, sampling, seed)?;
+    let mut csv = String::from("text,label\n");
+    for c in &names {
+        for p in prompts(c, n, sampling, seed)? {
+            csv.push_str(&format!("\"{p}\",{c}\n"));
+        }
+    }
+    Ok((csv, names))
+}
+
 /// `n` prompts for `concept`, chosen as `sampling` says (`seed` is the random draws' seed).
 pub fn prompts(concept_name: &str, n: usize, sampling: PromptSampling, seed: u64) -> Result<Vec<String>> {
     match sampling {
