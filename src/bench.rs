@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::generate::{generate, GenerationRequest, SamplingConfig};
 use crate::hooks::NoHooks;
 use crate::model::MusicGen;
+use crate::plugin::builtin;
 
 /// Blocks of single steps timed at each cached length, between measurements of the floor's
 /// bandwidth (the median block is reported).
@@ -459,8 +460,8 @@ pub fn hook_overhead(model: &mut MusicGen, steps: usize) -> Result<(f64, f64, us
     crate::store::write_npy(&weights, &w)?;
     let layers: Vec<usize> = (0..d.num_layers).rev().take(3).collect();
     let strengths = &[0.5, 0.3, 0.2][..layers.len()];
-    let settings = serde_json::json!({"weights": weights, "target_class": 1, "layers": layers, "strengths": strengths, "period": 1});
-    let mut plugin = crate::plugin::MethodPlugin::load("steering", &settings.to_string())?;
+    let settings = builtin::Steering { weights: &weights, target_class: 1, layers: &layers, strengths, period: 1, offset: 0 };
+    let mut plugin = builtin::method(builtin::STEERING, &settings)?;
     let request = GenerationRequest {
         prompts: vec![PROMPT.into()],
         audio_codes: None,

@@ -23,7 +23,7 @@ use crate::generate::{generate, GenerationRequest, SamplingConfig};
 use crate::hooks::{Hooks, Reduction, ResidualCapture};
 use crate::judge::{ndcg, Judge, JudgeConfig};
 use crate::model::MusicGen;
-use crate::plugin::MethodPlugin;
+use crate::plugin::builtin;
 use crate::store::{write_atomic, write_npy};
 
 /// The prompt of the seed's DecoderLens (`decoderlens_main.py`), run when no prompt and no concept
@@ -187,6 +187,7 @@ pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &Decoder
     let text_layers = if config.text_layers { man.text_encoder.num_layers } else { 0 };
     let mut ndcg_text: Vec<Vec<f64>> = vec![Vec::new(); text_layers];
     let runs: Vec<(&str, usize)> = (1..=layers).map(|k| ("layer", k)).chain((1..=text_layers).map(|j| ("text_layer", j))).collect();
+    let lens_method = builtin::Method::open(builtin::DECODER_LENS)?;
     for (what, k) in runs {
         for (b, batch) in prompts.chunks(config.batch_size).enumerate() {
             let first = b * config.batch_size;
@@ -200,7 +201,7 @@ pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &Decoder
                 ..Default::default()
             };
             let exit = if what == "layer" { k } else { layers };
-            let mut lens = MethodPlugin::load("decoder-lens", &serde_json::json!({"exit_after": exit}).to_string())?;
+            let mut lens = lens_method.create(&builtin::DecoderLens { exit_after: exit })?;
             let full = what == "layer" && k == layers;
             let mut capture = ResidualCapture::new(layers, Reduction::Mean);
             let mut hooks: Vec<&mut dyn Hooks> = vec![&mut lens];

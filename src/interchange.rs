@@ -59,7 +59,7 @@ use crate::generate::{generate, GenerationRequest, SamplingConfig};
 use crate::hooks::Component;
 use crate::judge::{effectiveness, precision, Judge, JudgeConfig};
 use crate::model::MusicGen;
-use crate::plugin::MethodPlugin;
+use crate::plugin::builtin;
 use crate::store::{npy_writer, write_atomic, Staged};
 
 /// How an intervention changes a site's output on the conditional rows.
@@ -691,13 +691,8 @@ impl<'a> Interchange<'a> {
         let (npy, json) = self.means_paths(concept);
         let want = self.means_meta(concept);
         io_dir(&self.means_dir)?;
-        let settings = serde_json::json!({
-            "mode": "means",
-            "layers": self.model.decoder.num_layers(),
-            "positions": self.steps,
-            "output": npy,
-        });
-        let mut plugin = MethodPlugin::load("interchange", &settings.to_string())?;
+        let settings = builtin::Interchange::Means { layers: self.model.decoder.num_layers(), positions: self.steps, output: &npy };
+        let mut plugin = builtin::method(builtin::INTERCHANGE, &settings)?;
         plugin.run_start(&serde_json::json!({"concept": concept}).to_string())?;
         let prompts = self.prompts[concept].clone();
         for (b, batch) in prompts.chunks(self.config.means_batch_size).enumerate() {
@@ -771,17 +766,10 @@ impl<'a> Interchange<'a> {
         let started = Instant::now();
         let (o, d) = self.pairs[pair];
         let batch: Vec<(Mode, Site)> = self.interventions.chunks(self.config.batch_size).nth(chunk).expect("chunk in range").to_vec();
-        let rows: Vec<serde_json::Value> = batch
-            .iter()
-            .map(|(m, s)| serde_json::json!({"layer": s.layer, "component": s.component.name(), "kind": m.name()}))
-            .collect();
-        let settings = serde_json::json!({
-            "mode": "intervene",
-            "original": self.means_paths(o).0,
-            "desired": self.means_paths(d).0,
-            "rows": rows,
-        });
-        let mut plugin = MethodPlugin::load("interchange", &settings.to_string())?;
+        let rows = batch.iter().map(|(m, s)| Some(builtin::InterchangeRow { layer: s.layer, component: s.component.name(), kind: m.name() })).collect();
+        let (original, desired) = (self.means_paths(o).0, self.means_paths(d).0);
+        let settings = builtin::Interchange::Intervene { original: &original, desired: &desired, rows };
+        let mut plugin = builtin::method(builtin::INTERCHANGE, &settings)?;
         let request = GenerationRequest {
             prompts: vec![self.prompts[o][prompt].clone(); batch.len()],
             max_new_tokens: self.steps,

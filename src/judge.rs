@@ -112,7 +112,7 @@ pub fn resolve_concepts(map: &BTreeMap<String, Vec<ClassRef>>, labels: &[String]
 }
 
 fn default_plugin() -> String {
-    "onnx-judge".into()
+    crate::plugin::builtin::ONNX_JUDGE.into()
 }
 
 /// The `judge:` block of a run config.

@@ -18,7 +18,7 @@ use crate::extract::{ExtractSettings, DEFAULT_PROMPT};
 use crate::generate::{generate, GenerationRequest, SamplingConfig};
 use crate::hooks::{Hooks, Reduction, ResidualCapture};
 use crate::model::MusicGen;
-use crate::plugin::MethodPlugin;
+use crate::plugin::builtin;
 use crate::probe::{Stream, TrainOptions};
 use crate::store::write_atomic;
 
@@ -107,7 +107,7 @@ fn mse() -> String {
     "mse".into()
 }
 fn default_probe() -> String {
-    "linear-probe".into()
+    crate::plugin::builtin::LINEAR_PROBE.into()
 }
 fn one() -> u64 {
     1
@@ -243,10 +243,7 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, _ort_library: &Path, m
     // 4. steer with the probe's directions, and 5. measure with the probe itself and the judge
     let layers = if s.layers.is_empty() { vec![ev.best] } else { s.layers.clone() };
     let weights: Array3<f32> = crate::store::read_npy(&weights_path, "probe weights [layers, classes, d_model]")?;
-    let steer_settings = serde_json::json!({
-        "weights": weights_path, "target_class": s.target_class, "layers": layers,
-        "strengths": s.strengths, "period": s.period, "offset": s.offset,
-    });
+    let steer_settings = builtin::Steering { weights: &weights_path, target_class: s.target_class, layers: &layers, strengths: &s.strengths, period: s.period, offset: s.offset };
     let request = GenerationRequest {
         prompts: s.prompts.clone(),
         audio_codes: None,
@@ -262,7 +259,7 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, _ort_library: &Path, m
     let mut run_one = |steered: bool| -> Result<(ResidualCapture, Option<f64>)> {
         let mut capture = ResidualCapture::new(n_layers, Reduction::Mean);
         let result = if steered {
-            let mut plugin = MethodPlugin::load("steering", &steer_settings.to_string())?;
+            let mut plugin = builtin::method(builtin::STEERING, &steer_settings)?;
             let mut hooks: Vec<&mut dyn Hooks> = vec![&mut plugin, &mut capture];
             generate(model, &request, &mut hooks, |_, _| {})?
         } else {

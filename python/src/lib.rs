@@ -117,17 +117,20 @@ fn escaped(py: Python<'_>, arr: Bound<'_, PyArray3<f32>>, lease: &Bound<'_, Leas
     let end = start + arr.len() * std::mem::size_of::<f32>();
     let target = copy.data() as usize;
     // Moves one array's data pointer from the model's memory to the same offset in the copy.
-    // SAFETY (of each use): `a` is a live array that does not own its data; its data lies in
-    // `start..end` (checked), the copy has the same C-contiguous layout, and `a` keeps `arr` or
-    // `lease` alive, and so `copy`, once `lease.keep` holds it.
-    let repoint = |a: *mut numpy::npyffi::PyArrayObject| unsafe {
-        let d = (*a).fields.data as usize;
-        if (start..=end).contains(&d) {
-            (*a).fields.data = (target + (d - start)) as *mut _;
-            (*a).fields.flags &= !NPY_ARRAY_WRITEABLE;
-            true
-        } else {
-            false
+    let repoint = |a: *mut numpy::npyffi::PyArrayObject| {
+        // SAFETY: `a` is a live array (`arr`, or a view `kept` returned, held in `views`) that does
+        // not own its data; its data lies in `start..=end` (checked), the copy has the same
+        // C-contiguous layout, and `a` keeps `arr` or `lease` alive, and so `copy`, once
+        // `lease.keep` holds it (below, before the GIL is released).
+        unsafe {
+            let d = (*a).fields.data as usize;
+            if (start..=end).contains(&d) {
+                (*a).fields.data = (target + (d - start)) as *mut _;
+                (*a).fields.flags &= !NPY_ARRAY_WRITEABLE;
+                true
+            } else {
+                false
+            }
         }
     };
     let found = py

@@ -13,6 +13,8 @@ use ndarray::{ArrayView3, ArrayViewMut3};
 use crate::error::{Error, Result};
 use crate::hooks::{Component, ForwardContext, HookPoint, Hooks, LayerEdits};
 
+pub mod builtin;
+
 /// The plugin ABI this host speaks.
 pub const ABI_VERSION: u32 = sdk::ABI_VERSION;
 
@@ -250,7 +252,11 @@ pub struct MethodPlugin {
 impl MethodPlugin {
     /// Loads the plugin `spec` (built-in name or path) and creates it from JSON settings.
     pub fn load(spec: &str, config_json: &str) -> Result<MethodPlugin> {
-        let lib = Library::open(&resolve(spec)?)?;
+        Self::create(&Library::open(&resolve(spec)?)?, config_json)
+    }
+
+    /// An instance of the already loaded method library `lib`, from JSON settings.
+    pub fn create(lib: &Arc<Library>, config_json: &str) -> Result<MethodPlugin> {
         if lib.kind != Kind::Method {
             return Err(Error::Plugin { plugin: lib.name.clone(), reason: format!("is a {:?} plugin, not a method", lib.kind) });
         }
