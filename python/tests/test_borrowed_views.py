@@ -100,3 +100,11 @@ def test_views_dropped_before_returning_are_fine(preset):
 
     plain = m.generate(["x"], steps=5, decode=False, **GREEDY).codes
     assert np.array_equal(plain, m.generate(["x"], steps=5, hooks={"blocks.0.hook_resid_pre": hook}, decode=False, **GREEDY).codes)
+
+
+def test_a_view_kept_by_a_read_only_hook_is_a_value_error_too(preset):
+    # Component outputs are read-only borrowed arrays: the same rule, the same copy.
+    m = load(preset)
+    error, kept, values, _ = keep_at_call(m, "blocks.0.attn.hook_out", lambda a, kept: kept.append(a[0, -1]))
+    assert "1 kept view(s)" in str(error)
+    assert not kept[0].flags.writeable and np.array_equal(kept[0], values[0, -1])
