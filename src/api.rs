@@ -45,13 +45,7 @@ pub fn clip_samples(manifest: &Manifest, steps: usize) -> usize {
 
 /// Sampling settings: the given values, the bundle's defaults for the rest (as the CLI's flags).
 pub fn sampling(manifest: &Manifest, top_k: Option<usize>, temperature: Option<f32>, guidance_scale: Option<f32>, seed: u64) -> Result<SamplingConfig> {
-    let d = &manifest.generation;
-    let s = SamplingConfig {
-        guidance_scale: guidance_scale.unwrap_or(d.guidance_scale),
-        top_k: top_k.unwrap_or(d.top_k),
-        temperature: temperature.unwrap_or(d.temperature),
-        seed,
-    };
+    let s = crate::generate::SamplingOverrides { seed, top_k, temperature, guidance_scale }.resolve(&manifest.generation);
     for (name, v) in [("temperature", s.temperature), ("guidance_scale", s.guidance_scale)] {
         if !v.is_finite() {
             return Err(Error::Input(format!("{name} must be a finite number, got {v}")));

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::concepts::{self, PromptSampling};
 use crate::error::{Error, Result};
-use crate::generate::{generate, GenerationRequest, SamplingConfig};
+use crate::generate::{generate, GenerationRequest};
 use crate::hooks::{Hooks, Reduction, ResidualCapture};
 use crate::judge::{ndcg, Judge, JudgeConfig};
 use crate::model::MusicGen;
@@ -89,6 +89,11 @@ pub struct DecoderLensConfig {
 }
 
 impl DecoderLensConfig {
+    /// The sampling settings it gives: `seed`, `top_k`, `temperature`, `guidance_scale`.
+    pub fn sampling_overrides(&self) -> crate::generate::SamplingOverrides {
+        crate::generate::SamplingOverrides { seed: self.seed, top_k: self.top_k, temperature: self.temperature, guidance_scale: self.guidance_scale }
+    }
+
     pub fn load(path: &Path) -> Result<DecoderLensConfig> {
         let mut config: DecoderLensConfig = crate::config::load_yaml(path)?;
         if let Some(judge) = config.judge.as_mut() {
@@ -161,13 +166,7 @@ pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &Decoder
     if let Some(j) = judge.as_deref_mut() {
         j.check_clip(crate::api::clip_samples(&man, steps), man.audio.sample_rate)?;
     }
-    let d = &man.generation;
-    let sampling = SamplingConfig {
-        guidance_scale: config.guidance_scale.unwrap_or(d.guidance_scale),
-        top_k: config.top_k.unwrap_or(d.top_k),
-        temperature: config.temperature.unwrap_or(d.temperature),
-        seed: config.seed,
-    };
+    let sampling = config.sampling_overrides().resolve(&man.generation);
     let out = &config.output;
     std::fs::create_dir_all(out).map_err(Error::io(out))?;
     write_atomic(&out.join("decoder_lens.resolved.yaml"), serde_yaml::to_string(config).expect("yaml").as_bytes())?;

@@ -181,14 +181,13 @@ impl InterveneConfig {
         self.concepts.iter().map(|c| concepts::concept(c)).collect()
     }
 
+    /// The sampling settings it gives: `seed`, `top_k`, `temperature`, `guidance_scale`.
+    pub fn sampling_overrides(&self) -> crate::generate::SamplingOverrides {
+        crate::generate::SamplingOverrides { seed: self.seed, top_k: self.top_k, temperature: self.temperature, guidance_scale: self.guidance_scale }
+    }
+
     fn sampling(&self, model: &MusicGen) -> SamplingConfig {
-        let d = &model.manifest().generation;
-        SamplingConfig {
-            guidance_scale: self.guidance_scale.unwrap_or(d.guidance_scale),
-            top_k: self.top_k.unwrap_or(d.top_k),
-            temperature: self.temperature.unwrap_or(d.temperature),
-            seed: self.seed,
-        }
+        self.sampling_overrides().resolve(&model.manifest().generation)
     }
 }
 

@@ -8,7 +8,7 @@ use musicgen_interp::model::Verify;
 use musicgen_interp::runtime::Runtime;
 use musicgen_interp::{Error, Result};
 
-use super::{load, positive, JudgeArgs, ModelArgs, SamplingArgs};
+use super::{load, positive, JudgeArgs, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct DecoderLensArgs {
@@ -37,7 +37,7 @@ pub struct DecoderLensArgs {
     #[arg(long)]
     pub text_layers: bool,
     #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub sampling: musicgen_interp::generate::SamplingOverrides,
     #[command(flatten)]
     pub judge: JudgeArgs,
     #[arg(long)]
@@ -50,6 +50,7 @@ impl DecoderLensArgs {
             return musicgen_interp::decoder_lens::DecoderLensConfig::load(path);
         }
         let need = |what: &str| Error::Input(format!("decoder-lens needs --{what} (or --config FILE)"));
+        let musicgen_interp::generate::SamplingOverrides { seed, top_k, temperature, guidance_scale } = self.sampling;
         Ok(musicgen_interp::decoder_lens::DecoderLensConfig {
             model: self.model.resolve().ok_or_else(|| need("model"))?,
             prompts: self.text,
@@ -59,10 +60,10 @@ impl DecoderLensArgs {
             prompt_sampling: self.prompt_sampling,
             prompt_seed: 0,
             duration: self.duration,
-            seed: self.sampling.seed,
-            top_k: self.sampling.top_k,
-            temperature: self.sampling.temperature,
-            guidance_scale: self.sampling.guidance_scale,
+            seed,
+            top_k,
+            temperature,
+            guidance_scale,
             text_layers: self.text_layers,
             batch_size: 8,
             judge: self.judge.config()?,

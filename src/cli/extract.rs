@@ -9,7 +9,7 @@ use musicgen_interp::model::Verify;
 use musicgen_interp::runtime::Runtime;
 use musicgen_interp::{Error, Result};
 
-use super::{load, non_negative, positive, SamplingArgs};
+use super::{load, non_negative, positive};
 
 #[derive(Args, Debug)]
 pub struct ExtractArgs {
@@ -61,7 +61,7 @@ pub struct ExtractArgs {
     #[arg(long, default_value = "0/1")]
     pub shard: musicgen_interp::data::Shard,
     #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub sampling: musicgen_interp::generate::SamplingOverrides,
     /// Only merge the segments already in --output-dir (after all shards finished).
     #[arg(long)]
     pub merge: bool,

@@ -14,7 +14,7 @@ use musicgen_interp::plugin::MethodPlugin;
 use musicgen_interp::runtime::Runtime;
 use musicgen_interp::{Error, Result};
 
-use super::{finite_f32, load, non_negative, positive, SamplingArgs};
+use super::{finite_f32, load, non_negative, positive};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -43,7 +43,7 @@ pub struct GenerateArgs {
     #[arg(long, visible_alias = "max-tokens")]
     pub steps: Option<usize>,
     #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub sampling: musicgen_interp::generate::SamplingOverrides,
     /// The WAV to write (with several prompts: NAME_0.wav, NAME_1.wav, ...).
     #[arg(long)]
     pub output: PathBuf,
@@ -245,7 +245,7 @@ pub fn run_config_file(runtime: &Runtime, verify: Verify, config: RunConfig) -> 
         audio_duration: config.audio.as_ref().and_then(|a| a.duration),
         duration: g.duration,
         steps: g.steps,
-        sampling: SamplingArgs { seed: config.seed, top_k: g.top_k, temperature: g.temperature, guidance_scale: g.guidance_scale },
+        sampling: config.sampling(),
         output: out.join("clip.wav"),
         wav_format: config.wav_format,
         save_codes: config.save_codes.then(|| out.join("codes.npy")),

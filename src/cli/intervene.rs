@@ -8,7 +8,7 @@ use musicgen_interp::model::Verify;
 use musicgen_interp::runtime::Runtime;
 use musicgen_interp::{Error, Result};
 
-use super::{load, path_or_bare, positive, JudgeArgs, ModelArgs, SamplingArgs};
+use super::{load, path_or_bare, positive, JudgeArgs, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct InterveneArgs {
@@ -52,7 +52,7 @@ pub struct InterveneArgs {
     #[command(flatten)]
     pub judge: JudgeArgs,
     #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub sampling: musicgen_interp::generate::SamplingOverrides,
     /// This host's share of the run, i/n (a job array's index and size). A sharded run needs the
     /// concept means made first (--means-only) unless --compute-means; an unsharded one makes them.
     #[arg(long, default_value = "0/1")]
@@ -86,6 +86,7 @@ impl InterveneArgs {
         // The seed's bare --pre_computed_means: the means this output folder caches.
         let pre_computed_means = self.pre_computed_means.map(|p| if p.as_os_str().is_empty() { output.join("means") } else { p });
         let judge = self.judge.config()?.ok_or_else(|| need("judge-model (a classifier, or a judge folder such as onnx/export_passt.py writes)"))?;
+        let musicgen_interp::generate::SamplingOverrides { seed, top_k, temperature, guidance_scale } = self.sampling;
         Ok(InterveneConfig {
             model,
             concepts: self.concepts,
@@ -94,10 +95,10 @@ impl InterveneArgs {
             prompt_sampling: self.prompt_sampling,
             prompt_seed: 0,
             duration: self.duration,
-            seed: self.sampling.seed,
-            top_k: self.sampling.top_k,
-            temperature: self.sampling.temperature,
-            guidance_scale: self.sampling.guidance_scale,
+            seed,
+            top_k,
+            temperature,
+            guidance_scale,
             modes: self.modes.iter().map(|m| m.parse()).collect::<Result<_>>()?,
             sites: self.sites,
             batch_size: self.batch_size,

@@ -14,7 +14,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use musicgen_interp::generate::SamplingConfig;
 use musicgen_interp::model::{MusicGen, Verify};
 use musicgen_interp::runtime::Runtime;
 use musicgen_interp::Result;
@@ -58,32 +57,6 @@ impl ModelArgs {
     }
 }
 
-/// Sampling flags shared by the generating commands; unset ones take the bundle's defaults.
-#[derive(Args, Debug)]
-pub struct SamplingArgs {
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Top-k sampling (1 = greedy).
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    #[arg(long, value_parser = finite_f32)]
-    pub temperature: Option<f32>,
-    /// Classifier-free guidance scale (1 = off).
-    #[arg(long, value_parser = finite_f32)]
-    pub guidance_scale: Option<f32>,
-}
-
-impl SamplingArgs {
-    pub fn resolve(&self, defaults: &musicgen_interp::model::manifest::GenerationDefaults) -> SamplingConfig {
-        SamplingConfig {
-            guidance_scale: self.guidance_scale.unwrap_or(defaults.guidance_scale),
-            top_k: self.top_k.unwrap_or(defaults.top_k),
-            temperature: self.temperature.unwrap_or(defaults.temperature),
-            seed: self.seed,
-        }
-    }
-}
-
 /// Loads `--model`: a bundle folder, or a checkpoint folder or hub id exported once into the models
 /// folder; says how long it took and whether the weights are random.
 pub fn load(runtime: &Runtime, model: PathBuf, verify: Verify) -> Result<MusicGen> {
@@ -123,28 +96,5 @@ pub fn loss_type(s: &str) -> std::result::Result<String, String> {
     }
 }
 
-/// A number that is finite (clap names the flag and the value in its error).
-pub fn finite_f64(s: &str) -> std::result::Result<f64, String> {
-    let v: f64 = s.trim().parse().map_err(|_| "not a number".to_string())?;
-    if v.is_finite() { Ok(v) } else { Err("not a finite number (NaN and infinities are refused)".into()) }
-}
-
-pub fn finite_f32(s: &str) -> std::result::Result<f32, String> {
-    let v = finite_f64(s)?;
-    if v.abs() > f32::MAX as f64 {
-        return Err("out of range for a 32-bit float".into());
-    }
-    Ok(v as f32)
-}
-
-/// Seconds and the like: finite and > 0.
-pub fn positive(s: &str) -> std::result::Result<f64, String> {
-    let v = finite_f64(s)?;
-    if v > 0.0 { Ok(v) } else { Err("must be greater than 0".into()) }
-}
-
-/// A start time and the like: finite and >= 0.
-pub fn non_negative(s: &str) -> std::result::Result<f64, String> {
-    let v = finite_f64(s)?;
-    if v >= 0.0 { Ok(v) } else { Err("must be 0 or more".into()) }
-}
+// Value parsers shared with the library's own flag types.
+pub use musicgen_interp::config::flags::{finite_f32, finite_f64, non_negative, positive};

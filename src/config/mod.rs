@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::runtime::Device;
 
+pub mod flags;
 pub mod locate;
 pub use locate::{Origin, Seg, SettingsJson};
 
@@ -186,6 +187,13 @@ impl RunConfig {
             }
         }
         Ok(config)
+    }
+
+    /// The sampling settings it gives: `seed` and `generation`'s `top_k`, `temperature` and
+    /// `guidance_scale` (resolved against the bundle by [`crate::generate::SamplingOverrides::resolve`]).
+    pub fn sampling(&self) -> crate::generate::SamplingOverrides {
+        let g = &self.generation;
+        crate::generate::SamplingOverrides { seed: self.seed, top_k: g.top_k, temperature: g.temperature, guidance_scale: g.guidance_scale }
     }
 
     pub fn load(path: &Path) -> Result<RunConfig> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ndarray::{concatenate, s, Array3, Axis};
 
 pub use delay::DelayPattern;
-pub use sampling::{Sampler, SamplingConfig};
+pub use sampling::{Sampler, SamplingConfig, SamplingOverrides};
 
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;

@@ -18,6 +18,40 @@ pub struct SamplingConfig {
     pub seed: u64,
 }
 
+/// The sampling settings a run may give (the generating commands' flags, a config's keys); the
+/// ones left unset take the bundle's defaults when [resolved](SamplingOverrides::resolve).
+#[derive(clap::Args, Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingOverrides {
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub seed: u64,
+    /// Top-k sampling (1 = greedy).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    #[arg(long, value_parser = crate::config::flags::finite_f32)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Classifier-free guidance scale (1 = off).
+    #[arg(long, value_parser = crate::config::flags::finite_f32)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_scale: Option<f32>,
+}
+
+impl SamplingOverrides {
+    /// The sampling a run uses: these settings, the bundle's generation defaults for the unset ones.
+    /// The one place overrides meet the defaults (the CLI, the run configs, `api::sampling`).
+    pub fn resolve(&self, defaults: &crate::model::manifest::GenerationDefaults) -> SamplingConfig {
+        SamplingConfig {
+            guidance_scale: self.guidance_scale.unwrap_or(defaults.guidance_scale),
+            top_k: self.top_k.unwrap_or(defaults.top_k),
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            seed: self.seed,
+        }
+    }
+}
+
 impl Default for SamplingConfig {
     fn default() -> Self {
         SamplingConfig { guidance_scale: 3.0, top_k: 250, temperature: 1.0, seed: 0 }
