@@ -15,8 +15,79 @@ use std::path::PathBuf;
 use clap::Args;
 
 use musicgen_interp::model::{MusicGen, Verify};
-use musicgen_interp::runtime::Runtime;
+use musicgen_interp::runtime::{Device, Runtime};
 use musicgen_interp::Result;
+
+/// How the graphs run: the flags of the commands that load a model. Given before the sub-command
+/// name they are taken by every command (`--device cpu train-probes ...` as before); after it, only a
+/// command that loads a model lists and takes them ([`WithRuntime`]).
+#[derive(Args, Clone, Debug, Default)]
+pub struct RuntimeArgs {
+    /// Where the graphs run: cpu, cuda, or auto (CUDA when available, else CPU).
+    #[arg(long)]
+    pub device: Option<Device>,
+    /// Threads of onnxruntime's global pool (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// The onnxruntime shared library (default: $MUSICGEN_INTERP_ORT_LIB, $ORT_DYLIB_PATH, or the project's .venv).
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+    /// Hash every bundle file again on load. Without it, a file hashed once is trusted while its
+    /// size and modification date are unchanged (recorded in the bundle's .verified.json), so an
+    /// edit that keeps both goes unseen until this flag is given.
+    #[arg(long)]
+    pub verify_all: bool,
+    /// Let onnxruntime's worker threads sleep between operators instead of spinning (slower steps,
+    /// less CPU burnt while waiting).
+    #[arg(long)]
+    pub no_spin: bool,
+    /// On CPU, run the decoder's plain graphs (onnxruntime's own operators) instead of the bundle's
+    /// CPU copies, built from this project's streaming matmul, attention and intervention operators.
+    #[arg(long)]
+    pub plain_graphs: bool,
+    /// The seed's `--gpus N`: more than 0 runs on CUDA (`--device cuda`; one GPU per process here,
+    /// `--shard i/n` splits a run over several), 0 on the CPU (`--device cpu`).
+    #[arg(long, conflicts_with = "device")]
+    pub gpus: Option<u32>,
+}
+
+impl RuntimeArgs {
+    /// These flags (given before the sub-command name) with `after`'s (given after it) taking
+    /// precedence; `--gpus` on one side and `--device` on the other conflict, as on one side.
+    pub fn with(self, after: Option<&RuntimeArgs>) -> std::result::Result<RuntimeArgs, clap::Error> {
+        let Some(a) = after else { return Ok(self) };
+        let merged = RuntimeArgs {
+            device: a.device.or(self.device),
+            threads: if a.threads != 0 { a.threads } else { self.threads },
+            ort_lib: a.ort_lib.clone().or(self.ort_lib),
+            verify_all: a.verify_all || self.verify_all,
+            no_spin: a.no_spin || self.no_spin,
+            plain_graphs: a.plain_graphs || self.plain_graphs,
+            gpus: a.gpus.or(self.gpus),
+        };
+        if merged.device.is_some() && merged.gpus.is_some() {
+            let message = "the argument '--gpus <GPUS>' cannot be used with '--device <DEVICE>'";
+            return Err(clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, message));
+        }
+        Ok(merged)
+    }
+}
+
+/// A command's own flags and the runtime flags, which a command that loads a model takes after its
+/// name too. Prints (`--dry-run`) as the command's own flags.
+#[derive(Args)]
+pub struct WithRuntime<T: Args> {
+    #[command(flatten)]
+    pub args: T,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+impl<T: Args + std::fmt::Debug> std::fmt::Debug for WithRuntime<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.args.fmt(f)
+    }
+}
 
 /// The judge flags shared by decoder-lens and intervene.
 #[derive(Args, Debug)]
