@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{scan_folder, LabelMap, Shard};
 use crate::error::{Error, Result};
 use crate::extract::{ExtractSettings, DEFAULT_PROMPT};
-use crate::generate::{generate, GenerationRequest, SamplingConfig};
+use crate::generate::{generate, GenerationRequest, SamplingOverrides};
 use crate::hooks::{Hooks, Reduction, ResidualCapture};
 use crate::model::MusicGen;
 use crate::plugin::builtin;
@@ -199,6 +199,8 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, _ort_library: &Path, m
     let scan = scan_folder(&config.data_dir, &labels)?;
     let defaults = model.manifest().generation.clone();
     let e = &config.extract;
+    // The pipeline's stages set only the seed; the rest is the bundle's.
+    let sampling = SamplingOverrides { seed: e.seed, ..Default::default() }.resolve(&defaults);
     let settings = ExtractSettings {
         model: config.model.clone(),
         segment_seconds: e.segment_seconds,
@@ -206,10 +208,10 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, _ort_library: &Path, m
         prompt_template: e.prompt_template.clone(),
         steps: e.steps,
         reduction: e.reduction,
-        guidance_scale: defaults.guidance_scale,
-        top_k: defaults.top_k,
-        temperature: defaults.temperature,
-        seed: e.seed,
+        guidance_scale: sampling.guidance_scale,
+        top_k: sampling.top_k,
+        temperature: sampling.temperature,
+        seed: sampling.seed,
     };
     let ext_dir = out.join("extract");
     let report = crate::extract::extract(model, &scan, &ext_dir, &settings, Shard::ALL, |_| {})?;
@@ -248,7 +250,7 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, _ort_library: &Path, m
         prompts: s.prompts.clone(),
         audio_codes: None,
         max_new_tokens: s.steps,
-        sampling: SamplingConfig { seed: s.seed, guidance_scale: defaults.guidance_scale, top_k: defaults.top_k, temperature: defaults.temperature },
+        sampling: SamplingOverrides { seed: s.seed, ..Default::default() }.resolve(&defaults),
         ..Default::default()
     };
     let steer_dir = out.join("steer");
