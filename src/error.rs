@@ -53,6 +53,10 @@ pub enum Error {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 
+    /// Exporting a checkpoint into a bundle could not run or failed (`onnx/export.py`).
+    #[error("exporter: {0}")]
+    Exporter(String),
+
     /// A broken invariant of the toolkit itself, not of the user's input: a bug to report.
     #[error("internal error (please report it): {0}")]
     Internal(String),

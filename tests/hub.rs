@@ -211,3 +211,27 @@ fn lewtun_dataset_missing_offline_is_refused_at_once_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("read it with --lewtun"), "{err}");
 }
+
+/// A checkpoint that needs exporting, with an exporter that cannot run: the error says it is the
+/// exporter's (not "invalid input"), names what is wrong, and nothing is left in the models folder.
+#[test]
+fn an_exporter_that_cannot_run_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let checkpoint = tmp.path().join("hf");
+    std::fs::create_dir_all(&checkpoint).unwrap();
+    for entry in std::fs::read_dir(common::fixture("tiny").join("hf")).unwrap().flatten() {
+        std::fs::copy(entry.path(), checkpoint.join(entry.file_name())).unwrap();
+    }
+    let models = tmp.path().join("models");
+    let out = Command::new(env!("CARGO_BIN_EXE_musicgen-interp"))
+        .args(["--device", "cpu", "info", "--model"])
+        .arg(&checkpoint)
+        .env("MUSICGEN_INTERP_MODELS", &models)
+        .env("MUSICGEN_INTERP_EXPORTER", tmp.path().join("no-export.py"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("exporter: MUSICGEN_INTERP_EXPORTER=") && err.contains("is not a file") && !err.contains("invalid input"), "{err}");
+    assert!(std::fs::read_dir(&models).map_or(true, |d| d.count() == 0), "a failed export left files in {}", models.display());
+}

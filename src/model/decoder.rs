@@ -419,7 +419,7 @@ impl Decoder {
     /// DecoderLens's early exit.
     pub fn head(&mut self, hidden: ArrayView3<'_, f32>) -> Result<(Array3<f32>, Array4<f32>)> {
         if hidden.shape()[2] != self.config.d_model {
-            return Err(Error::Input(format!("head input width {} != d_model {}", hidden.shape()[2], self.config.d_model)));
+            return Err(Error::Internal(format!("head input width {} != d_model {}", hidden.shape()[2], self.config.d_model)));
         }
         let hidden = hidden.as_standard_layout();
         let outputs = self

@@ -91,7 +91,7 @@ impl Encodec {
                 .map_err(Error::ort("EnCodec decode (upsample)"))?;
             let audio: Array3<f32> = take(&outputs, "audio")?;
             if audio.shape()[2] != (hi - lo) * hop {
-                return Err(Error::Input(format!("EnCodec upsampling gave {} samples for {} frames of hop {hop}", audio.shape()[2], hi - lo)));
+                return Err(Error::Internal(format!("EnCodec upsampling gave {} samples for {} frames of hop {hop}", audio.shape()[2], hi - lo)));
             }
             pieces.push(audio.slice(s![.., .., (a - lo) * hop..(b - lo) * hop]).to_owned());
         }

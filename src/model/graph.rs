@@ -111,10 +111,10 @@ where
     T: ort::value::PrimitiveTensorElementType + Clone,
     D: Dimension,
 {
-    let value = outputs.get(name).ok_or_else(|| Error::Input(format!("graph returned no output {name:?}")))?;
+    let value = outputs.get(name).ok_or_else(|| Error::Internal(format!("a graph returned no output {name:?} (its outputs were checked at load)")))?;
     let view = value.try_extract_array::<T>().map_err(Error::ort(format!("reading output {name}")))?;
     let owned: ArrayD<T> = view.to_owned();
     owned
         .into_dimensionality::<D>()
-        .map_err(|e| Error::Input(format!("output {name} has an unexpected rank: {e}")))
+        .map_err(|e| Error::Internal(format!("output {name} has an unexpected rank (its shape was checked at load): {e}")))
 }

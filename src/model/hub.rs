@@ -177,7 +177,7 @@ fn export_keyed(source: &str, out: &Path, key: &SourceKey, origin: Origin) -> Re
         None => None,
     };
     let python = crate::runtime::find_venv_python()
-        .ok_or_else(|| Error::Input(format!("exporting {source} needs the exporter's Python environment: run `bash scripts/setup.sh`")))?;
+        .ok_or_else(|| Error::Exporter(format!("exporting {source} needs the exporter's Python environment: run `bash scripts/setup.sh`")))?;
     let script = exporter_script()?;
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
@@ -199,9 +199,9 @@ fn export_keyed(source: &str, out: &Path, key: &SourceKey, origin: Origin) -> Re
     if matches!(origin, Origin::HubCached) {
         cmd.env("HF_HUB_OFFLINE", "1");
     }
-    let status = cmd.status().map_err(|e| Error::Runtime(format!("could not start the exporter {}: {e}", script.display())))?;
+    let status = cmd.status().map_err(|e| Error::Exporter(format!("could not start {}: {e}", script.display())))?;
     if !status.success() || !out.join("manifest.json").is_file() {
-        return Err(Error::Runtime(format!("exporting {source} failed (the exporter's message is above)")));
+        return Err(Error::Exporter(format!("exporting {source} failed (its message is above)")));
     }
     Ok(out.to_path_buf())
 }
@@ -215,12 +215,12 @@ pub fn exporter_script() -> Result<PathBuf> {
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(Error::Input(format!("MUSICGEN_INTERP_EXPORTER={} is not a file; point it at onnx/export.py", p.display())))
+            Err(Error::Exporter(format!("MUSICGEN_INTERP_EXPORTER={} is not a file; point it at onnx/export.py", p.display())))
         };
     }
     crate::runtime::project_roots().into_iter().map(|r| r.join("onnx/export.py")).find(|p| p.is_file()).ok_or_else(|| {
-        Error::Input(
-            "cannot find the exporter (onnx/export.py) near the working folder or the executable; \
+        Error::Exporter(
+            "cannot find onnx/export.py near the working folder or the executable; \
              set MUSICGEN_INTERP_EXPORTER to its path"
                 .into(),
         )

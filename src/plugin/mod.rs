@@ -295,7 +295,7 @@ impl MethodPlugin {
     }
 
     pub fn run_start(&mut self, info_json: &str) -> Result<()> {
-        let info = CString::new(info_json).map_err(|_| Error::Input("run info contains a NUL byte".into()))?;
+        let info = CString::new(info_json).map_err(|_| Error::Internal("a plugin's run information holds a NUL byte".into()))?;
         // SAFETY: a live instance (see `Instance`) and a NUL-terminated string alive until the call
         // returns.
         let status = unsafe { (self.vtable().run_start)(self.instance.ptr, info.as_ptr()) };
