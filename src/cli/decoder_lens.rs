@@ -8,7 +8,7 @@ use musicgen_interp::model::Verify;
 use musicgen_interp::runtime::Runtime;
 use musicgen_interp::{Error, Result};
 
-use super::{load, positive, JudgeArgs, ModelArgs};
+use super::{load, positive, JudgeArgs, ModelArgs, PromptSetArgs};
 
 #[derive(Args, Debug)]
 pub struct DecoderLensArgs {
@@ -22,14 +22,8 @@ pub struct DecoderLensArgs {
     pub text: Vec<String>,
     #[arg(long)]
     pub concept: Option<String>,
-    /// Or the paper's prompt sets of these concepts.
-    #[arg(long, value_delimiter = ',')]
-    pub concepts: Vec<String>,
-    #[arg(long, default_value_t = musicgen_interp::data::concepts::DEFAULT_PROMPTS_PER_CONCEPT, alias = "n_prompts_per_concept")]
-    pub n_prompts_per_concept: usize,
-    /// How each concept's prompts are chosen: the seed's enumeration (the first n of 125) or seeded random draws.
-    #[arg(long, value_enum, default_value_t = musicgen_interp::data::concepts::PromptSampling::Enumerate)]
-    pub prompt_sampling: musicgen_interp::data::concepts::PromptSampling,
+    #[command(flatten)]
+    pub prompt_set: PromptSetArgs,
     /// Seconds per clip.
     #[arg(long, default_value_t = 4.0, value_parser = positive)]
     pub duration: f64,
@@ -55,9 +49,9 @@ impl DecoderLensArgs {
             model: self.model.resolve().ok_or_else(|| need("model"))?,
             prompts: self.text,
             concept: self.concept,
-            concepts: self.concepts,
-            n_prompts_per_concept: self.n_prompts_per_concept,
-            prompt_sampling: self.prompt_sampling,
+            concepts: self.prompt_set.concepts,
+            n_prompts_per_concept: self.prompt_set.n_prompts_per_concept,
+            prompt_sampling: self.prompt_set.prompt_sampling,
             prompt_seed: 0,
             duration: self.duration,
             seed,

@@ -8,7 +8,7 @@ use musicgen_interp::model::Verify;
 use musicgen_interp::runtime::Runtime;
 use musicgen_interp::{Error, Result};
 
-use super::{load, path_or_bare, positive, JudgeArgs, ModelArgs};
+use super::{load, path_or_bare, positive, JudgeArgs, ModelArgs, PromptSetArgs};
 
 #[derive(Args, Debug)]
 pub struct InterveneArgs {
@@ -21,14 +21,8 @@ pub struct InterveneArgs {
     /// order; -1 = all).
     #[arg(long, alias = "fixed_concept")]
     pub fixed_concept: Option<String>,
-    /// Concepts taking part (default: all ten).
-    #[arg(long, value_delimiter = ',')]
-    pub concepts: Vec<String>,
-    #[arg(long, default_value_t = musicgen_interp::data::concepts::DEFAULT_PROMPTS_PER_CONCEPT, alias = "n_prompts_per_concept")]
-    pub n_prompts_per_concept: usize,
-    /// How each concept's prompts are chosen: the seed's enumeration (the first n of 125) or seeded random draws.
-    #[arg(long, value_enum, default_value_t = musicgen_interp::data::concepts::PromptSampling::Enumerate)]
-    pub prompt_sampling: musicgen_interp::data::concepts::PromptSampling,
+    #[command(flatten)]
+    pub prompt_set: PromptSetArgs,
     /// Reuse the concept means in this folder (refused if another model, prompt set or sampling made
     /// them, or if a concept's are missing); without a folder (the seed's flag), the means cached in
     /// the output folder's means/.
@@ -89,10 +83,10 @@ impl InterveneArgs {
         let musicgen_interp::generate::SamplingOverrides { seed, top_k, temperature, guidance_scale } = self.sampling;
         Ok(InterveneConfig {
             model,
-            concepts: self.concepts,
+            concepts: self.prompt_set.concepts,
             fixed_concept,
-            n_prompts_per_concept: self.n_prompts_per_concept,
-            prompt_sampling: self.prompt_sampling,
+            n_prompts_per_concept: self.prompt_set.n_prompts_per_concept,
+            prompt_sampling: self.prompt_set.prompt_sampling,
             prompt_seed: 0,
             duration: self.duration,
             seed,

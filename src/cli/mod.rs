@@ -111,6 +111,22 @@ impl JudgeArgs {
     }
 }
 
+/// The paper's concept prompt sets: which concepts, how many prompts each, and how they are chosen
+/// (`intervene`, `decoder-lens`, `concept-prompts`).
+#[derive(Args, Debug)]
+pub struct PromptSetArgs {
+    /// The paper's concepts whose prompt sets are used (intervene, concept-prompts: all ten by
+    /// default; decoder-lens: instead of --text).
+    #[arg(long, value_delimiter = ',')]
+    pub concepts: Vec<String>,
+    /// Prompts per concept.
+    #[arg(long, default_value_t = musicgen_interp::data::concepts::DEFAULT_PROMPTS_PER_CONCEPT, alias = "n_prompts_per_concept")]
+    pub n_prompts_per_concept: usize,
+    /// How each concept's prompts are chosen: the seed's enumeration (the first n of 125) or seeded random draws.
+    #[arg(long, value_enum, default_value_t = musicgen_interp::data::concepts::PromptSampling::Enumerate)]
+    pub prompt_sampling: musicgen_interp::data::concepts::PromptSampling,
+}
+
 /// The model of a seed-B command: --model, or the seed's --model-size.
 #[derive(Args, Debug)]
 pub struct ModelArgs {

@@ -4,20 +4,14 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use musicgen_interp::data::concepts::{self, PromptSampling};
+use musicgen_interp::data::concepts;
 use musicgen_interp::Result;
 
 // Named as the sub-command: `--dry-run` prints it as `ConceptPrompts { .. }`.
 #[derive(Args, Debug)]
 pub struct ConceptPrompts {
-    /// Concepts (default: all ten).
-    #[arg(long, value_delimiter = ',')]
-    pub concepts: Vec<String>,
-    #[arg(long, default_value_t = concepts::DEFAULT_PROMPTS_PER_CONCEPT, alias = "n_prompts_per_concept")]
-    pub n_prompts_per_concept: usize,
-    /// How each concept's prompts are chosen: the seed's enumeration (the first n of 125) or seeded random draws.
-    #[arg(long, value_enum, default_value_t = PromptSampling::Enumerate)]
-    pub prompt_sampling: PromptSampling,
+    #[command(flatten)]
+    pub prompt_set: super::PromptSetArgs,
     /// Seed of the random draws (--prompt-sampling random only).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -26,7 +20,7 @@ pub struct ConceptPrompts {
 }
 
 pub fn run(args: ConceptPrompts) -> Result<()> {
-    let ConceptPrompts { concepts, n_prompts_per_concept, prompt_sampling, seed, output } = args;
+    let ConceptPrompts { prompt_set: super::PromptSetArgs { concepts, n_prompts_per_concept, prompt_sampling }, seed, output } = args;
     // The concepts and settings are checked before the output, as the CSV is made.
     for c in &concepts {
         concepts::concept(c)?;
