@@ -44,6 +44,11 @@ pub enum Error {
     #[error("invalid input: {0}")]
     Input(String),
 
+    /// A run config that does not parse or holds a wrong value, with the place in the file where
+    /// the YAML parser knows it.
+    #[error("config {}{}: {reason}", path.display(), at.map_or(String::new(), |(line, column)| format!(" (line {line}, column {column})")))]
+    Config { path: PathBuf, at: Option<(usize, usize)>, reason: String },
+
     #[error("plugin {plugin}: {reason}")]
     Plugin { plugin: String, reason: String },
 

@@ -41,10 +41,10 @@ use mi::plugin::MethodPlugin;
 
 pyo3::create_exception!(musicgen_interp, MusicGenError, PyRuntimeError, "An error of the musicgen-interp runtime, with the CLI's message.");
 
-/// A library error as a Python exception: bad input is a `ValueError`, the rest `MusicGenError`.
+/// A library error as a Python exception: bad input or a bad config is a `ValueError`, the rest `MusicGenError`.
 fn py_err(e: mi::Error) -> PyErr {
     match e {
-        mi::Error::Input(_) => PyValueError::new_err(e.to_string()),
+        mi::Error::Input(_) | mi::Error::Config { .. } => PyValueError::new_err(e.to_string()),
         _ => MusicGenError::new_err(e.to_string()),
     }
 }

@@ -118,10 +118,7 @@ pub const PATH_KEYS: &[&str] = &["output", "data_dir", "path", "labels", "weight
 
 /// Parses YAML into `T`; errors name `origin`, the problem, and its line and column.
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, origin: &Path) -> Result<T> {
-    serde_yaml::from_str(text).map_err(|e| {
-        let at = e.location().map_or(String::new(), |l| format!(" (line {}, column {})", l.line(), l.column()));
-        Error::Input(format!("{}{at}: {e}", origin.display()))
-    })
+    serde_yaml::from_str(text).map_err(|e| Error::Config { path: origin.to_path_buf(), at: e.location().map(|l| (l.line(), l.column())), reason: e.to_string() })
 }
 
 /// Reads config file `path` into `T`, its relative paths taken relative to the file's folder.
@@ -132,7 +129,7 @@ pub fn load_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let mut value: serde_yaml::Value = parse_yaml(&text, path)?;
     let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     resolve_paths(&mut value, base);
-    serde_yaml::from_value(value).map_err(|e| Error::Input(format!("{}: {e}", path.display())))
+    serde_yaml::from_value(value).map_err(|e| Error::Config { path: path.to_path_buf(), at: None, reason: e.to_string() })
 }
 
 /// Makes the relative paths under [`PATH_KEYS`] (and an existing `model` path) relative to `base`.
@@ -249,8 +246,10 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_wrong_types_name_line_and_column() {
-        let e = RunConfig::parse("model: m\nprompts: [a]\ngeneration:\n  stpes: 10\n", Path::new("r.yaml")).unwrap_err().to_string();
-        assert!(e.contains("r.yaml (line 4, column 3)") && e.contains("unknown field `stpes`"), "{e}");
+        let err = RunConfig::parse("model: m\nprompts: [a]\ngeneration:\n  stpes: 10\n", Path::new("r.yaml")).unwrap_err();
+        assert!(matches!(&err, Error::Config { at: Some((4, 3)), .. }), "{err:?}");
+        let e = err.to_string();
+        assert!(e.starts_with("config r.yaml (line 4, column 3)") && e.contains("unknown field `stpes`"), "{e}");
         let e = RunConfig::parse("model: m\nprompts: [a]\nseed: many\n", Path::new("r.yaml")).unwrap_err().to_string();
         assert!(e.contains("line 3") && e.contains("seed"), "{e}");
         let e = RunConfig::parse("model: m\nprompts: []\n", Path::new("r.yaml")).unwrap_err().to_string();
