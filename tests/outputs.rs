@@ -185,7 +185,7 @@ fn a_config_runs_from_any_working_folder() {
     std::fs::create_dir_all(&sub).unwrap();
     let bundle = tmp.path().join("bundle");
     std::os::unix::fs::symlink(fixture("tiny"), &bundle).unwrap();
-    std::fs::write(sub.join("run.yaml"), "model: ../bundle\nprompts: [a]\ngeneration:\n  steps: 6\noutput: ../runs/x\n").unwrap();
+    std::fs::write(sub.join("run.yaml"), "model: ../bundle\nprompts: [a]\nsteps: 6\noutput: ../runs/x\n").unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let out = cli_in(elsewhere.path(), &["run", sub.join("run.yaml").to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

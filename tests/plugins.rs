@@ -60,7 +60,7 @@ fn cli(args: &[&str]) -> std::process::Output {
 fn write_config(dir: &Path, steps: usize, plugins: &str) -> PathBuf {
     let path = dir.join("run.yaml");
     let yaml = format!(
-        "model: {}\nseed: 3\ngeneration:\n  steps: {steps}\n  top_k: 1\nprompts:\n  - \"slow jazz\"\n  - \"fast techno\"\nplugins:\n{plugins}output: {}\n",
+        "model: {}\nseed: 3\nsteps: {steps}\ntop_k: 1\nprompts:\n  - \"slow jazz\"\n  - \"fast techno\"\nplugins:\n{plugins}output: {}\n",
         fixture("tiny").display(),
         dir.join("out").display()
     );
@@ -87,7 +87,7 @@ fn external_plugin_is_loaded_from_yaml_and_sees_its_hooks() {
     let resolved = std::fs::read_to_string(dir.path().join("out/config.resolved.yaml")).unwrap();
     let parsed = musicgen_interp::config::RunConfig::parse(&resolved, Path::new("resolved")).unwrap();
     // Every setting as used, the bundle's defaults (guidance 3, temperature 1) written out.
-    let g = &parsed.generation;
+    let g = &parsed;
     assert_eq!((g.steps, g.top_k, g.temperature, g.guidance_scale), (Some(steps), Some(1), Some(1.0), Some(3.0)), "{resolved}");
     assert!(dir.path().join("out/clip_0.wav").is_file() && dir.path().join("out/codes.npy").is_file());
 }

@@ -236,15 +236,14 @@ pub fn run_config_file(runtime: &Runtime, verify: Verify, config: RunConfig) -> 
     for p in &plugins {
         eprintln!("plugin {} {} at {}", p.name(), p.version(), p.points().iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "));
     }
-    let g = &config.generation;
     let args = GenerateArgs {
         model: PathBuf::from(&config.model),
         text: config.prompts.clone(),
         audio: config.audio.as_ref().map(|a| a.path.clone()),
         audio_start: config.audio.as_ref().map_or(0.0, |a| a.start),
         audio_duration: config.audio.as_ref().and_then(|a| a.duration),
-        duration: g.duration,
-        steps: g.steps,
+        duration: config.duration,
+        steps: config.steps,
         sampling: config.sampling(),
         output: out.join("clip.wav"),
         wav_format: config.wav_format,
@@ -262,8 +261,8 @@ pub fn run_config_file(runtime: &Runtime, verify: Verify, config: RunConfig) -> 
     // Every setting as the run used it, the bundle's defaults filled in, so it can be repeated exactly.
     let ready = |steps: usize, sampling: &musicgen_interp::generate::SamplingConfig| {
         let mut resolved = config.clone();
-        let g = &mut resolved.generation;
-        (g.steps, g.top_k, g.temperature, g.guidance_scale) = (Some(steps), Some(sampling.top_k), Some(sampling.temperature), Some(sampling.guidance_scale));
+        let r = &mut resolved;
+        (r.steps, r.top_k, r.temperature, r.guidance_scale) = (Some(steps), Some(sampling.top_k), Some(sampling.temperature), Some(sampling.guidance_scale));
         // The write makes the run's folder (store::Staged creates missing folders).
         musicgen_interp::store::write_atomic(&out.join("config.resolved.yaml"), resolved.to_yaml().as_bytes())
     };

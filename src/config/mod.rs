@@ -30,8 +30,20 @@ pub struct RunConfig {
     /// Sampling seed (default 0).
     #[serde(default)]
     pub seed: u64,
-    #[serde(default)]
-    pub generation: GenerationSettings,
+    /// Decoder steps; if absent, `duration` seconds are converted (default 8 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+    /// Default: the bundle's (MusicGen: 250; 1 = greedy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    /// Default: the bundle's (1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Default: the bundle's (3.0; 1 turns guidance off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_scale: Option<f32>,
     /// One clip per text prompt.
     pub prompts: Vec<String>,
     /// An audio prompt continued by every clip (optional).
@@ -49,31 +61,6 @@ pub struct RunConfig {
     /// How `clip.wav` stores samples: `float32` (default, exact) or `pcm16`.
     #[serde(default)]
     pub wav_format: crate::audio::WavFormat,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GenerationSettings {
-    /// Decoder steps; if absent, `duration` seconds are converted (default 8 s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub steps: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration: Option<f64>,
-    /// Default: the bundle's (MusicGen: 250; 1 = greedy).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_k: Option<usize>,
-    /// Default: the bundle's (1.0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f32>,
-    /// Default: the bundle's (3.0; 1 turns guidance off).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub guidance_scale: Option<f32>,
-}
-
-impl Default for GenerationSettings {
-    fn default() -> Self {
-        GenerationSettings { steps: None, duration: None, top_k: None, temperature: None, guidance_scale: None }
-    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -165,16 +152,23 @@ impl PluginConfig {
 impl RunConfig {
     /// Parses YAML; errors name the file, the problem, and its line and column.
     pub fn parse(text: &str, origin: &Path) -> Result<RunConfig> {
-        let config: RunConfig = parse_yaml(text, origin)?;
+        let config: RunConfig = parse_yaml(text, origin).map_err(|e| match e {
+            // The layout before every config kept its sampling keys at the top level.
+            Error::Config { path, at, reason } if reason.starts_with("unknown field `generation`") => Error::Config {
+                path,
+                at,
+                reason: "unknown field `generation`: `steps`, `duration`, `top_k`, `temperature` and `guidance_scale` sit at the top level of a run config, as in every config".into(),
+            },
+            e => e,
+        })?;
         if config.prompts.is_empty() || config.prompts.iter().any(|p| p.trim().is_empty()) {
             return Err(Error::Input(format!("{}: `prompts` needs at least one non-empty text prompt", origin.display())));
         }
-        let g = &config.generation;
         let audio = config.audio.as_ref();
         let numbers = [
-            ("generation.duration", g.duration),
-            ("generation.temperature", g.temperature.map(f64::from)),
-            ("generation.guidance_scale", g.guidance_scale.map(f64::from)),
+            ("duration", config.duration),
+            ("temperature", config.temperature.map(f64::from)),
+            ("guidance_scale", config.guidance_scale.map(f64::from)),
             ("audio.start", audio.map(|a| a.start)),
             ("audio.duration", audio.and_then(|a| a.duration)),
         ];
@@ -186,11 +180,10 @@ impl RunConfig {
         Ok(config)
     }
 
-    /// The sampling settings it gives: `seed` and `generation`'s `top_k`, `temperature` and
-    /// `guidance_scale` (resolved against the bundle by [`crate::generate::SamplingOverrides::resolve`]).
+    /// The sampling settings it gives: `seed`, `top_k`, `temperature` and `guidance_scale`
+    /// (resolved against the bundle by [`crate::generate::SamplingOverrides::resolve`]).
     pub fn sampling(&self) -> crate::generate::SamplingOverrides {
-        let g = &self.generation;
-        crate::generate::SamplingOverrides { seed: self.seed, top_k: g.top_k, temperature: g.temperature, guidance_scale: g.guidance_scale }
+        crate::generate::SamplingOverrides { seed: self.seed, top_k: self.top_k, temperature: self.temperature, guidance_scale: self.guidance_scale }
     }
 
     pub fn load(path: &Path) -> Result<RunConfig> {
@@ -246,15 +239,17 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_wrong_types_name_line_and_column() {
-        let err = RunConfig::parse("model: m\nprompts: [a]\ngeneration:\n  stpes: 10\n", Path::new("r.yaml")).unwrap_err();
-        assert!(matches!(&err, Error::Config { at: Some((4, 3)), .. }), "{err:?}");
+        let err = RunConfig::parse("model: m\nprompts: [a]\nseed: 1\nstpes: 10\n", Path::new("r.yaml")).unwrap_err();
+        assert!(matches!(&err, Error::Config { at: Some((4, 1)), .. }), "{err:?}");
         let e = err.to_string();
-        assert!(e.starts_with("config r.yaml (line 4, column 3)") && e.contains("unknown field `stpes`"), "{e}");
+        assert!(e.starts_with("config r.yaml (line 4, column 1)") && e.contains("unknown field `stpes`"), "{e}");
+        let e = RunConfig::parse("model: m\nprompts: [a]\ngeneration: {steps: 3}\n", Path::new("r.yaml")).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("sit at the top level"), "{e}");
         let e = RunConfig::parse("model: m\nprompts: [a]\nseed: many\n", Path::new("r.yaml")).unwrap_err().to_string();
         assert!(e.contains("line 3") && e.contains("seed"), "{e}");
         let e = RunConfig::parse("model: m\nprompts: []\n", Path::new("r.yaml")).unwrap_err().to_string();
         assert!(e.contains("at least one"), "{e}");
-        for bad in ["generation: {duration: .nan}", "generation: {temperature: .inf}", "audio: {path: a.wav, start: .nan}", "audio: {path: a.wav, duration: -.inf}"] {
+        for bad in ["duration: .nan", "temperature: .inf", "audio: {path: a.wav, start: .nan}", "audio: {path: a.wav, duration: -.inf}"] {
             let e = RunConfig::parse(&format!("model: m\nprompts: [a]\n{bad}\n"), Path::new("r.yaml")).unwrap_err().to_string();
             assert!(e.contains("r.yaml") && e.contains("give a finite number"), "{bad}: {e}");
         }
