@@ -177,9 +177,8 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
     };
     let man = model.manifest().clone();
     let d = &man.decoder;
-    let k = d.num_codebooks;
-    let frame_rate = man.audio.frame_rate;
-    let steps_for = |secs: f64| (secs * frame_rate).round() as usize + k - 1;
+    let (k, frame_rate) = (d.num_codebooks, man.audio.frame_rate);
+    let steps_of: Vec<usize> = options.durations.iter().map(|&s| crate::api::steps_for(&man, None, Some(s))).collect::<Result<_>>()?;
     // What the loaded sessions read: the decoder's plain graphs or their CPU copies, not both.
     let decoder_bytes: u64 = model.decoder.graph_files().iter().map(|g| man.graph_bytes(g)).sum();
     let weight_bytes = model.loaded_bytes();
@@ -197,7 +196,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
 
     // PyTorch first, so both sides see the same machine state; its numbers come back as JSON.
     let torch: Option<serde_json::Value> = if options.torch {
-        let steps: Vec<String> = options.durations.iter().map(|&s| steps_for(s).to_string()).collect();
+        let steps: Vec<String> = steps_of.iter().map(usize::to_string).collect();
         let python = crate::runtime::find_venv_python().ok_or_else(|| Error::Input("no .venv with Python found: run scripts/setup.sh".into()))?;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("onnx/bench_torch.py");
         let out = Command::new(python)
@@ -231,7 +230,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
     generate(model, &request(4), &mut NoHooks, |_, _| {})?;
     let mut step_traffic = None;
     for (i, &secs) in options.durations.iter().enumerate() {
-        let steps = steps_for(secs);
+        let steps = steps_of[i];
         let request = request(steps);
         let out = generate(model, &request, &mut NoHooks, |_, _| {})?;
         step_traffic = step_traffic.or(Some((out.setup_traffic, out.traffic.get(1).copied(), out.traffic.last().copied())));
@@ -255,7 +254,7 @@ pub fn run(model: &mut MusicGen, bundle: &Path, options: &BenchOptions) -> Resul
         ));
     }
     if let Some(&secs) = options.durations.first() {
-        let (plain, hooked, layers) = hook_overhead(model, steps_for(secs))?;
+        let (plain, hooked, layers) = hook_overhead(model, steps_of[0])?;
         say(format!(
             "steering plugin at {layers} layers, {secs} s clip: {:.3} s hooked vs {:.3} s plain (median of 3 each, interleaved) = {:.3}x",
             hooked,
