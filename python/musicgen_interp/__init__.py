@@ -219,7 +219,7 @@ class MusicGen:
 
     def residual_points(self) -> list[str]:
         """``embed.hook_out`` and every ``blocks.L.hook_resid_post``: what ``generate --save-residuals`` saves."""
-        return ["embed.hook_out"] + [f"blocks.{l}.hook_resid_post" for l in range(self.config.layers)]
+        return [p for p in self.hook_points() if p == "embed.hook_out" or p.endswith(".hook_resid_post")]
 
     def generate(self, prompts: str | Sequence[str], duration: float | None = None, steps: int | None = None, audio: str | os.PathLike | None = None,
                  top_k: int | None = None, temperature: float | None = None, guidance_scale: float | None = None, seed: int = 0,
