@@ -58,6 +58,11 @@ pub enum Error {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 
+    /// A file this tool wrote (a run's plan, a part's record, cached means' metadata) that no longer
+    /// reads back.
+    #[error("{} is damaged ({reason}); delete it and run again to make it anew", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+
     /// Exporting a checkpoint into a bundle could not run or failed (`onnx/export.py`).
     #[error("exporter: {0}")]
     Exporter(String),

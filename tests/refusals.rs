@@ -318,3 +318,18 @@ fn decoder_lens_with_prompts_and_concepts_is_refused_before_the_model_loads() {
     assert!(e.contains("give prompts or concepts, not both") && !e.contains("loaded"), "{e}");
     assert!(!out.exists());
 }
+
+/// A file the tool wrote that no longer reads back is named as damaged, with what to do, not as
+/// the user's invalid input: a sweep's plan.json and an extraction's items.json, read by `--status`.
+#[test]
+fn a_damaged_run_file_is_named_with_what_to_do() {
+    let bin = env!("CARGO_BIN_EXE_musicgen-interp");
+    let dir = tempfile::tempdir().unwrap();
+    for (file, args) in [("plan.json", vec!["intervene", "--status"]), ("items.json", vec!["extract", "--status", "--output-dir"])] {
+        std::fs::write(dir.path().join(file), b"{\"pairs\": [").unwrap();
+        let out = std::process::Command::new(bin).args(&args).arg(dir.path()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(file) && err.contains("is damaged") && err.contains("delete it and run again") && !err.contains("invalid input"), "{err}");
+    }
+}

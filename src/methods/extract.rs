@@ -117,7 +117,7 @@ pub fn prepare(out: &Path, settings: &ExtractSettings) -> Result<()> {
     let path = out.join("extract.json");
     if path.is_file() {
         let old: ExtractSettings = serde_json::from_slice(&std::fs::read(&path).map_err(Error::io(&path))?)
-            .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::Corrupt { path: path.clone(), reason: e.to_string() })?;
         if &old != settings {
             return Err(Error::Input(format!(
                 "{} holds an extraction with other settings ({}); use another output folder or the same settings to resume",
@@ -240,7 +240,7 @@ pub fn status(out: &Path) -> Result<crate::interchange::Status> {
     if !path.is_file() {
         return Err(Error::Input(format!("{} holds no extraction (no items.json: no shard has started there yet)", out.display())));
     }
-    let plan: Vec<PlannedTrack> = serde_json::from_slice(&std::fs::read(&path).map_err(Error::io(&path))?).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    let plan: Vec<PlannedTrack> = serde_json::from_slice(&std::fs::read(&path).map_err(Error::io(&path))?).map_err(|e| Error::Corrupt { path: path.clone(), reason: e.to_string() })?;
     let mut st = crate::interchange::Status {
         dir: out.to_path_buf(),
         unit: "tracks",
@@ -351,7 +351,7 @@ pub fn merge(out: &Path) -> Result<Merged> {
     for npy in &keys {
         let json = npy.with_extension("json");
         let record: SegmentRecord = serde_json::from_slice(&std::fs::read(&json).map_err(Error::io(&json))?)
-            .map_err(|e| Error::Input(format!("{}: {e}", json.display())))?;
+            .map_err(|e| Error::Corrupt { path: json.clone(), reason: e.to_string() })?;
         let a: ArrayD<f32> = crate::store::read_npy(npy, "a segment's residuals [points, 2, d_model]")?;
         cond.push(a.index_axis(Axis(1), 0).to_owned());
         uncond.push(a.index_axis(Axis(1), 1).to_owned());

@@ -666,7 +666,7 @@ impl<'a> Interchange<'a> {
         let want = self.means_meta(concept);
         if json.is_file() && npy.is_file() {
             let text = std::fs::read_to_string(&json).map_err(Error::io(&json))?;
-            let have: MeansMeta = serde_json::from_str(&text).map_err(|e| Error::Input(format!("{}: {e}", json.display())))?;
+            let have: MeansMeta = serde_json::from_str(&text).map_err(|e| Error::Corrupt { path: json.clone(), reason: e.to_string() })?;
             let differs = [
                 (have.model != want.model, "another model"),
                 (have.prompts != want.prompts || have.n_prompts != want.n_prompts || have.prompt_sampling != want.prompt_sampling, "another prompt set"),
@@ -741,8 +741,9 @@ impl<'a> Interchange<'a> {
     fn baseline(&self, concept: &str, prompt: usize) -> Result<Vec<f32>> {
         let path = self.baseline_path(concept, prompt);
         let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
-        serde_json::from_value(v["probabilities"].clone()).map_err(|e| Error::Input(format!("{}: {e}", path.display())))
+        let corrupt = |e: serde_json::Error| Error::Corrupt { path: path.clone(), reason: e.to_string() };
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(corrupt)?;
+        serde_json::from_value(v["probabilities"].clone()).map_err(corrupt)
     }
 
     /// Generates `request` with `hooks`, decodes, and judges: (probabilities, waveforms `[rows, samples]`).
@@ -1063,7 +1064,7 @@ pub fn status(dir: &Path) -> Result<Status> {
     if !plan_path.is_file() {
         return Err(Error::Input(format!("{} holds no intervene run (no plan.json: no shard has started there yet)", dir.display())));
     }
-    let plan: Plan = serde_json::from_slice(&std::fs::read(&plan_path).map_err(Error::io(&plan_path))?).map_err(|e| Error::Input(format!("{}: {e}", plan_path.display())))?;
+    let plan: Plan = serde_json::from_slice(&std::fs::read(&plan_path).map_err(Error::io(&plan_path))?).map_err(|e| Error::Corrupt { path: plan_path.clone(), reason: e.to_string() })?;
     let mut st = Status {
         dir: dir.to_path_buf(),
         unit: "parts",
