@@ -26,10 +26,24 @@ pub const OP_NAME: &str = "StreamMatMul";
 /// Columns per panel of a stored weight: one cache line of fp32.
 pub const PANEL: usize = 16;
 
-/// Up to this many rows a thread reads each of its panels whole for each pair of rows (from memory
-/// for the first pair), front to back; above it (a prefill), blocks of [`KB`] rows of `W` are taken
-/// across the panels, each reused from L1 by every row of `x`.
-const STREAM_MAX_ROWS: usize = 8;
+/// A 2-D input of up to this many rows streams (see [`streams`]).
+pub const STREAM_MAX_ROWS: usize = 8;
+
+/// Which kernel a product with input shape `a_shape` takes. Streaming (each thread reads each of
+/// its panels whole for each pair of rows, from memory for the first pair, front to back) for a
+/// decode step: one position per row, `[rows, 1, k]`, however many rows. Blocked (blocks of [`KB`]
+/// rows of `W` taken across the panels, each reused from L1 by every row of `x`) for a prefill:
+/// several positions per row. The two sum in different orders, so choosing by positions and not by
+/// the row count keeps each row's arithmetic the same in any batch: a sweep batched N rows at a
+/// time gives the same bits as one by one. A 2-D input `[m, k]` streams up to
+/// [`STREAM_MAX_ROWS`] rows.
+pub fn streams(a_shape: &[i64]) -> bool {
+    match a_shape {
+        [.., positions, _] if a_shape.len() >= 3 => *positions == 1,
+        [m, _] => (*m as usize) <= STREAM_MAX_ROWS,
+        _ => true,
+    }
+}
 
 /// Rows of `W` per block: 256 x 16 fp32 = 16 KB of a panel.
 const KB: usize = 256;
@@ -109,7 +123,7 @@ impl Operator for StreamMatMul {
             }
             let m = a_shape[..a_shape.len() - 1].iter().product::<i64>() as usize;
             let run = |f: &(dyn Fn(usize) + Sync), total: usize| super::ops::parallel(threads, total, f);
-            matmul_group(a, m, k, &mut products, threads * PARTS_PER_THREAD, run)
+            matmul_group(a, m, k, streams(&a_shape), &mut products, threads * PARTS_PER_THREAD, run)
         }))
     }
 }
@@ -154,14 +168,15 @@ unsafe impl Sync for Ptrs {}
 /// `f(0..total)`, possibly at once, and returns when all are done.
 ///
 /// The panels of all the weights, in order, are split into `parts` contiguous ranges; a part
-/// computes its panels' columns of `y` for every row, so parts share nothing. Up to
-/// [`STREAM_MAX_ROWS`] rows each output is its even terms' sum plus its odd terms' sum ([`pair`]);
-/// more rows, one fp32 sum over `k` in order (blocks of [`KB`] terms carried through `y`). Either
-/// way the result does not depend on the split.
+/// computes its panels' columns of `y` for every row, so parts share nothing. Streaming
+/// ([`streams`]), each output is its even terms' sum plus its odd terms' sum ([`pair`]); blocked,
+/// one fp32 sum over `k` in order (blocks of [`KB`] terms carried through `y`). Either way a row's
+/// result depends neither on the split nor on the other rows.
 pub fn matmul_group<E>(
     a: &[f32],
     m: usize,
     k: usize,
+    stream: bool,
     products: &mut [Product<'_>],
     parts: usize,
     run: impl Fn(&(dyn Fn(usize) + Sync), usize) -> Result<(), E>,
@@ -202,7 +217,7 @@ pub fn matmul_group<E>(
                 // `y` its `m * n`; `a` is borrowed shared and `y` mutably by `matmul_group` until
                 // `run` returns, and panels lo..hi (within this product's `count`) belong to part
                 // `i` alone, so no other part writes those columns of `y`.
-                unsafe { panels_of(a_addr as *const f32, m, k, *p, lo - first, hi - first) };
+                unsafe { panels_of(a_addr as *const f32, m, k, stream, *p, lo - first, hi - first) };
             }
             first += count;
         }
@@ -215,8 +230,8 @@ pub fn matmul_group<E>(
 /// # Safety
 /// `a` holds `m * k` values, `w` the product's panels, `y` `m * n`; nothing else writes those
 /// columns of `y`.
-unsafe fn panels_of(a: *const f32, m: usize, k: usize, p: Ptrs, p0: usize, p1: usize) {
-    if m <= STREAM_MAX_ROWS {
+unsafe fn panels_of(a: *const f32, m: usize, k: usize, stream: bool, p: Ptrs, p0: usize, p1: usize) {
+    if stream {
         // Panel by panel, each read whole for a pair of rows: one run of memory front to back.
         for panel in p0..p1 {
             let c0 = panel * PANEL;
@@ -452,7 +467,7 @@ pub(crate) mod tests {
     fn matmul(a: &[f32], w: &[f32], s: Shape, parts: usize, run: impl Fn(&(dyn Fn(usize) + Sync), usize) -> Result<(), ()>) -> Vec<f32> {
         let packed = pack(w, s.k, s.n);
         let mut y = vec![f32::NAN; s.m * s.n];
-        matmul_group(a, s.m, s.k, &mut [Product { w: &packed, y: &mut y, n: s.n }], parts, run).unwrap();
+        matmul_group(a, s.m, s.k, s.m <= STREAM_MAX_ROWS, &mut [Product { w: &packed, y: &mut y, n: s.n }], parts, run).unwrap();
         y
     }
 
@@ -550,7 +565,7 @@ pub(crate) mod tests {
             let mut ys: Vec<Vec<f32>> = widths.iter().map(|&n| vec![f32::NAN; m * n]).collect();
             let mut products: Vec<Product<'_>> =
                 packed.iter().zip(ys.iter_mut()).zip(widths).map(|((w, y), n)| Product { w, y, n }).collect();
-            matmul_group(&a, m, k, &mut products, 3, threaded).unwrap();
+            matmul_group(&a, m, k, m <= STREAM_MAX_ROWS, &mut products, 3, threaded).unwrap();
             for ((w, y), n) in ws.iter().zip(&ys).zip(widths) {
                 assert_eq!(y, &matmul(&a, w, Shape { m, k, n }, 2, serial), "m {m} k {k} n {n}");
             }

@@ -23,9 +23,8 @@ use ort::value::TensorElementType;
 /// The operator's name in the graphs (domain [`super::ops::DOMAIN`]).
 pub const OP_NAME: &str = "StreamMatMulInt8";
 
-/// Up to this many rows the weights are streamed once, all rows at a time; above it, dequantized
-/// 16-column panels go to a GEMM.
-const STREAM_MAX_ROWS: usize = 8;
+// Streaming (a decode step, `super::matmul::streams`): the weights are read once, all rows at a
+// time; blocked (a prefill): dequantized 16-column panels go to a GEMM.
 
 /// A part's columns are a multiple of this (a cache line of `scales` for the common 1024-byte column).
 const COLS: usize = 16;
@@ -105,7 +104,7 @@ impl Operator for StreamMatMulInt8 {
             }
             let m = a_shape[..a_shape.len() - 1].iter().product::<i64>() as usize;
             let run = |f: &(dyn Fn(usize) + Sync), total: usize| super::ops::parallel(parts, total, f);
-            matmul_int8(a, m, k, &weights, &mut ys, parts, run)
+            matmul_int8(a, m, k, super::matmul::streams(&a_shape), &weights, &mut ys, parts, run)
         }))
     }
 }
@@ -129,6 +128,7 @@ pub fn matmul_int8<E>(
     a: &[f32],
     m: usize,
     k: usize,
+    stream: bool,
     weights: &[QWeight<'_>],
     ys: &mut [&mut [f32]],
     parts: usize,
@@ -162,7 +162,7 @@ pub fn matmul_int8<E>(
     let outs: Vec<Out> = ys.iter_mut().map(|y| Out(y.as_mut_ptr())).collect();
     // The rows in int16, once per block size (the weights of a group share one).
     let mut rows: Vec<(usize, Rows16)> = Vec::new();
-    if m <= STREAM_MAX_ROWS {
+    if stream {
         for w in weights {
             if !rows.iter().any(|(bs, _)| *bs == w.bs) {
                 rows.push((w.bs, Rows16::new(a, m, k, w.bs)));
@@ -179,7 +179,7 @@ pub fn matmul_int8<E>(
         for (w, y) in weights.iter().zip(outs) {
             let per = w.n.div_ceil(parts).next_multiple_of(COLS);
             let (n0, n1) = ((p * per).min(w.n), ((p + 1) * per).min(w.n));
-            if m > STREAM_MAX_ROWS {
+            if !stream {
                 // SAFETY: `gemm_columns`' contract: `y.0` is this weight's output, which holds
                 // `m * w.n` values (asserted), borrowed mutably until `run` returns; parts take the
                 // disjoint ranges `p * per ..`, so only part `p` writes columns n0..n1.
@@ -365,6 +365,7 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::runtime::matmul::tests::{serial, threaded, values};
+    use crate::runtime::matmul::STREAM_MAX_ROWS;
 
     /// A random int8 weight `[n, blocks, bs]` with scales, and its dequantized `[k, n]` in f64.
     fn weight(k: usize, n: usize, bs: usize, seed: u64) -> (Vec<u8>, Vec<f32>, usize, Vec<f64>) {
@@ -428,7 +429,7 @@ mod tests {
             for parts in [1, 2, 3] {
                 for run in [serial, threaded] {
                     let mut y = vec![f32::NAN; m * n];
-                    matmul_int8(&a, m, k, &[w], &mut [&mut y[..]], parts, run).unwrap();
+                    matmul_int8(&a, m, k, m <= STREAM_MAX_ROWS, &[w], &mut [&mut y[..]], parts, run).unwrap();
                     for i in 0..m * n {
                         let err = (y[i] as f64 - want[i]).abs();
                         // fp32 sums: a few ulps of the sum of the terms' sizes
@@ -452,14 +453,14 @@ mod tests {
             .iter()
             .map(|q| {
                 let mut y = vec![0f32; m * q.n];
-                matmul_int8(&a, m, k, &[*q], &mut [&mut y[..]], 1, serial).unwrap();
+                matmul_int8(&a, m, k, m <= STREAM_MAX_ROWS, &[*q], &mut [&mut y[..]], 1, serial).unwrap();
                 y
             })
             .collect();
         for parts in [2, 3, 5] {
             let mut ys: Vec<Vec<f32>> = qs.iter().map(|q| vec![f32::NAN; m * q.n]).collect();
             let mut views: Vec<&mut [f32]> = ys.iter_mut().map(|y| &mut y[..]).collect();
-            matmul_int8(&a, m, k, &qs, &mut views, parts, threaded).unwrap();
+            matmul_int8(&a, m, k, m <= STREAM_MAX_ROWS, &qs, &mut views, parts, threaded).unwrap();
             assert_eq!(ys, alone, "parts {parts}");
         }
     }
@@ -473,7 +474,7 @@ mod tests {
             let mut a = values(m * k, 4);
             a[k + 40] = bad;
             let mut y = vec![0f32; m * n];
-            matmul_int8(&a, m, k, &[w], &mut [&mut y[..]], 2, threaded).unwrap();
+            matmul_int8(&a, m, k, m <= STREAM_MAX_ROWS, &[w], &mut [&mut y[..]], 2, threaded).unwrap();
             assert!(y[n..2 * n].iter().all(|v| v.is_nan()), "{bad}: row 1 {:?}", &y[n..2 * n]);
             assert!(y[..n].iter().chain(&y[2 * n..]).all(|v| v.is_finite()), "{bad}: {y:?}");
         }
