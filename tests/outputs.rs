@@ -142,6 +142,28 @@ fn staged_outputs_appear_together_or_not_at_all() {
 }
 
 #[test]
+fn create_new_writes_once_whoever_races() {
+    use musicgen_interp::store::create_new;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("run/plan.json");
+    // Eight writers at once: exactly one wins, and the file holds its bytes whole.
+    let wins: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8).map(|i| {
+            let path = path.clone();
+            s.spawn(move || create_new(&path, format!("writer {i}").as_bytes()).unwrap())
+        }).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+    let winner = wins.iter().position(|w| *w).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("writer {winner}"));
+    // No temporaries are left beside it, and a later writer changes nothing.
+    assert_eq!(files(tmp.path()), ["run/plan.json"]);
+    assert!(!create_new(&path, b"late").unwrap());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("writer {winner}"));
+}
+
+#[test]
 fn outputs_in_missing_folders_create_them() {
     let tmp = tempfile::tempdir().unwrap();
     let m = model();

@@ -18,9 +18,13 @@ fn live() -> MutexGuard<'static, Vec<PathBuf>> {
 }
 
 /// The temporary name of `path` for this process: `.NAME.tmp-PID` beside it.
+/// `.NAME.N.tmp-PID`: unique to the write (`N` counts this process's temporaries), so threads
+/// writing one path at once do not share a temporary; the process id last, for the stale cleaner.
 fn temporary(path: &Path) -> PathBuf {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    folder_of(path).join(format!(".{name}.tmp-{}", std::process::id()))
+    folder_of(path).join(format!(".{name}.{n}.tmp-{}", std::process::id()))
 }
 
 fn folder_of(path: &Path) -> &Path {
@@ -132,7 +136,12 @@ impl Staged {
         }
         for d in missing.into_iter().rev() {
             let mut live = live();
-            std::fs::create_dir(&d)?;
+            match std::fs::create_dir(&d) {
+                Ok(()) => {}
+                // Made meanwhile by another writer: theirs, not recorded as this write's.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => continue,
+                Err(e) => return Err(e),
+            }
             live.push(d.clone());
             self.folders.push(d);
         }
@@ -209,6 +218,25 @@ fn forget(tmp: &Path) {
 /// Writes `bytes` to `path` atomically (temporary file in the same folder, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// Writes `path` atomically unless it exists: of several processes writing it at once exactly one
+/// wins (the finished file is hard-linked into place, which fails when the name is taken). Returns
+/// whether this one wrote it.
+pub fn create_new(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let mut staged = Staged::new();
+    staged.stage_with(path, |w| w.write_all(bytes))?;
+    let (tmp, _) = staged.files.pop().expect("one staged file");
+    let linked = std::fs::hard_link(&tmp, path);
+    forget(&tmp);
+    match linked {
+        Ok(()) => {
+            staged.commit()?; // nothing left to rename: keeps the folders it created
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(Error::Io { path: path.to_path_buf(), source }),
+    }
 }
 
 /// Like [`write_atomic`], with the content produced by `fill`.
