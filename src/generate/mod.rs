@@ -2,6 +2,7 @@
 //! continuation, with hooks active on every forward. Matches transformers' `generate` token for token
 //! under greedy decoding.
 
+pub mod batch;
 pub mod delay;
 pub mod sampling;
 
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ndarray::{concatenate, s, Array3, Axis};
 
+pub use batch::BatchSize;
 pub use delay::DelayPattern;
 pub use sampling::{Sampler, SamplingConfig, SamplingOverrides};
 
@@ -33,6 +35,9 @@ pub struct GenerationRequest {
     /// the same stream draw the same random numbers, so two runs of one prompt that differ only by
     /// an intervention differ by the intervention, not by sampling noise, whatever their batch.
     pub row_streams: Option<Vec<u64>>,
+    /// The sampling seed of each batch row (default: `sampling.seed` for every row): rows generated
+    /// together draw what each would draw generated alone with its own seed.
+    pub row_seeds: Option<Vec<u64>>,
     /// Condition on the text encoder's layer `j` (1-based, through its final LayerNorm) instead of
     /// its last layer: the original DecoderLens over the encoder. `None` is the normal model.
     pub text_layer: Option<usize>,
@@ -94,7 +99,12 @@ pub fn generate_early_exit(
         Some(s) => s.clone(),
         None => (0..b as u64).collect(),
     };
-    let mut sampler = Sampler::with_streams(sampling.clone(), &streams)?;
+    let seeds = match &request.row_seeds {
+        Some(s) if s.len() != b => return Err(Error::Input(format!("{} row seeds for {b} prompts", s.len()))),
+        Some(s) => s.clone(),
+        None => Vec::new(),
+    };
+    let mut sampler = Sampler::with_rows(sampling.clone(), &seeds, &streams)?;
     let cfg = model.decoder.config.clone();
     let k = cfg.num_codebooks;
 

@@ -104,8 +104,14 @@ impl Sampler {
 
     /// Row `i` draws from stream `streams[i]` (rows past the list: stream = row index).
     pub fn with_streams(config: SamplingConfig, streams: &[u64]) -> Result<Sampler> {
+        Sampler::with_rows(config, &[], streams)
+    }
+
+    /// Row `i` draws from stream `streams[i]` of seed `seeds[i]` (rows past `seeds`: the config's
+    /// seed; past `streams`: stream = row index).
+    pub fn with_rows(config: SamplingConfig, seeds: &[u64], streams: &[u64]) -> Result<Sampler> {
         config.check()?;
-        let rngs = streams.iter().map(|&s| Self::stream(config.seed, s)).collect();
+        let rngs = streams.iter().enumerate().map(|(i, &s)| Self::stream(seeds.get(i).copied().unwrap_or(config.seed), s)).collect();
         Ok(Sampler { config, rngs, scratch: Vec::new(), kept: Vec::new() })
     }
 
@@ -240,6 +246,18 @@ mod tests {
             assert_eq!(p.row(0), a.row(0));
             assert_eq!(p.row(1), a.row(0));
         }
+        // Rows with their own seeds draw what each draws alone with that seed (stream 0).
+        let mut seeded = Sampler::with_rows(config.clone(), &[11, 12], &[0, 0]).unwrap();
+        let alone = |seed| Sampler::new(SamplingConfig { seed, ..config.clone() }).unwrap();
+        let (mut a11, mut a12) = (alone(11), alone(12));
+        let mut differ = false;
+        for _ in 0..10 {
+            let p = seeded.sample(two.view());
+            let (x, y) = (a11.sample(logits.view()), a12.sample(logits.view()));
+            assert_eq!((p.row(0), p.row(1)), (x.row(0), y.row(0)));
+            differ |= x != y;
+        }
+        assert!(differ, "two seeds draw differently");
         let mut other = Sampler::with_streams(config, &[9, 10]).unwrap();
         let draws: Vec<_> = (0..10).map(|_| other.sample(two.view())).collect();
         assert!(draws.iter().any(|d| d.row(0) != d.row(1)), "different streams draw differently");

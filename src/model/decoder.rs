@@ -168,6 +168,19 @@ impl Decoder {
         self.placement.is_host()
     }
 
+    /// Bytes free now in the memory the decoder's state lives in ([`Placement::free_bytes`]).
+    pub fn free_memory(&self) -> Option<u64> {
+        self.placement.free_bytes()
+    }
+
+    /// Bytes per element of the cache and the cross-attention keys and values.
+    pub fn dtype_bytes(&self) -> usize {
+        match self.dtype {
+            Dtype::Float32 => 4,
+            Dtype::Float16 => 2,
+        }
+    }
+
     /// Ends the profiles of the decoder's sessions (cross K/V, embedding, layers, head), as (graph
     /// file, profile file), for [`super::placement`].
     pub fn end_profiling(&mut self) -> Result<Vec<(String, std::path::PathBuf)>> {

@@ -47,6 +47,34 @@ impl std::fmt::Display for Traffic {
     }
 }
 
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+pub fn host_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The CUDA device `id`'s free memory, through the CUDA runtime library already in the process
+/// (onnxruntime's CUDA provider loads it; `runtime::cuda_libs` preloads the wheels' copy).
+fn cuda_free(id: i32) -> Option<u64> {
+    type SetDevice = unsafe extern "C" fn(i32) -> i32;
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    for name in ["libcudart.so.12", "libcudart.so.13", "libcudart.so"] {
+        // SAFETY: the CUDA runtime is loaded already (the provider runs on it), so opening it by
+        // name returns that copy without running initialisers again; the two functions have these
+        // C signatures in every CUDA 12 / 13 runtime and return 0 on success.
+        unsafe {
+            let Ok(lib) = libloading::Library::new(name) else { continue };
+            let (Ok(set), Ok(info)) = (lib.get::<SetDevice>(b"cudaSetDevice\0"), lib.get::<MemGetInfo>(b"cudaMemGetInfo\0")) else { continue };
+            let (mut free, mut total) = (0usize, 0usize);
+            if set(id) == 0 && info(&mut free, &mut total) == 0 {
+                return Some(free as u64);
+            }
+        }
+    }
+    None
+}
+
 /// `1234` -> "1234 B", `56789` -> "55.5 KiB".
 pub fn bytes(n: u64) -> String {
     match n {
@@ -61,12 +89,14 @@ pub struct Placement {
     allocator: Allocator,
     /// Host memory (the CPU provider): transfers are copies within it.
     host: bool,
+    /// The CUDA device's ordinal (none for host memory).
+    device_id: Option<i32>,
 }
 
 impl Placement {
     /// Host memory (the CPU provider).
     pub fn host() -> Placement {
-        Placement { allocator: Allocator::default(), host: true }
+        Placement { allocator: Allocator::default(), host: true, device_id: None }
     }
 
     /// The memory of `provider`'s device, allocated through `session` (a session on that provider).
@@ -77,7 +107,7 @@ impl Placement {
                 let info = MemoryInfo::new(AllocationDevice::CUDA, *device_id, AllocatorType::Device, MemoryType::Default)
                     .map_err(Error::ort("describing the CUDA device's memory"))?;
                 let allocator = Allocator::new(session, info).map_err(Error::ort("creating the CUDA device's allocator"))?;
-                Ok(Placement { allocator, host: false })
+                Ok(Placement { allocator, host: false, device_id: Some(*device_id) })
             }
         }
     }
@@ -85,6 +115,16 @@ impl Placement {
     /// Whether this is host memory.
     pub fn is_host(&self) -> bool {
         self.host
+    }
+
+    /// Bytes free in this memory now: the host's available memory (`MemAvailable` of
+    /// `/proc/meminfo`), or the CUDA device's free memory (`cudaMemGetInfo` of the CUDA runtime
+    /// onnxruntime's provider loaded). `None` where it cannot be read.
+    pub fn free_bytes(&self) -> Option<u64> {
+        match self.device_id {
+            None => host_available(&std::fs::read_to_string("/proc/meminfo").ok()?),
+            Some(id) => cuda_free(id),
+        }
     }
 
     /// The memory graph outputs are bound to.
@@ -268,4 +308,18 @@ impl DeviceTensor {
 /// Uploads a host array as a plain tensor value in host memory (graph inputs the host supplies).
 pub fn host_value<T: Element, D: Dimension>(a: ArrayView<'_, T, D>) -> Result<Tensor<T>> {
     Tensor::from_array(a.as_standard_layout().into_owned().into_dyn()).map_err(Error::ort("a host input"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_hosts_available_memory() {
+        let meminfo = "MemTotal:       16303460 kB\nMemFree:         1220348 kB\nMemAvailable:    9876543 kB\nBuffers:  12 kB\n";
+        assert_eq!(super::host_available(meminfo), Some(9_876_543 * 1024));
+        assert_eq!(super::host_available("MemTotal: 5 kB\n"), None);
+        // This host's own, when it is Linux: some memory is available.
+        if let Ok(text) = std::fs::read_to_string("/proc/meminfo") {
+            assert!(super::host_available(&text).is_some_and(|b| b > 0));
+        }
+    }
 }
