@@ -26,7 +26,7 @@ use ndarray::{s, Array2, Array5, Ix2, Ix3, Ix5};
 use common::{assert_close, fixture, load, npy};
 use musicgen_interp::data::concepts::PromptSampling;
 use musicgen_interp::data::Shard;
-use musicgen_interp::generate::{generate, GenerationRequest, SamplingConfig};
+use musicgen_interp::generate::{generate, BatchSize, GenerationRequest, SamplingConfig};
 use musicgen_interp::interchange::{read_results, Interchange, InterveneConfig, Mode};
 use musicgen_interp::judge::{Judge, JudgeConfig};
 use musicgen_interp::plugin::MethodPlugin;
@@ -159,8 +159,8 @@ fn config(out: &Path, batch_size: usize) -> InterveneConfig {
         guidance_scale: None,
         modes: vec![Mode::Adjust, Mode::Replace],
         sites: vec!["blocks.0.attn".into(), "blocks.1.cross_attn".into(), "blocks.1.mlp".into()],
-        batch_size,
-        means_batch_size: 2,
+        batch_size: BatchSize::Rows(batch_size),
+        means_batch_size: BatchSize::Rows(2),
         pre_computed_means: None,
         save_extremes: true,
         judge: judge_config("labels.csv"),
@@ -265,6 +265,47 @@ fn runs_resume_shard_merge_and_batch_consistently() {
     for f in ["results/baseline_probabilities.npy", "results/jazz__rock_all_probs.npy", "results/jazz__rock_kl_divs.npy"] {
         assert!(std::fs::read(single.join(f)).unwrap() == std::fs::read(keep.path().join(f)).unwrap(), "resumed run: {f} moved");
     }
+
+    // The run's batch size is fixed in its plan: another given size, or other settings, into the same
+    // folder are refused before anything runs (their parts would mix with this run's); auto takes
+    // the plan's.
+    let start = |c: InterveneConfig| {
+        let mut m = load("tiny");
+        let mut j = judge(&["jazz", "rock", "piano"]);
+        Interchange::new(&mut m, &mut j, c).map(|ic| (ic.batch_size(), ic.batch_notes().join("\n"))).map_err(|e| e.to_string())
+    };
+    let err = start(config(&single, 2)).unwrap_err();
+    assert!(err.contains("batch size 2") && err.contains("batches of 4 interventions"), "{err}");
+    let mut auto = config(&single, 4);
+    auto.batch_size = BatchSize::Auto;
+    let (rows, notes) = start(auto.clone()).unwrap();
+    assert!(rows == 4 && notes.contains("fixed by the run's plan.json"), "{rows}: {notes}");
+    for (what, change) in [
+        ("other sampling settings", Box::new(|c: &mut InterveneConfig| c.seed = 6) as Box<dyn Fn(&mut InterveneConfig)>),
+        ("other modes or sites", Box::new(|c: &mut InterveneConfig| c.modes = vec![Mode::Adjust])),
+        ("another prompt set", Box::new(|c: &mut InterveneConfig| c.prompt_sampling = PromptSampling::Random)),
+        ("steps a clip", Box::new(|c: &mut InterveneConfig| c.duration = 0.4)),
+        ("other concept pairs", Box::new(|c: &mut InterveneConfig| c.fixed_concept = Some("jazz".into()))),
+    ] {
+        let mut c = config(&single, 4);
+        change(&mut c);
+        let err = start(c).unwrap_err();
+        assert!(err.contains(what) && err.contains("another output folder"), "{what}: {err}");
+    }
+    // On a fresh folder auto sizes the batch: here the work (6 interventions) is the limit.
+    auto.output = tmp.path().join("fresh");
+    let (rows, notes) = start(auto).unwrap();
+    assert!(rows == 6 && notes.contains("batch size auto: 6 rows") && notes.contains("limited by the work's size"), "{rows}: {notes}");
+    // A plan of an earlier version (no batch size, no settings): resumed with the size it ran with.
+    let plan_path = single.join("plan.json");
+    let plan_text = std::fs::read_to_string(&plan_path).unwrap();
+    let mut old: serde_json::Value = serde_json::from_str(&plan_text).unwrap();
+    old.as_object_mut().unwrap().retain(|k, _| k != "batch_size" && k != "run");
+    std::fs::write(&plan_path, old.to_string()).unwrap();
+    let err = start(config(&single, 2)).unwrap_err();
+    assert!(err.contains("earlier version") && err.contains("2 batches per prompt"), "{err}");
+    assert_eq!(start(config(&single, 4)).unwrap().0, 4);
+    std::fs::write(&plan_path, plan_text).unwrap();
 
     // One by one (batch 1), reusing the means: the same scores.
     let one = tmp.path().join("one");

@@ -40,9 +40,13 @@ pub struct InterveneArgs {
     /// Seconds per clip.
     #[arg(long, default_value_t = 4.0, value_parser = positive)]
     pub duration: f64,
-    /// Interventions generated together.
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
+    /// Interventions generated together: a number, or auto (sized to the device's free memory;
+    /// the run's first start fixes it in plan.json for every shard).
+    #[arg(long, default_value = "auto")]
+    pub batch_size: musicgen_interp::generate::BatchSize,
+    /// Prompts generated together for the concept means and baselines: a number, or auto.
+    #[arg(long, default_value = "auto")]
+    pub means_batch_size: musicgen_interp::generate::BatchSize,
     #[command(flatten)]
     pub judge: JudgeArgs,
     #[command(flatten)]
@@ -96,7 +100,7 @@ impl InterveneArgs {
             modes: self.modes.iter().map(|m| m.parse()).collect::<Result<_>>()?,
             sites: self.sites,
             batch_size: self.batch_size,
-            means_batch_size: 8,
+            means_batch_size: self.means_batch_size,
             pre_computed_means,
             save_extremes: self.save_extremes,
             judge,
@@ -127,6 +131,10 @@ pub fn run(runtime: &Runtime, verify: Verify, args: InterveneArgs) -> Result<()>
     let mut run = Interchange::new(&mut m, &mut judge, config)?;
     let pairs = run.pairs().len();
     eprintln!("{pairs} concept pair{}", if pairs == 1 { "" } else { "s" });
+    for note in run.batch_notes() {
+        eprintln!("{note}");
+    }
+    let noted = run.batch_notes().len();
     let bar = indicatif::ProgressBar::new_spinner();
     let progress = |what: &str| {
         bar.set_message(what.to_string());
@@ -134,6 +142,9 @@ pub fn run(runtime: &Runtime, verify: Verify, args: InterveneArgs) -> Result<()>
     };
     let report = if means_only { run.means_only(shard, progress) } else { run.run_with(shard, policy, progress) };
     bar.finish_and_clear();
+    for note in &run.batch_notes()[noted..] {
+        eprintln!("{note}");
+    }
     let report = report?;
     if means_only {
         println!(

@@ -55,6 +55,7 @@ use sha2::{Digest, Sha256};
 use crate::data::concepts::{self, PromptSampling};
 use crate::data::Shard;
 use crate::error::{Error, Result};
+use crate::generate::batch::{self, BatchSize};
 use crate::generate::{generate, GenerationRequest, SamplingConfig};
 use crate::hooks::Component;
 use crate::judge::{effectiveness, precision, Judge, JudgeConfig};
@@ -105,10 +106,6 @@ fn default_duration() -> f64 {
 fn default_modes() -> Vec<Mode> {
     vec![Mode::Adjust, Mode::Replace]
 }
-fn default_batch() -> usize {
-    8
-}
-
 /// An interchange run (the `intervene` command's flags, or its YAML config). Defaults in the docs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,12 +145,15 @@ pub struct InterveneConfig {
     /// Sites, e.g. `blocks.3.mlp` (default: all three components of every layer).
     #[serde(default)]
     pub sites: Vec<String>,
-    /// Interventions generated together in one batch (default 8).
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    /// Prompts per batch when computing means and baselines (default 8).
-    #[serde(default = "default_batch")]
-    pub means_batch_size: usize,
+    /// Interventions generated together in one batch (default `auto`: sized to the device's free
+    /// memory, [`crate::generate::batch`]). It names the run's parts, so the run's first start fixes
+    /// it in `plan.json` and every later start and shard uses that one.
+    #[serde(default)]
+    pub batch_size: BatchSize,
+    /// Prompts per batch when computing means and baselines (default `auto`; each host its own:
+    /// means and baselines do not depend on their batch).
+    #[serde(default)]
+    pub means_batch_size: BatchSize,
     /// A folder of concept means computed before (by a run of the same model, prompts and sampling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_computed_means: Option<PathBuf>,
@@ -240,6 +240,60 @@ pub struct Plan {
     /// Batches of interventions per (pair, prompt).
     pub batches: usize,
     pub means_dir: PathBuf,
+    /// Interventions per batch, fixed by the run's first start (absent in plans of earlier
+    /// versions, whose batch size the run's settings give).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// What the parts' numbers depend on (absent in plans of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunIdentity>,
+}
+
+/// What an intervention run's parts depend on, besides its pairs and prompts per concept: a start
+/// whose settings give another is refused, so one output folder never mixes two runs' parts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunIdentity {
+    /// Hash of the bundle's file checksums.
+    pub model: String,
+    /// Hash of every concept's prompts.
+    pub prompts: String,
+    /// `mode site`, in the parts' row order.
+    pub interventions: Vec<String>,
+    /// Decoder steps per clip.
+    pub steps: usize,
+    pub sampling: SamplingConfig,
+}
+
+impl Plan {
+    /// Reads `dir`'s plan, if a start wrote one.
+    pub fn read(dir: &Path) -> Result<Option<Plan>> {
+        let path = dir.join("plan.json");
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| Error::Corrupt { path, reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&path)(e)),
+        }
+    }
+
+    /// The first difference between this plan and a start's `other`, in words.
+    fn differs_from(&self, other: &Plan) -> Option<String> {
+        if self.pairs != other.pairs {
+            return Some("other concept pairs".into());
+        }
+        if self.n_prompts != other.n_prompts {
+            return Some(format!("{} prompts per concept, not {}", other.n_prompts, self.n_prompts));
+        }
+        let (Some(have), Some(want)) = (&self.run, &other.run) else { return None };
+        [
+            (have.model != want.model, "another model".to_string()),
+            (have.prompts != want.prompts, "another prompt set".into()),
+            (have.interventions != want.interventions, "other modes or sites".into()),
+            (have.steps != want.steps, format!("{} steps a clip, not {}", want.steps, have.steps)),
+            (have.sampling != want.sampling, "other sampling settings".into()),
+        ]
+        .into_iter()
+        .find_map(|(d, what)| d.then_some(what))
+    }
 }
 
 /// A part's wall time (`pNNNN_bNNN.time.json`).
@@ -381,6 +435,12 @@ pub struct Interchange<'a> {
     sampling: SamplingConfig,
     fingerprint: String,
     means_dir: PathBuf,
+    /// Interventions per part (the plan's, or this start's choice when it writes the plan).
+    batch: usize,
+    /// Prompts per forward for means and baselines.
+    means_batch: usize,
+    /// How the batch sizes were chosen, for the command to print.
+    notes: Vec<String>,
 }
 
 impl<'a> Interchange<'a> {
@@ -402,8 +462,8 @@ impl<'a> Interchange<'a> {
             .flat_map(|&o| concepts.iter().map(move |&d| (o, d)))
             .filter(|(o, d)| o != d && fixed.is_none_or(|f| f == *o))
             .collect();
-        if config.n_prompts_per_concept == 0 || config.batch_size == 0 || config.means_batch_size == 0 {
-            return Err(Error::Input("n_prompts_per_concept, batch_size and means_batch_size must be positive".into()));
+        if config.n_prompts_per_concept == 0 {
+            return Err(Error::Input("n_prompts_per_concept must be positive".into()));
         }
         concepts::check_prompt_settings(config.n_prompts_per_concept, config.prompt_sampling, config.prompt_seed)?;
         if config.modes.is_empty() {
@@ -433,7 +493,66 @@ impl<'a> Interchange<'a> {
         let sampling = config.sampling(model);
         sampling.check()?;
         let means_dir = config.pre_computed_means.clone().unwrap_or_else(|| config.output.join("means"));
-        Ok(Interchange { model, judge, config, pairs, prompts, interventions, steps, sampling, fingerprint, means_dir })
+        let mut run = Interchange { model, judge, config, pairs, prompts, interventions, steps, sampling, fingerprint, means_dir, batch: 0, means_batch: 0, notes: Vec::new() };
+        run.choose_batches()?;
+        Ok(run)
+    }
+
+    /// The batch sizes: interventions per part from the run's plan when a start wrote one (a given
+    /// size that differs is refused, as is a plan of other settings), else this start's choice;
+    /// prompts per forward for means and baselines on this host.
+    fn choose_batches(&mut self) -> Result<()> {
+        let texts: Vec<&str> = self.prompts.values().flatten().map(String::as_str).collect();
+        let (_, mask) = self.model.text.tokenize(&texts)?;
+        let shape = batch::Shape { positions: self.steps + 1, text_tokens: mask.ncols(), guided: self.sampling.guided() };
+        let planned = Plan::read(&self.config.output)?;
+        let mine = self.plan_with(None);
+        if let Some(plan) = &planned {
+            if let Some(what) = plan.differs_from(&mine) {
+                return Err(Error::Input(format!(
+                    "{} holds an intervention run with {what} than this one; its parts would mix with this run's. Use another output folder, or this run's own settings to resume it",
+                    self.config.output.display()
+                )));
+            }
+        }
+        let n = self.interventions.len();
+        let (rows, why) = match (planned.as_ref().and_then(|p| p.batch_size), self.config.batch_size) {
+            (Some(fixed), BatchSize::Rows(given)) if given != fixed => {
+                return Err(Error::Input(format!(
+                    "batch size {given}: this run's parts in {} are batches of {fixed} interventions (plan.json); give batch size {fixed} or auto to resume it, or use another output folder",
+                    self.config.output.display()
+                )))
+            }
+            (Some(fixed), _) => (fixed, format!("batch size {fixed} (fixed by the run's plan.json)")),
+            (None, size) => {
+                let old = planned.as_ref().map(|p| p.batches);
+                let c = batch::choose(self.model, size, shape, n)?;
+                // A plan of an earlier version: its batch count must be this size's.
+                if let Some(batches) = old.filter(|&b| b != n.div_ceil(c.rows)) {
+                    return Err(Error::Input(format!(
+                        "{} holds an intervention run in {batches} batches per prompt, written by an earlier version; give the batch size it ran with to resume it",
+                        self.config.output.display()
+                    )));
+                }
+                (c.rows, c.why)
+            }
+        };
+        self.batch = rows;
+        self.notes.push(format!("interventions: {why}"));
+        let means = batch::choose(self.model, self.config.means_batch_size, shape, self.config.n_prompts_per_concept)?;
+        self.means_batch = means.rows;
+        self.notes.push(format!("means and baselines: {}", means.why));
+        Ok(())
+    }
+
+    /// How the batch sizes were chosen (one line each).
+    pub fn batch_notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Interventions per part.
+    pub fn batch_size(&self) -> usize {
+        self.batch
     }
 
     pub fn pairs(&self) -> &[(&'static str, &'static str)] {
@@ -443,7 +562,7 @@ impl<'a> Interchange<'a> {
     /// Every (pair, prompt, batch) unit, in the order a single host runs them.
     fn units(&self) -> Vec<(usize, usize, usize)> {
         let n = self.config.n_prompts_per_concept;
-        let chunks = self.interventions.len().div_ceil(self.config.batch_size);
+        let chunks = self.interventions.len().div_ceil(self.batch);
         (0..self.pairs.len()).flat_map(|p| (0..n).flat_map(move |i| (0..chunks).map(move |c| (p, i, c)))).collect()
     }
 
@@ -482,8 +601,30 @@ impl<'a> Interchange<'a> {
         cs
     }
 
-    /// `intervene.resolved.yaml`, `prompts.csv` and `plan.json` (what [`status`] reads).
-    fn write_run_files(&self) -> Result<()> {
+    /// The plan this start would write, with `batch` interventions per part.
+    fn plan_with(&self, batch: Option<usize>) -> Plan {
+        Plan {
+            pairs: self.pairs.iter().map(|&(o, d)| (o.to_string(), d.to_string())).collect(),
+            concepts: self.run_concepts().iter().map(|c| c.to_string()).collect(),
+            n_prompts: self.config.n_prompts_per_concept,
+            batches: batch.map_or(0, |b| self.interventions.len().div_ceil(b)),
+            means_dir: self.means_dir.clone(),
+            batch_size: batch,
+            run: Some(RunIdentity {
+                model: self.fingerprint.clone(),
+                prompts: sha(self.prompts.values().flatten().cloned()),
+                interventions: self.interventions.iter().map(|(m, s)| format!("{} {s}", m.name())).collect(),
+                steps: self.steps,
+                sampling: self.sampling.clone(),
+            }),
+        }
+    }
+
+    /// `intervene.resolved.yaml`, `prompts.csv` and `plan.json` (what [`status`] reads). The plan
+    /// is written once, by the run's first start (of several at once, the first to link it); a
+    /// later start keeps it. Returns false when another start's plan fixed another batch size
+    /// than this start chose (it then takes that one and must list its parts again).
+    fn write_run_files(&mut self) -> Result<bool> {
         let out = &self.config.output;
         io_dir(out)?;
         write_atomic(&out.join("intervene.resolved.yaml"), serde_yaml::to_string(&self.config).expect("yaml").as_bytes())?;
@@ -494,14 +635,26 @@ impl<'a> Interchange<'a> {
             }
         }
         write_atomic(&out.join("prompts.csv"), csv.as_bytes())?;
-        let plan = Plan {
-            pairs: self.pairs.iter().map(|&(o, d)| (o.to_string(), d.to_string())).collect(),
-            concepts: self.run_concepts().iter().map(|c| c.to_string()).collect(),
-            n_prompts: self.config.n_prompts_per_concept,
-            batches: self.interventions.len().div_ceil(self.config.batch_size),
-            means_dir: self.means_dir.clone(),
-        };
-        write_atomic(&out.join("plan.json"), serde_json::to_string_pretty(&plan).expect("json").as_bytes())
+        let path = out.join("plan.json");
+        let plan = self.plan_with(Some(self.batch));
+        match Plan::read(out)? {
+            Some(old) if old.batch_size.is_some() && old.run.is_some() => {}
+            // A plan of an earlier version, checked in `choose_batches`: completed with this start's.
+            Some(_) => write_atomic(&path, serde_json::to_string_pretty(&plan).expect("json").as_bytes())?,
+            None => {
+                crate::store::create_new(&path, serde_json::to_string_pretty(&plan).expect("json").as_bytes())?;
+            }
+        }
+        let fixed = Plan::read(out)?.and_then(|p| p.batch_size).unwrap_or(self.batch);
+        if fixed != self.batch {
+            if let BatchSize::Rows(given) = self.config.batch_size {
+                return Err(Error::Input(format!("batch size {given}: another start of this run fixed {fixed} a moment ago (plan.json); give {fixed} or auto")));
+            }
+            self.notes.push(format!("interventions: batch size {fixed} (fixed by another start's plan.json a moment ago)"));
+            self.batch = fixed;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// The means phase of a sweep: computes (or checks, if cached) the means of this shard's
@@ -573,7 +726,10 @@ impl<'a> Interchange<'a> {
                 self.means_dir.display()
             )));
         }
-        self.write_run_files()?;
+        if !self.write_run_files()? {
+            // Another start fixed the run's batch size a moment ago: list the parts in its batches.
+            return self.run_with(shard, means, progress);
+        }
         for c in missing {
             self.compute_means(c, &mut progress)?;
             report.means_computed += 1;
@@ -694,9 +850,9 @@ impl<'a> Interchange<'a> {
         let mut plugin = builtin::method(builtin::INTERCHANGE, &settings)?;
         plugin.run_start(&serde_json::json!({"concept": concept}).to_string())?;
         let prompts = self.prompts[concept].clone();
-        for (b, batch) in prompts.chunks(self.config.means_batch_size).enumerate() {
-            progress(&format!("means of {concept}: prompts {}..{} of {}", b * self.config.means_batch_size, b * self.config.means_batch_size + batch.len(), prompts.len()));
-            let first = b * self.config.means_batch_size;
+        for (b, batch) in prompts.chunks(self.means_batch).enumerate() {
+            let first = b * self.means_batch;
+            progress(&format!("means of {concept}: prompts {first}..{} of {}", first + batch.len(), prompts.len()));
             let request = GenerationRequest {
                 prompts: batch.to_vec(),
                 max_new_tokens: self.steps,
@@ -716,7 +872,7 @@ impl<'a> Interchange<'a> {
 
     fn ensure_baselines(&mut self, prompts: &[(&'static str, usize)], progress: &mut impl FnMut(&str)) -> Result<()> {
         let todo: Vec<_> = prompts.iter().copied().filter(|&(c, i)| !self.baseline_path(c, i).is_file()).collect();
-        for batch in todo.chunks(self.config.means_batch_size) {
+        for batch in todo.chunks(self.means_batch) {
             progress(&format!("baselines: {} clips", batch.len()));
             let request = GenerationRequest {
                 prompts: batch.iter().map(|&(c, i)| self.prompts[c][i].clone()).collect(),
@@ -765,7 +921,7 @@ impl<'a> Interchange<'a> {
     fn run_unit(&mut self, pair: usize, prompt: usize, chunk: usize, shard: &str) -> Result<()> {
         let started = Instant::now();
         let (o, d) = self.pairs[pair];
-        let batch: Vec<(Mode, Site)> = self.interventions.chunks(self.config.batch_size).nth(chunk).expect("chunk in range").to_vec();
+        let batch: Vec<(Mode, Site)> = self.interventions.chunks(self.batch).nth(chunk).expect("chunk in range").to_vec();
         let rows = batch.iter().map(|(m, s)| Some(builtin::InterchangeRow { layer: s.layer, component: s.component.name(), kind: m.name() })).collect();
         let (original, desired) = (self.means_paths(o).0, self.means_paths(d).0);
         let settings = builtin::Interchange::Intervene { original: &original, desired: &desired, rows };
