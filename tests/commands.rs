@@ -273,7 +273,9 @@ fn decoder_lens_with_a_config_writes_clips_tables_and_a_self_similarity_numpy_ag
     );
     let elsewhere = tmp.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
-    let printed = stdout(&cli_in(&elsewhere, &["decoder-lens", "--config", config.to_str().unwrap()]));
+    let run = cli_in(&elsewhere, &["decoder-lens", "--config", config.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("batch size 3 (given)"), "{}", String::from_utf8_lossy(&run.stderr));
+    let printed = stdout(&run);
     assert!(files_under(&elsewhere).is_empty());
     let out = tmp.path().join("runs/lens");
     let m = common::load("tiny2");
@@ -296,16 +298,13 @@ fn decoder_lens_with_a_config_writes_clips_tables_and_a_self_similarity_numpy_ag
         want.extend((0..layers).map(|l| format!("prompt{p:03}_layer_{l:02}.wav")));
         want.extend((0..text_layers).map(|j| format!("prompt{p:03}_text_layer_{j:02}.wav")));
     }
-    for l in 0..layers {
-        want.extend((0..2).map(|b| format!("codes_layer_{l:02}_batch{b:03}.npy")));
-    }
+    want.extend((0..layers).map(|l| format!("codes_layer_{l:02}.npy")));
     want.sort();
     assert_eq!(files_under(&out), want);
+    // One codes file per exit with every prompt, whatever the batches (here 3 and 1).
     for l in 0..layers {
-        for (b, rows) in [(0, 3), (1, 1)] {
-            let codes: ArrayD<i64> = npy(out.join(format!("codes_layer_{l:02}_batch{b:03}.npy")));
-            assert_eq!(codes.shape(), &[rows, k, frames], "layer {l} batch {b}");
-        }
+        let codes: ArrayD<i64> = npy(out.join(format!("codes_layer_{l:02}.npy")));
+        assert_eq!(codes.shape(), &[n, k, frames], "layer {l}");
     }
     let wav = musicgen_interp::audio::read(&out.join("prompt003_text_layer_00.wav")).unwrap();
     assert_eq!(wav.frames(), frames * m.manifest().audio.hop_length);
@@ -344,4 +343,25 @@ fn decoder_lens_with_a_config_writes_clips_tables_and_a_self_similarity_numpy_ag
     // gives 1 everywhere would pass.
     let off: Array2<f32> = &want_sim - &Array2::<f32>::eye(layers);
     assert!(off.iter().enumerate().any(|(i, x)| i % (layers + 1) != 0 && *x < 1.0 - 1e-4), "{want_sim:?}");
+
+    // One by one, and with the batch size auto picks here: the same codes and residual means as in
+    // batches of 3 and 1 (each prompt draws from its own random stream).
+    for size in ["1", "auto"] {
+        let again = tmp.path().join(format!("runs/lens_{size}"));
+        let run = cli_in(&elsewhere, &[
+            "decoder-lens", "--model", fixture("tiny2").to_str().unwrap(), "--concepts", "trumpet,jazz", "--n-prompts-per-concept", "2",
+            "--duration", "0.3", "--seed", "2", "--batch-size", size, "--output-dir", again.to_str().unwrap(),
+        ]);
+        let said = String::from_utf8_lossy(&run.stderr).into_owned();
+        stdout(&run);
+        if size == "auto" {
+            assert!(said.contains("batch size auto: 4 rows") && said.contains("limited by the work's size"), "{said}");
+        }
+        for l in 0..layers {
+            let name = format!("codes_layer_{l:02}.npy");
+            assert_eq!(npy::<i64>(again.join(&name)), npy::<i64>(out.join(&name)), "batch size {size}, {name}");
+        }
+        let again_means: ArrayD<f32> = npy(again.join("residual_means.npy"));
+        assert_close(&format!("residual means, batch size {size} vs 3"), &again_means, &means, Tol::new(1e-5, 1e-6));
+    }
 }

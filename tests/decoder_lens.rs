@@ -120,7 +120,7 @@ fn decoder_lens_command_writes_clips_self_similarity_and_ndcg() {
         "--output", tmp.path().join("full.wav").to_str().unwrap(), "--save-codes", codes.to_str().unwrap(),
         "--save-residuals", residuals.to_str().unwrap(), "--residual-reduction", "mean",
     ]);
-    assert_eq!(npy::<i64>(out.join(format!("codes_layer_{:02}_batch000.npy", layers - 1))), npy::<i64>(&codes));
+    assert_eq!(npy::<i64>(out.join(format!("codes_layer_{:02}.npy", layers - 1))), npy::<i64>(&codes));
     // Self-similarity: cosine between the time-averaged outputs of each layer (from generate's own capture).
     let cond = npy::<f32>(residuals.join("residuals_cond.npy")).into_dimensionality::<Ix3>().unwrap(); // [points, batch, d]
     let sim = npy::<f32>(out.join("self_similarity.npy")).into_dimensionality::<ndarray::Ix2>().unwrap();
@@ -175,7 +175,7 @@ fn decoder_lens_without_a_prompt_runs_the_seeds_prompt() {
         "generate", "--model", model.to_str().unwrap(), "--text", seed_prompt, "--steps", &steps.to_string(), "--seed", "4",
         "--output", tmp.path().join("full.wav").to_str().unwrap(), "--save-codes", codes.to_str().unwrap(),
     ]);
-    assert_eq!(npy::<i64>(out.join(format!("codes_layer_{:02}_batch000.npy", layers - 1))), npy::<i64>(&codes));
+    assert_eq!(npy::<i64>(out.join(format!("codes_layer_{:02}.npy", layers - 1))), npy::<i64>(&codes));
     run(&[
         "generate", "--model", model.to_str().unwrap(), "--text", "lo-fi jazz", "--steps", &steps.to_string(), "--seed", "4",
         "--output", tmp.path().join("other.wav").to_str().unwrap(), "--save-codes", tmp.path().join("other.npy").to_str().unwrap(),

@@ -27,6 +27,9 @@ pub struct DecoderLensArgs {
     /// Seconds per clip.
     #[arg(long, default_value_t = 4.0, value_parser = positive)]
     pub duration: f64,
+    /// Prompts generated together: a number, or auto (sized to the device's free memory).
+    #[arg(long, default_value = "auto")]
+    pub batch_size: musicgen_interp::generate::BatchSize,
     /// Also the original DecoderLens: the decoder cross-attends to each text-encoder layer.
     #[arg(long)]
     pub text_layers: bool,
@@ -59,7 +62,7 @@ impl DecoderLensArgs {
             temperature,
             guidance_scale,
             text_layers: self.text_layers,
-            batch_size: 8,
+            batch_size: self.batch_size,
             judge: self.judge.config()?,
             output: self.output_dir.ok_or_else(|| need("output-dir"))?,
         })
@@ -82,6 +85,7 @@ pub fn run(runtime: &Runtime, verify: Verify, args: DecoderLensArgs) -> Result<(
     });
     bar.finish_and_clear();
     let report = report?;
+    eprintln!("{}", report.batch);
     let layers = report.self_similarity.nrows();
     println!("{} clips in {}; self-similarity of {layers} layers in self_similarity.npy/.png", report.clips, config.output.display());
     if let Some(by_layer) = &report.ndcg_by_layer {

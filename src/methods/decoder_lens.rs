@@ -36,9 +36,6 @@ fn default_prompts() -> usize {
 fn default_duration() -> f64 {
     4.0
 }
-fn default_batch() -> usize {
-    8
-}
 
 /// A DecoderLens run (the `decoder-lens` command's flags, or its YAML config).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -79,9 +76,10 @@ pub struct DecoderLensConfig {
     /// Also run the original DecoderLens over the text encoder's layers.
     #[serde(default)]
     pub text_layers: bool,
-    /// Prompts generated together (default 8).
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
+    /// Prompts generated together: a number, or `auto` (the default: sized to the device's free
+    /// memory, [`crate::generate::batch`]). The outputs do not depend on it.
+    #[serde(default)]
+    pub batch_size: crate::generate::BatchSize,
     /// The classifier for NDCG (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<JudgeConfig>,
@@ -149,6 +147,8 @@ pub struct LensReport {
     /// Mean NDCG per text-encoder layer, if run and judged.
     pub ndcg_by_text_layer: Option<Vec<f64>>,
     pub clips: usize,
+    /// How the batch size was chosen.
+    pub batch: String,
 }
 
 fn clip_name(n_prompts: usize, prompt: usize, what: &str, k: usize) -> String {
@@ -158,15 +158,16 @@ fn clip_name(n_prompts: usize, prompt: usize, what: &str, k: usize) -> String {
 /// Runs DecoderLens; `judge` scores NDCG when given.
 pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &DecoderLensConfig, mut progress: impl FnMut(&str)) -> Result<LensReport> {
     let prompts = config.prompt_set()?;
-    if config.batch_size == 0 {
-        return Err(Error::Input("batch_size must be positive".into()));
-    }
     let man = model.manifest().clone();
     let steps = crate::api::steps_for(&man, None, Some(config.duration))?;
+    let (_, mask) = model.text.tokenize(&prompts.iter().map(|p| p.0.as_str()).collect::<Vec<_>>())?;
+    let sampling = config.sampling_overrides().resolve(&man.generation);
+    let shape = crate::generate::batch::Shape { positions: steps + 1, text_tokens: mask.ncols(), guided: sampling.guided() };
+    let chosen = crate::generate::batch::choose(model, config.batch_size, shape, prompts.len())?;
+    let batch_size = chosen.rows;
     if let Some(j) = judge.as_deref_mut() {
         j.check_clip(crate::api::clip_samples(&man, steps), man.audio.sample_rate)?;
     }
-    let sampling = config.sampling_overrides().resolve(&man.generation);
     let out = &config.output;
     std::fs::create_dir_all(out).map_err(Error::io(out))?;
     write_atomic(&out.join("decoder_lens.resolved.yaml"), serde_yaml::to_string(config).expect("yaml").as_bytes())?;
@@ -188,8 +189,9 @@ pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &Decoder
     let runs: Vec<(&str, usize)> = (1..=layers).map(|k| ("layer", k)).chain((1..=text_layers).map(|j| ("text_layer", j))).collect();
     let lens_method = builtin::Method::open(builtin::DECODER_LENS)?;
     for (what, k) in runs {
-        for (b, batch) in prompts.chunks(config.batch_size).enumerate() {
-            let first = b * config.batch_size;
+        let mut codes = Vec::new();
+        for (b, batch) in prompts.chunks(batch_size).enumerate() {
+            let first = b * batch_size;
             progress(&format!("{what} {k}: prompts {first}..{} of {n}", first + batch.len()));
             let request = GenerationRequest {
                 prompts: batch.iter().map(|p| p.0.clone()).collect(),
@@ -219,7 +221,7 @@ pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &Decoder
                 }
             }
             if what == "layer" {
-                write_npy(&out.join(format!("codes_layer_{:02}_batch{b:03}.npy", k - 1)), &g.codes)?;
+                codes.push(g.codes.clone());
             }
             for row in 0..batch.len() {
                 let wave = model.encodec.decode(g.codes.slice(s![row..row + 1, .., ..]))?;
@@ -233,6 +235,12 @@ pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &Decoder
                 ndcg_rows.push_str(&format!("{what},{},{},{concept},{score:.6}\n", k - 1, first + row));
                 if what == "layer" { ndcg_layer[k - 1].push(score) } else { ndcg_text[k - 1].push(score) }
             }
+        }
+        if what == "layer" {
+            // Every prompt's codes of this exit, [prompts, codebooks, frames], whatever the batches.
+            let views: Vec<_> = codes.iter().map(|c| c.view()).collect();
+            let all = ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Internal(format!("codes of one exit differ in shape: {e}")))?;
+            write_npy(&out.join(format!("codes_layer_{:02}.npy", k - 1)), &all)?;
         }
     }
 
@@ -269,7 +277,7 @@ pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &Decoder
     } else {
         (None, None)
     };
-    Ok(LensReport { self_similarity: sim, ndcg_by_layer: by_layer, ndcg_by_text_layer: by_text, clips: n * (layers + text_layers) })
+    Ok(LensReport { self_similarity: sim, ndcg_by_layer: by_layer, ndcg_by_text_layer: by_text, clips: n * (layers + text_layers), batch: chosen.why })
 }
 
 /// Cosine similarity between layers of `[layers, prompts, d]`, averaged over prompts.
