@@ -203,6 +203,7 @@ pub fn extract(
     out: &Path,
     settings: &crate::extract::ExtractSettings,
     shard: crate::data::Shard,
+    batch: crate::generate::BatchSize,
     progress: impl FnMut(&str),
 ) -> Result<(crate::extract::ExtractReport, Option<crate::extract::Merged>)> {
     use crate::data;
@@ -218,7 +219,7 @@ pub fn extract(
     if let Some(n) = max_samples {
         scan.keep_stratified(n);
     }
-    let report = crate::extract::extract(model, &scan, out, settings, shard, progress)?;
+    let report = crate::extract::extract(model, &scan, out, settings, shard, batch, progress)?;
     let merged = if shard.count == 1 { Some(crate::extract::merge(out)?) } else { None };
     Ok((report, merged))
 }

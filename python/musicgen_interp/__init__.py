@@ -278,7 +278,8 @@ class MusicGen:
         residuals per segment (resumable), merged into ``residuals_cond.npy`` / ``residuals_uncond.npy`` /
         ``labels.npy``, which the result also holds. Settings as the CLI's flags: ``labels``,
         ``max_samples``, ``steps``, ``reduction``, ``segment_seconds``, ``min_seconds``,
-        ``prompt_template``, ``top_k``, ``temperature``, ``guidance_scale``, ``seed``, ``shard``."""
+        ``prompt_template``, ``top_k``, ``temperature``, ``guidance_scale``, ``seed``, ``shard``,
+        ``batch_size`` (segments per generation; ``None``, the default, sizes it to the free memory)."""
         return self._m.extract(os.fspath(output_dir), data_dir=None if data_dir is None else os.fspath(data_dir),
                                prompts=None if prompts is None else os.fspath(prompts), **settings)
 

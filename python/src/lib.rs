@@ -801,7 +801,7 @@ impl PyModel {
 
     /// `extract` from a folder (`data_dir`) or a prompt set (`prompts`); returns the report and,
     /// when merged, the merged arrays.
-    #[pyo3(signature = (output_dir, *, data_dir=None, prompts=None, labels=None, max_samples=None, steps=50, reduction="last", segment_seconds=10.0, min_seconds=2.0, prompt_template=None, top_k=None, temperature=None, guidance_scale=None, seed=0, shard="0/1"))]
+    #[pyo3(signature = (output_dir, *, data_dir=None, prompts=None, labels=None, max_samples=None, steps=50, reduction="last", segment_seconds=10.0, min_seconds=2.0, prompt_template=None, top_k=None, temperature=None, guidance_scale=None, seed=0, shard="0/1", batch_size=None))]
     #[allow(clippy::too_many_arguments)]
     fn extract<'py>(
         &self,
@@ -821,8 +821,15 @@ impl PyModel {
         guidance_scale: Option<f32>,
         seed: u64,
         shard: &str,
+        batch_size: Option<usize>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let shard: mi::data::Shard = shard.parse().map_err(py_err)?;
+        // None: auto, sized to the device's free memory.
+        let batch = match batch_size {
+            None => mi::generate::BatchSize::Auto,
+            Some(0) => return Err(PyValueError::new_err("batch_size must be 1 or more, or None (auto)")),
+            Some(n) => mi::generate::BatchSize::Rows(n),
+        };
         let reduction: Reduction = reduction.parse().map_err(py_err)?;
         let mut guard = self.lock();
         let sampling = mi::api::sampling(guard.manifest(), top_k, temperature, guidance_scale, seed).map_err(py_err)?;
@@ -847,7 +854,7 @@ impl PyModel {
                     (None, Some(p)) => mi::api::ExtractSource::Prompts(p),
                     _ => return Err(mi::Error::Input("extract needs data_dir or prompts (one of them)".into())),
                 };
-                mi::api::extract(m, source, labels.as_deref(), max_samples, &out, &settings, shard, |_| {})
+                mi::api::extract(m, source, labels.as_deref(), max_samples, &out, &settings, shard, batch, |_| {})
             })
             .map_err(py_err)?;
         let d = PyDict::new(py);

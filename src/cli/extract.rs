@@ -62,6 +62,10 @@ pub struct ExtractArgs {
     pub shard: musicgen_interp::data::Shard,
     #[command(flatten)]
     pub sampling: musicgen_interp::generate::SamplingOverrides,
+    /// Segments generated together: a number, or auto (sized to the device's free memory). The
+    /// residuals do not depend on it.
+    #[arg(long, default_value = "auto")]
+    pub batch_size: musicgen_interp::generate::BatchSize,
     /// Only merge the segments already in --output-dir (after all shards finished).
     #[arg(long)]
     pub merge: bool,
@@ -128,11 +132,12 @@ pub fn run(runtime: &Runtime, verify: Verify, args: ExtractArgs) -> Result<()> {
         };
         let owned = scan.items.iter().enumerate().filter(|(i, _)| args.shard.owns(*i)).count();
         let bar = indicatif::ProgressBar::new_spinner().with_message(format!("{owned} tracks of shard {}/{}", args.shard.index, args.shard.count));
-        let report = extract::extract(&mut m, &scan, &args.output_dir, &settings, args.shard, |key| {
+        let report = extract::extract(&mut m, &scan, &args.output_dir, &settings, args.shard, args.batch_size, |key| {
             bar.set_message(key.to_string());
             bar.inc(1)
         })?;
         bar.finish_and_clear();
+        eprintln!("{}", report.batch);
         for (id, why) in &report.failed {
             eprintln!("skipped {id}: {why}");
         }

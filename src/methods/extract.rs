@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{segment_bounds, Item, Scan, Shard};
 use crate::error::{Error, Result};
-use crate::generate::{generate, GenerationRequest, SamplingConfig};
+use crate::generate::{generate, BatchSize, GenerationRequest, SamplingConfig};
 use crate::hooks::{Reduction, ResidualCapture};
 use crate::model::MusicGen;
 use crate::store::{write_atomic, write_npy};
@@ -71,6 +71,8 @@ pub struct ExtractReport {
     pub already_done: usize,
     /// (item id, reason) for files that could not be used; the rest were processed.
     pub failed: Vec<(String, String)>,
+    /// How the batch size was chosen.
+    pub batch: String,
 }
 
 /// FNV-1a: a stable hash, the same on every host and run.
@@ -130,105 +132,173 @@ pub fn prepare(out: &Path, settings: &ExtractSettings) -> Result<()> {
     write_atomic(&path, serde_json::to_string_pretty(settings).expect("json").as_bytes())
 }
 
-/// Extracts every segment of the items this shard owns that is not done yet.
+/// One segment to generate: its key, track, text prompt, audio prompt and seed.
+struct Job {
+    key: String,
+    /// The track's index among this run's open tracks.
+    track: usize,
+    segment: usize,
+    prompt: String,
+    /// `[1, codebooks, frames]`, or none for a prompt-set entry (text alone).
+    codes: Option<Array3<i64>>,
+    span: (f64, f64),
+    seed: u64,
+}
+
+/// A track with segments still to generate.
+struct OpenTrack {
+    item: usize,
+    segments: usize,
+    remaining: usize,
+    /// Its share of the batches' wall time so far.
+    seconds: f64,
+}
+
+/// Extracts every segment of the items this shard owns that is not done yet, `batch` segments per
+/// generation (segments batched together have audio prompts of one length; each draws from its own
+/// seed, so batching changes no segment's draws).
 pub fn extract(
     model: &mut MusicGen,
     scan: &Scan,
     out: &Path,
     settings: &ExtractSettings,
     shard: Shard,
+    batch: BatchSize,
     mut progress: impl FnMut(&str),
 ) -> Result<ExtractReport> {
     prepare(out, settings)?;
-    let tracks = out.join("tracks");
-    std::fs::create_dir_all(&tracks).map_err(Error::io(&tracks))?;
+    let tracks_dir = out.join("tracks");
+    std::fs::create_dir_all(&tracks_dir).map_err(Error::io(&tracks_dir))?;
     let plan: Vec<PlannedTrack> = scan.items.iter().map(|i| PlannedTrack { id: i.id.clone(), track: track_key(i), label: i.label_name.clone() }).collect();
     write_json(&out.join("items.json"), &plan)?;
     let label = format!("{}/{}", shard.index, shard.count);
-    let rate = model.manifest().audio.sample_rate;
-    let layers = model.decoder.num_layers();
+    let man = model.manifest().clone();
+    let rate = man.audio.sample_rate;
     let segment_len = (settings.segment_seconds * rate as f64).round() as usize;
     let min_len = (settings.min_seconds * rate as f64).round() as usize;
-    let mut report = ExtractReport::default();
+    let texts: Vec<String> = scan.items.iter().map(|i| i.text.clone().unwrap_or_else(|| settings.prompt_template.replace("{genre}", &i.label_name))).collect();
+    let (_, mask) = model.text.tokenize(&texts.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let frames = (settings.segment_seconds * man.audio.frame_rate).ceil() as usize;
+    let shape = crate::generate::batch::Shape { positions: 1 + frames + settings.steps, text_tokens: mask.ncols(), guided: settings.guidance_scale > 1.0 };
+    // Work to batch: a prompt set's entries (one generation each); a track's segments are not known
+    // before its audio is read, so audio sets no bound.
+    let owned = scan.items.iter().enumerate().filter(|(p, _)| shard.owns(*p));
+    let work = if scan.items.iter().all(|i| i.text.is_some()) { owned.count() } else { usize::MAX };
+    let chosen = crate::generate::batch::choose(model, batch, shape, work)?;
+    let mut report = ExtractReport { batch: chosen.why.clone(), ..Default::default() };
+
+    let record_path = |item: &Item| tracks_dir.join(format!("{}.json", track_key(item)));
+    let fail = |item: &Item, why: &str| {
+        let failed = record_path(item).with_extension("failed.json");
+        write_json(&failed, &crate::interchange::PartFailure { error: why.to_string(), shard: label.clone(), at: crate::interchange::now() })
+    };
+    // A track is finished when its last segment is: its record (with the time, when this run
+    // extracted any of it), and its failure record of an earlier run gone.
+    let finish = |item: &Item, segments: usize, seconds: Option<f64>| -> Result<()> {
+        let record = record_path(item);
+        if seconds.is_some() || !record.is_file() {
+            write_json(&record, &TrackTime { segments, seconds, shard: label.clone(), finished: crate::interchange::now() })?;
+        }
+        let failed = record.with_extension("failed.json");
+        if failed.is_file() {
+            std::fs::remove_file(&failed).map_err(Error::io(&failed))?;
+        }
+        Ok(())
+    };
+
+    let mut open: Vec<OpenTrack> = Vec::new();
+    // Jobs waiting for a batch, by audio-prompt length (none: text alone).
+    let mut waiting: std::collections::BTreeMap<Option<usize>, Vec<Job>> = Default::default();
     let mut loader = crate::data::AudioLoader::default();
+    let run_batch = |model: &mut MusicGen, jobs: Vec<Job>, open: &mut Vec<OpenTrack>, report: &mut ExtractReport, progress: &mut dyn FnMut(&str)| -> Result<()> {
+        let started = Instant::now();
+        if let Err(e) = save_segments(model, out, settings, scan, &jobs, open) {
+            for j in &jobs {
+                fail(&scan.items[open[j.track].item], &e.to_string())?;
+            }
+            return Err(e);
+        }
+        let share = started.elapsed().as_secs_f64() / jobs.len() as f64;
+        for j in &jobs {
+            report.extracted += 1;
+            progress(&j.key);
+            let t = &mut open[j.track];
+            t.seconds += share;
+            t.remaining -= 1;
+            if t.remaining == 0 {
+                finish(&scan.items[t.item], t.segments, Some(t.seconds))?;
+            }
+        }
+        Ok(())
+    };
     for (position, item) in scan.items.iter().enumerate() {
         if !shard.owns(position) {
             continue;
         }
-        let record = tracks.join(format!("{}.json", track_key(item)));
-        let failed = record.with_extension("failed.json");
-        let fail = |why: &str| write_json(&failed, &crate::interchange::PartFailure { error: why.to_string(), shard: label.clone(), at: crate::interchange::now() });
-        let started = Instant::now();
-        let before = report.extracted;
-        let finish = |segments: usize, extracted: bool| -> Result<()> {
-            if extracted || !record.is_file() {
-                let seconds = extracted.then(|| started.elapsed().as_secs_f64());
-                write_json(&record, &TrackTime { segments, seconds, shard: label.clone(), finished: crate::interchange::now() })?;
-            }
-            if failed.is_file() {
-                std::fs::remove_file(&failed).map_err(Error::io(&failed))?;
-            }
-            Ok(())
-        };
-        if let Some(text) = &item.text {
+        let seed_of = |key: &str| settings.seed.wrapping_add(fnv(key.as_bytes()));
+        let mut jobs = Vec::new();
+        let segments = if let Some(text) = &item.text {
             // A prompt-set entry: one generation from the text alone.
             let key = key_of(item, 0);
-            if out.join("segments").join(format!("{key}.npy")).is_file() {
-                report.already_done += 1;
-                continue;
-            }
-            let seed = settings.seed.wrapping_add(fnv(key.as_bytes()));
-            if let Err(e) = save_segment(model, out, settings, item, 0, text.clone(), None, (0.0, 0.0), seed, layers) {
-                fail(&e.to_string())?;
-                return Err(e);
-            }
-            report.extracted += 1;
-            finish(1, true)?;
-            progress(&key);
-            continue;
-        }
-        let wave = match loader.load(item, rate) {
-            Ok(w) => w,
-            Err(e) => {
-                fail(&e.to_string())?;
-                report.failed.push((item.id.clone(), e.to_string()));
-                progress(&format!("skipped {}: {e}", item.id));
-                continue;
-            }
-        };
-        let bounds = segment_bounds(wave.len(), segment_len, min_len);
-        if bounds.is_empty() {
-            let why = format!(
-                "lasts {:.2} s, shorter than the minimum segment of {} s (--min-seconds)",
-                wave.len() as f64 / rate as f64,
-                settings.min_seconds
-            );
-            progress(&format!("skipped {}: {why}", item.id));
-            fail(&why)?;
-            report.failed.push((item.id.clone(), why));
-            continue;
-        }
-        let segments = bounds.len();
-        for (k, (start, end)) in bounds.into_iter().enumerate() {
-            let key = key_of(item, k);
-            let seed = settings.seed.wrapping_add(fnv(key.as_bytes()));
-            let npy = out.join("segments").join(format!("{key}.npy"));
-            if npy.is_file() {
-                report.already_done += 1;
+            jobs.push(Job { seed: seed_of(&key), key, track: open.len(), segment: 0, prompt: text.clone(), codes: None, span: (0.0, 0.0) });
+            1
+        } else {
+            let wave = match loader.load(item, rate) {
+                Ok(w) => w,
+                Err(e) => {
+                    fail(item, &e.to_string())?;
+                    report.failed.push((item.id.clone(), e.to_string()));
+                    progress(&format!("skipped {}: {e}", item.id));
+                    continue;
+                }
+            };
+            let bounds = segment_bounds(wave.len(), segment_len, min_len);
+            if bounds.is_empty() {
+                let why = format!("lasts {:.2} s, shorter than the minimum segment of {} s (--min-seconds)", wave.len() as f64 / rate as f64, settings.min_seconds);
+                progress(&format!("skipped {}: {why}", item.id));
+                fail(item, &why)?;
+                report.failed.push((item.id.clone(), why));
                 continue;
             }
             let prompt = settings.prompt_template.replace("{genre}", &item.label_name);
-            let audio = Array3::from_shape_vec((1, 1, end - start), wave[start..end].to_vec()).expect("shape");
-            let span = (start as f64 / rate as f64, end as f64 / rate as f64);
-            let done = model.encodec.encode(audio.view()).and_then(|codes| save_segment(model, out, settings, item, k, prompt, Some(codes), span, seed, layers));
-            if let Err(e) = done {
-                fail(&e.to_string())?;
-                return Err(e);
+            for (k, &(start, end)) in bounds.iter().enumerate() {
+                let key = key_of(item, k);
+                if out.join("segments").join(format!("{key}.npy")).is_file() {
+                    continue;
+                }
+                let audio = Array3::from_shape_vec((1, 1, end - start), wave[start..end].to_vec()).expect("shape");
+                let codes = match model.encodec.encode(audio.view()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        fail(item, &e.to_string())?;
+                        return Err(e);
+                    }
+                };
+                let span = (start as f64 / rate as f64, end as f64 / rate as f64);
+                jobs.push(Job { seed: seed_of(&key), key, track: open.len(), segment: k, prompt: prompt.clone(), codes: Some(codes), span });
             }
-            report.extracted += 1;
-            progress(&key);
+            bounds.len()
+        };
+        jobs.retain(|j| !out.join("segments").join(format!("{}.npy", j.key)).is_file());
+        report.already_done += segments - jobs.len();
+        if jobs.is_empty() {
+            finish(item, segments, None)?;
+            continue;
         }
-        finish(segments, report.extracted > before)?;
+        open.push(OpenTrack { item: position, segments, remaining: jobs.len(), seconds: 0.0 });
+        for job in jobs {
+            let group = waiting.entry(job.codes.as_ref().map(|c| c.shape()[2])).or_default();
+            group.push(job);
+            if group.len() == chosen.rows {
+                let full = std::mem::take(group);
+                run_batch(model, full, &mut open, &mut report, &mut progress)?;
+            }
+        }
+    }
+    for (_, jobs) in std::mem::take(&mut waiting) {
+        if !jobs.is_empty() {
+            run_batch(model, jobs, &mut open, &mut report, &mut progress)?;
+        }
     }
     Ok(report)
 }
@@ -285,44 +355,51 @@ pub fn status(out: &Path) -> Result<crate::interchange::Status> {
     Ok(st)
 }
 
-/// Generates one segment (audio prompt `codes`, or text alone) with its residuals captured, and
-/// writes its record and array (the array last: its presence marks the segment done).
-#[allow(clippy::too_many_arguments)]
-fn save_segment(
-    model: &mut MusicGen,
-    out: &Path,
-    settings: &ExtractSettings,
-    item: &Item,
-    k: usize,
-    prompt: String,
-    codes: Option<Array3<i64>>,
-    (start_s, end_s): (f64, f64),
-    seed: u64,
-    layers: usize,
-) -> Result<()> {
-    let key = key_of(item, k);
+/// Generates a batch of segments (audio prompts of one length, or text alone) with their residuals
+/// captured, and writes each one's record and array (the array last: its presence marks the
+/// segment done). Row `i` samples with its segment's own seed.
+fn save_segments(model: &mut MusicGen, out: &Path, settings: &ExtractSettings, scan: &Scan, jobs: &[Job], open: &[OpenTrack]) -> Result<()> {
+    let audio_codes = match jobs[0].codes {
+        None => None,
+        Some(_) => {
+            let views: Vec<_> = jobs.iter().map(|j| j.codes.as_ref().expect("a batch is all audio or all text").view()).collect();
+            Some(ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Internal(format!("a batch's audio prompts differ in length: {e}")))?)
+        }
+    };
     let request = GenerationRequest {
-        prompts: vec![prompt.clone()],
-        audio_codes: codes,
+        prompts: jobs.iter().map(|j| j.prompt.clone()).collect(),
+        audio_codes,
         max_new_tokens: settings.steps,
-        sampling: SamplingConfig { guidance_scale: settings.guidance_scale, top_k: settings.top_k, temperature: settings.temperature, seed },
+        sampling: SamplingConfig { guidance_scale: settings.guidance_scale, top_k: settings.top_k, temperature: settings.temperature, seed: settings.seed },
+        row_streams: Some(vec![0; jobs.len()]),
+        row_seeds: Some(jobs.iter().map(|j| j.seed).collect()),
         ..Default::default()
     };
-    let mut capture = ResidualCapture::new(layers, settings.reduction);
+    let mut capture = ResidualCapture::new(model.decoder.num_layers(), settings.reduction);
     generate(model, &request, &mut capture, |_, _| {})?;
-    let record = SegmentRecord {
-        key: key.clone(),
-        item: item.id.clone(),
-        segment: k,
-        label: item.label,
-        label_name: item.label_name.clone(),
-        start_s,
-        end_s,
-        prompt,
-        points: capture.points().iter().map(|p| p.to_string()).collect(),
-    };
-    write_atomic(&out.join("segments").join(format!("{key}.json")), serde_json::to_string_pretty(&record).expect("json").as_bytes())?;
-    write_npy(&out.join("segments").join(format!("{key}.npy")), &capture.result()?)
+    let all = capture.result()?; // [points, rows, ...]: the conditional rows, then the unconditional
+    let n = jobs.len();
+    let rows = all.shape()[1];
+    for (i, job) in jobs.iter().enumerate() {
+        // This segment's conditional row and (under guidance) its unconditional row.
+        let picked: Vec<usize> = if rows == 2 * n { vec![i, n + i] } else { vec![i] };
+        let mine = all.select(Axis(1), &picked);
+        let item = &scan.items[open[job.track].item];
+        let record = SegmentRecord {
+            key: job.key.clone(),
+            item: item.id.clone(),
+            segment: job.segment,
+            label: item.label,
+            label_name: item.label_name.clone(),
+            start_s: job.span.0,
+            end_s: job.span.1,
+            prompt: job.prompt.clone(),
+            points: capture.points().iter().map(|p| p.to_string()).collect(),
+        };
+        write_atomic(&out.join("segments").join(format!("{}.json", job.key)), serde_json::to_string_pretty(&record).expect("json").as_bytes())?;
+        write_npy(&out.join("segments").join(format!("{}.npy", job.key)), &mine)?;
+    }
+    Ok(())
 }
 
 /// The merged arrays of a finished extraction.

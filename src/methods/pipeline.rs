@@ -52,6 +52,9 @@ pub struct ExtractStage {
     pub segment_seconds: f64,
     #[serde(default)]
     pub seed: u64,
+    /// Segments generated together: a number, or `auto` (the default).
+    #[serde(default)]
+    pub batch_size: crate::generate::BatchSize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -115,7 +118,7 @@ fn one() -> u64 {
 
 impl Default for ExtractStage {
     fn default() -> Self {
-        ExtractStage { steps: default_steps(), reduction: default_reduction(), prompt_template: default_prompt(), segment_seconds: ten(), seed: 0 }
+        ExtractStage { steps: default_steps(), reduction: default_reduction(), prompt_template: default_prompt(), segment_seconds: ten(), seed: 0, batch_size: Default::default() }
     }
 }
 
@@ -214,7 +217,7 @@ pub fn run(model: &mut MusicGen, config: &PipelineConfig, _ort_library: &Path, m
         seed: sampling.seed,
     };
     let ext_dir = out.join("extract");
-    let report = crate::extract::extract(model, &scan, &ext_dir, &settings, Shard::ALL, |_| {})?;
+    let report = crate::extract::extract(model, &scan, &ext_dir, &settings, Shard::ALL, e.batch_size, |_| {})?;
     for (id, why) in &report.failed {
         say(format!("extract: skipped {id}: {why}"));
     }
