@@ -9,7 +9,9 @@
 #      fall back to the CPU), and a float32 bundle refused with the profile to export;
 #   5. `bench --device cuda`: steps/s at batch 1 with guidance against transformers generate() in
 #      float16 on the same GPU and weights in the same run, real-time factor, the bytes crossing
-#      between host and device per step.
+#      between host and device per step;
+#   6. interchange throughput (scripts/interchange-throughput.sh): 4 s clips per minute at batch 1,
+#      16 and 64, and the batch `auto` picks from the device's free memory.
 # Usage: bash scripts/gpu-check.sh [--durations 1,10,30]   (about 10 minutes on an H100-class host)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,4 +48,6 @@ echo "== bench on CUDA (musicgen-small sizes, fp16, random weights)"
 $bin bench --device cuda --model models/small-fp16 --durations "$durations"
 echo "== generate --verbose on CUDA: bytes per step"
 $bin generate --device cuda --model models/small-fp16 --text "80s pop track with bassy drums and synth" --duration 4 --output /tmp/gpu-check.wav --verbose | tail -4
+echo "== interchange throughput on CUDA: 4 s clips per minute at batch 1, 16, 64 and auto"
+bash scripts/interchange-throughput.sh cuda models/small-fp16
 echo "== done"

@@ -54,6 +54,7 @@ echo "== Rust tests"
 # --release shares the build with scripts/setup.sh (one compile instead of two on CI's two cores)
 cargo test --workspace --release
 bash scripts/examples.sh   # examples/*.rs on the library API, run on tests/data/tiny; any non-zero exit fails
+bash scripts/interchange-throughput.sh cpu tests/data/tiny 0.3 "1 auto"   # gpu-check.sh's throughput step, on CPU
 
 echo "== Python package (python/tests on tiny and tiny2, then examples/python on the tiny bundle)"
 .venv/bin/maturin develop --release --quiet -m python/Cargo.toml
