@@ -13,6 +13,8 @@
 //!   asked to compute them; a failed part is recorded, listed by `status` with its error and the
 //!   time estimate (pending x median recorded part time / active shards), and retried by another shard;
 //!   foreign mean caches (other model, prompt set or prompt sampling, sampling) are refused;
+//! - a run's batch size and settings are fixed by its first start's plan.json: another size or other
+//!   settings are refused, also when a racing start wrote the plan after this one looked;
 //! - a run's prompts are the seed's enumeration (written out by hand below) unless asked otherwise;
 //! - the ONNX judge matches the classifier's own outputs, and refuses a label map lacking a concept.
 
@@ -516,4 +518,38 @@ fn bad_config_keys_name_their_line() {
     std::fs::write(&bad, "model: m\noutput: o\nbatch_sise: 3\njudge:\n  settings: {}\n").unwrap();
     let err = InterveneConfig::load(&bad).unwrap_err().to_string();
     assert!(err.contains("unknown field `batch_sise`") && err.contains("line 3"), "{err}");
+}
+
+/// A plan another start writes between this start's look and its own write (starts racing): one of
+/// other settings is refused; one of another batch size is taken, and the run lists its parts in it.
+#[test]
+fn a_plan_written_by_a_racing_start_is_checked_and_its_batch_size_taken() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("race");
+    let (mut m1, mut m2) = (load("tiny"), load("tiny"));
+    let (mut j1, mut j2) = (judge(&["jazz", "rock", "piano"]), judge(&["jazz", "rock", "piano"]));
+    let mut auto = config(&dir, 4);
+    auto.batch_size = BatchSize::Auto;
+    auto.fixed_concept = Some("jazz".into());
+    let mut late = Interchange::new(&mut m1, &mut j1, auto.clone()).unwrap();
+    assert_eq!(late.batch_size(), 6, "{:?}", late.batch_notes());
+    // Another start, of other settings, writes its plan first.
+    let mut other = auto.clone();
+    other.seed = 6;
+    Interchange::new(&mut m2, &mut j2, other).unwrap().means_only(Shard::ALL, |_| {}).unwrap();
+    let err = late.run(Shard::ALL, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("other sampling settings") && err.contains("another output folder"), "{err}");
+    assert!(!dir.join("parts").exists(), "nothing ran");
+    // Another start of the same settings but batches of 4 writes its plan first: taken.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut late = Interchange::new(&mut m1, &mut j1, auto.clone()).unwrap();
+    let mut first = auto.clone();
+    first.batch_size = BatchSize::Rows(4);
+    Interchange::new(&mut m2, &mut j2, first).unwrap().means_only(Shard::ALL, |_| {}).unwrap();
+    let r = late.run(Shard::ALL, |_| {}).unwrap();
+    assert!(r.merged && late.batch_size() == 4, "{:?}", late.batch_notes());
+    assert!(late.batch_notes().iter().any(|n| n.contains("a moment ago")), "{:?}", late.batch_notes());
+    // 2 pairs x 2 prompts x ceil(6 / 4) parts, named in batches of 4.
+    assert_eq!(r.units_done, 2 * 2 * 2);
+    assert!(dir.join("parts/jazz__rock/p0001_b001.csv").is_file());
 }

@@ -95,6 +95,14 @@ pub struct Shape {
     pub guided: bool,
 }
 
+impl Shape {
+    /// A generation of `positions` positions from `prompts` (the longest sets the text tokens).
+    pub fn of(model: &MusicGen, prompts: &[&str], positions: usize, guided: bool) -> Result<Shape> {
+        let (_, mask) = model.text.tokenize(prompts)?;
+        Ok(Shape { positions, text_tokens: mask.ncols(), guided })
+    }
+}
+
 /// Largest rows per forward `auto` picks on CUDA and on the CPU provider.
 pub const CUDA_CAP: usize = 64;
 pub const CPU_CAP: usize = 8;
@@ -109,7 +117,7 @@ pub struct Choice {
 /// Bytes the decoder holds for one prompt over a generation of `shape` (both rows under guidance).
 pub fn bytes_per_row(model: &MusicGen, shape: Shape) -> u64 {
     let c = &model.decoder.config;
-    let kv = model.decoder.dtype_bytes() as u64;
+    let kv = model.decoder.dtype().bytes() as u64;
     let width = (c.num_heads * c.head_dim) as u64;
     let layers = c.num_layers as u64;
     let cache = 2 * layers * width * shape.positions as u64 * kv;

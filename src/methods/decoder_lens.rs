@@ -160,9 +160,9 @@ pub fn run(model: &mut MusicGen, mut judge: Option<&mut Judge>, config: &Decoder
     let prompts = config.prompt_set()?;
     let man = model.manifest().clone();
     let steps = crate::api::steps_for(&man, None, Some(config.duration))?;
-    let (_, mask) = model.text.tokenize(&prompts.iter().map(|p| p.0.as_str()).collect::<Vec<_>>())?;
     let sampling = config.sampling_overrides().resolve(&man.generation);
-    let shape = crate::generate::batch::Shape { positions: steps + 1, text_tokens: mask.ncols(), guided: sampling.guided() };
+    let texts: Vec<&str> = prompts.iter().map(|p| p.0.as_str()).collect();
+    let shape = crate::generate::batch::Shape::of(model, &texts, steps + 1, sampling.guided())?;
     let chosen = crate::generate::batch::choose(model, config.batch_size, shape, prompts.len())?;
     let batch_size = chosen.rows;
     if let Some(j) = judge.as_deref_mut() {

@@ -50,6 +50,13 @@ pub struct ExtractSettings {
 
 pub const DEFAULT_PROMPT: &str = "Continue this music.";
 
+impl ExtractSettings {
+    /// The sampling every segment uses (its seed then offset by the segment's key).
+    fn sampling(&self) -> SamplingConfig {
+        SamplingConfig { guidance_scale: self.guidance_scale, top_k: self.top_k, temperature: self.temperature, seed: self.seed }
+    }
+}
+
 /// One segment's record (`segments/KEY.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SegmentRecord {
@@ -135,6 +142,8 @@ pub fn prepare(out: &Path, settings: &ExtractSettings) -> Result<()> {
 /// One segment to generate: its key, track, text prompt, audio prompt and seed.
 struct Job {
     key: String,
+    /// The item's index in the scan.
+    item: usize,
     /// The track's index among this run's open tracks.
     track: usize,
     segment: usize,
@@ -177,9 +186,9 @@ pub fn extract(
     let segment_len = (settings.segment_seconds * rate as f64).round() as usize;
     let min_len = (settings.min_seconds * rate as f64).round() as usize;
     let texts: Vec<String> = scan.items.iter().map(|i| i.text.clone().unwrap_or_else(|| settings.prompt_template.replace("{genre}", &i.label_name))).collect();
-    let (_, mask) = model.text.tokenize(&texts.iter().map(String::as_str).collect::<Vec<_>>())?;
     let frames = (settings.segment_seconds * man.audio.frame_rate).ceil() as usize;
-    let shape = crate::generate::batch::Shape { positions: 1 + frames + settings.steps, text_tokens: mask.ncols(), guided: settings.guidance_scale > 1.0 };
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let shape = crate::generate::batch::Shape::of(model, &texts, 1 + frames + settings.steps, settings.sampling().guided())?;
     // Work to batch: a prompt set's entries (one generation each); a track's segments are not known
     // before its audio is read, so audio sets no bound.
     let owned = scan.items.iter().enumerate().filter(|(p, _)| shard.owns(*p));
@@ -212,9 +221,9 @@ pub fn extract(
     let mut loader = crate::data::AudioLoader::default();
     let run_batch = |model: &mut MusicGen, jobs: Vec<Job>, open: &mut Vec<OpenTrack>, report: &mut ExtractReport, progress: &mut dyn FnMut(&str)| -> Result<()> {
         let started = Instant::now();
-        if let Err(e) = save_segments(model, out, settings, scan, &jobs, open) {
+        if let Err(e) = save_segments(model, out, settings, scan, &jobs) {
             for j in &jobs {
-                fail(&scan.items[open[j.track].item], &e.to_string())?;
+                fail(&scan.items[j.item], &e.to_string())?;
             }
             return Err(e);
         }
@@ -236,11 +245,14 @@ pub fn extract(
             continue;
         }
         let seed_of = |key: &str| settings.seed.wrapping_add(fnv(key.as_bytes()));
+        let done = |key: &str| out.join("segments").join(format!("{key}.npy")).is_file();
         let mut jobs = Vec::new();
         let segments = if let Some(text) = &item.text {
             // A prompt-set entry: one generation from the text alone.
             let key = key_of(item, 0);
-            jobs.push(Job { seed: seed_of(&key), key, track: open.len(), segment: 0, prompt: text.clone(), codes: None, span: (0.0, 0.0) });
+            if !done(&key) {
+                jobs.push(Job { seed: seed_of(&key), key, item: position, track: open.len(), segment: 0, prompt: text.clone(), codes: None, span: (0.0, 0.0) });
+            }
             1
         } else {
             let wave = match loader.load(item, rate) {
@@ -263,7 +275,7 @@ pub fn extract(
             let prompt = settings.prompt_template.replace("{genre}", &item.label_name);
             for (k, &(start, end)) in bounds.iter().enumerate() {
                 let key = key_of(item, k);
-                if out.join("segments").join(format!("{key}.npy")).is_file() {
+                if done(&key) {
                     continue;
                 }
                 let audio = Array3::from_shape_vec((1, 1, end - start), wave[start..end].to_vec()).expect("shape");
@@ -275,11 +287,10 @@ pub fn extract(
                     }
                 };
                 let span = (start as f64 / rate as f64, end as f64 / rate as f64);
-                jobs.push(Job { seed: seed_of(&key), key, track: open.len(), segment: k, prompt: prompt.clone(), codes: Some(codes), span });
+                jobs.push(Job { seed: seed_of(&key), key, item: position, track: open.len(), segment: k, prompt: prompt.clone(), codes: Some(codes), span });
             }
             bounds.len()
         };
-        jobs.retain(|j| !out.join("segments").join(format!("{}.npy", j.key)).is_file());
         report.already_done += segments - jobs.len();
         if jobs.is_empty() {
             finish(item, segments, None)?;
@@ -358,7 +369,7 @@ pub fn status(out: &Path) -> Result<crate::interchange::Status> {
 /// Generates a batch of segments (audio prompts of one length, or text alone) with their residuals
 /// captured, and writes each one's record and array (the array last: its presence marks the
 /// segment done). Row `i` samples with its segment's own seed.
-fn save_segments(model: &mut MusicGen, out: &Path, settings: &ExtractSettings, scan: &Scan, jobs: &[Job], open: &[OpenTrack]) -> Result<()> {
+fn save_segments(model: &mut MusicGen, out: &Path, settings: &ExtractSettings, scan: &Scan, jobs: &[Job]) -> Result<()> {
     let audio_codes = match jobs[0].codes {
         None => None,
         Some(_) => {
@@ -370,7 +381,7 @@ fn save_segments(model: &mut MusicGen, out: &Path, settings: &ExtractSettings, s
         prompts: jobs.iter().map(|j| j.prompt.clone()).collect(),
         audio_codes,
         max_new_tokens: settings.steps,
-        sampling: SamplingConfig { guidance_scale: settings.guidance_scale, top_k: settings.top_k, temperature: settings.temperature, seed: settings.seed },
+        sampling: settings.sampling(),
         row_streams: Some(vec![0; jobs.len()]),
         row_seeds: Some(jobs.iter().map(|j| j.seed).collect()),
         ..Default::default()
@@ -384,7 +395,7 @@ fn save_segments(model: &mut MusicGen, out: &Path, settings: &ExtractSettings, s
         // This segment's conditional row and (under guidance) its unconditional row.
         let picked: Vec<usize> = if rows == 2 * n { vec![i, n + i] } else { vec![i] };
         let mine = all.select(Axis(1), &picked);
-        let item = &scan.items[open[job.track].item];
+        let item = &scan.items[job.item];
         let record = SegmentRecord {
             key: job.key.clone(),
             item: item.id.clone(),

@@ -503,17 +503,10 @@ impl<'a> Interchange<'a> {
     /// prompts per forward for means and baselines on this host.
     fn choose_batches(&mut self) -> Result<()> {
         let texts: Vec<&str> = self.prompts.values().flatten().map(String::as_str).collect();
-        let (_, mask) = self.model.text.tokenize(&texts)?;
-        let shape = batch::Shape { positions: self.steps + 1, text_tokens: mask.ncols(), guided: self.sampling.guided() };
+        let shape = batch::Shape::of(self.model, &texts, self.steps + 1, self.sampling.guided())?;
         let planned = Plan::read(&self.config.output)?;
-        let mine = self.plan_with(None);
-        if let Some(plan) = &planned {
-            if let Some(what) = plan.differs_from(&mine) {
-                return Err(Error::Input(format!(
-                    "{} holds an intervention run with {what} than this one; its parts would mix with this run's. Use another output folder, or this run's own settings to resume it",
-                    self.config.output.display()
-                )));
-            }
+        if let Some(what) = planned.as_ref().and_then(|plan| plan.differs_from(&self.plan_with(None))) {
+            return Err(self.other_run(&what));
         }
         let n = self.interventions.len();
         let (rows, why) = match (planned.as_ref().and_then(|p| p.batch_size), self.config.batch_size) {
@@ -543,6 +536,14 @@ impl<'a> Interchange<'a> {
         self.means_batch = means.rows;
         self.notes.push(format!("means and baselines: {}", means.why));
         Ok(())
+    }
+
+    /// The refusal of a start whose settings differ (`what`) from the run's plan in the output folder.
+    fn other_run(&self, what: &str) -> Error {
+        Error::Input(format!(
+            "{} holds an intervention run with {what} than this one; its parts would mix with this run's. Use another output folder, or this run's own settings to resume it",
+            self.config.output.display()
+        ))
     }
 
     /// How the batch sizes were chosen (one line each).
@@ -622,8 +623,9 @@ impl<'a> Interchange<'a> {
 
     /// `intervene.resolved.yaml`, `prompts.csv` and `plan.json` (what [`status`] reads). The plan
     /// is written once, by the run's first start (of several at once, the first to link it); a
-    /// later start keeps it. Returns false when another start's plan fixed another batch size
-    /// than this start chose (it then takes that one and must list its parts again).
+    /// later start keeps it. A plan another start wrote since [`Self::choose_batches`] looked is
+    /// checked as that was; returns false when it fixed another batch size than this start chose
+    /// (this start then takes that one and must list its parts again).
     fn write_run_files(&mut self) -> Result<bool> {
         let out = &self.config.output;
         io_dir(out)?;
@@ -636,16 +638,23 @@ impl<'a> Interchange<'a> {
         }
         write_atomic(&out.join("prompts.csv"), csv.as_bytes())?;
         let path = out.join("plan.json");
-        let plan = self.plan_with(Some(self.batch));
-        match Plan::read(out)? {
-            Some(old) if old.batch_size.is_some() && old.run.is_some() => {}
+        let mine = self.plan_with(Some(self.batch));
+        let json = serde_json::to_string_pretty(&mine).expect("json");
+        let plan = match Plan::read(out)? {
+            Some(old) if old.batch_size.is_some() && old.run.is_some() => old,
             // A plan of an earlier version, checked in `choose_batches`: completed with this start's.
-            Some(_) => write_atomic(&path, serde_json::to_string_pretty(&plan).expect("json").as_bytes())?,
-            None => {
-                crate::store::create_new(&path, serde_json::to_string_pretty(&plan).expect("json").as_bytes())?;
+            Some(_) => {
+                write_atomic(&path, json.as_bytes())?;
+                mine
             }
+            None if crate::store::create_new(&path, json.as_bytes())? => mine,
+            // Another start linked its plan first, after `choose_batches` looked.
+            None => Plan::read(out)?.ok_or_else(|| Error::Internal(format!("{} vanished after another start wrote it", path.display())))?,
+        };
+        if let Some(what) = plan.differs_from(&self.plan_with(None)) {
+            return Err(self.other_run(&what));
         }
-        let fixed = Plan::read(out)?.and_then(|p| p.batch_size).unwrap_or(self.batch);
+        let fixed = plan.batch_size.unwrap_or(self.batch);
         if fixed != self.batch {
             if let BatchSize::Rows(given) = self.config.batch_size {
                 return Err(Error::Input(format!("batch size {given}: another start of this run fixed {fixed} a moment ago (plan.json); give {fixed} or auto")));

@@ -173,12 +173,9 @@ impl Decoder {
         self.placement.free_bytes()
     }
 
-    /// Bytes per element of the cache and the cross-attention keys and values.
-    pub fn dtype_bytes(&self) -> usize {
-        match self.dtype {
-            Dtype::Float32 => 4,
-            Dtype::Float16 => 2,
-        }
+    /// The dtype of the cache and the cross-attention keys and values.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
     }
 
     /// Ends the profiles of the decoder's sessions (cross K/V, embedding, layers, head), as (graph

@@ -87,16 +87,15 @@ pub fn bytes(n: u64) -> String {
 /// The memory the decoder's graphs run in, with its allocator.
 pub struct Placement {
     allocator: Allocator,
-    /// Host memory (the CPU provider): transfers are copies within it.
-    host: bool,
-    /// The CUDA device's ordinal (none for host memory).
+    /// The CUDA device's ordinal; none for host memory (the CPU provider: transfers are copies
+    /// within it).
     device_id: Option<i32>,
 }
 
 impl Placement {
     /// Host memory (the CPU provider).
     pub fn host() -> Placement {
-        Placement { allocator: Allocator::default(), host: true, device_id: None }
+        Placement { allocator: Allocator::default(), device_id: None }
     }
 
     /// The memory of `provider`'s device, allocated through `session` (a session on that provider).
@@ -107,14 +106,14 @@ impl Placement {
                 let info = MemoryInfo::new(AllocationDevice::CUDA, *device_id, AllocatorType::Device, MemoryType::Default)
                     .map_err(Error::ort("describing the CUDA device's memory"))?;
                 let allocator = Allocator::new(session, info).map_err(Error::ort("creating the CUDA device's allocator"))?;
-                Ok(Placement { allocator, host: false, device_id: Some(*device_id) })
+                Ok(Placement { allocator, device_id: Some(*device_id) })
             }
         }
     }
 
     /// Whether this is host memory.
     pub fn is_host(&self) -> bool {
-        self.host
+        self.device_id.is_none()
     }
 
     /// Bytes free in this memory now: the host's available memory (`MemAvailable` of
@@ -177,7 +176,7 @@ impl DeviceTensor {
     fn alloc(placement: &Placement, ty: TensorElementType, shape: &[usize]) -> Result<DeviceTensor> {
         let value = DynTensor::new(&placement.allocator, ty, Shape::new(shape.iter().map(|&d| d as i64)))
             .map_err(Error::ort("allocating decoder state"))?;
-        Ok(DeviceTensor { value, shape: shape.to_vec(), ty, host: placement.host })
+        Ok(DeviceTensor { value, shape: shape.to_vec(), ty, host: placement.is_host() })
     }
 
     /// Takes a graph output that was bound to the placement's memory.

@@ -48,6 +48,14 @@ impl Dtype {
         *self == Dtype::Float32
     }
 
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Dtype::Float32 => 4,
+            Dtype::Float16 => 2,
+        }
+    }
+
     /// onnxruntime's name for it.
     pub fn tensor_type(self) -> ort::value::TensorElementType {
         match self {
